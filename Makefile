@@ -1,0 +1,49 @@
+# podnet — two commands matter: `sudo make demo` and `sudo make test`.
+SHELL := /bin/bash
+GO ?= go
+REFBIN := $(CURDIR)/.refbin
+PLUGINS_VERSION := v1.10.0
+CNITOOL_VERSION := v1.3.0
+STATICCHECK_VERSION := 2025.1.1
+APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux
+GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: all deps test lint unit demo bench clean
+
+all: test
+
+# deps installs what a fresh Debian machine lacks: kernel tools, staticcheck
+# and the pinned reference programs tests compare against.
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@test -x $(GOBIN_DIR)/staticcheck || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@mkdir -p $(REFBIN)
+	@for p in ipam/host-local main/bridge meta/portmap; do \
+		b=$(REFBIN)/$$(basename $$p); \
+		test -x $$b || GOBIN=$(REFBIN) $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(PLUGINS_VERSION); \
+	done
+	@test -x $(REFBIN)/cnitool || GOBIN=$(REFBIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN_DIR)/staticcheck ./...
+
+unit:
+	PODNET_REQUIRE_PRIVILEGED=1 PODNET_REFBIN=$(REFBIN) $(GO) test -race -count=1 ./...
+
+test: deps lint unit
+
+demo:
+	$(GO) run ./examples/podpair
+
+bench: deps
+	PODNET_REFBIN=$(REFBIN) $(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+clean:
+	rm -rf $(REFBIN)
