@@ -1,0 +1,239 @@
+package bridge_test
+
+import (
+	"errors"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/podnet/podnet/bridge"
+	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/veth"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+func kernelLink(t *testing.T, ns *netns.NS, name string) netlink.Link {
+	t.Helper()
+	h, err := nl.Handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatalf("link %s: %v", name, err)
+	}
+	return l
+}
+
+func TestEnsure(t *testing.T) {
+	ns := nstest.New(t)
+	b, err := bridge.Ensure(ns, bridge.Spec{Name: "cnio0", MTU: 1400})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := kernelLink(t, ns, "cnio0")
+	if l.Type() != "bridge" || l.Attrs().MTU != 1400 || l.Attrs().Index != b.Index || !b.Up {
+		t.Fatalf("kernel has %s mtu %d index %d; Ensure returned %+v", l.Type(), l.Attrs().MTU, l.Attrs().Index, b)
+	}
+	// Converge: new MTU and promisc, same link.
+	b2, err := bridge.Ensure(ns, bridge.Spec{Name: "cnio0", MTU: 1300, Promisc: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l = kernelLink(t, ns, "cnio0")
+	if b2.Index != b.Index || l.Attrs().MTU != 1300 || l.Attrs().Promisc == 0 {
+		t.Fatalf("converge: index %d→%d, kernel mtu %d promisc %d", b.Index, b2.Index, l.Attrs().MTU, l.Attrs().Promisc)
+	}
+	if err := bridge.SetPromisc(ns, "cnio0", false); err != nil {
+		t.Fatal(err)
+	}
+	if kernelLink(t, ns, "cnio0").Attrs().Promisc != 0 {
+		t.Fatal("promisc still on")
+	}
+	if err := bridge.Delete(ns, "cnio0"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bridge.Get(ns, "cnio0"); !errors.Is(err, bridge.ErrNotFound) {
+		t.Fatalf("Get after Delete: %v", err)
+	}
+	if err := bridge.Delete(ns, "cnio0"); err != nil {
+		t.Fatalf("second Delete: %v", err)
+	}
+}
+
+func TestEnsureConflict(t *testing.T) {
+	ns := nstest.New(t)
+	if _, err := veth.Create(ns, veth.Spec{Name: "cnio0", PeerName: "eth0", PeerNS: nstest.New(t)}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := bridge.Ensure(ns, bridge.Spec{Name: "cnio0", MTU: 1400})
+	if !errors.Is(err, bridge.ErrConflict) {
+		t.Fatalf("Ensure over a veth: %v, want ErrConflict", err)
+	}
+	if !strings.Contains(err.Error(), `bridge "cnio0"`) || !strings.Contains(err.Error(), ns.Path()) {
+		t.Errorf("error %q should name the bridge and the namespace", err)
+	}
+	if l := kernelLink(t, ns, "cnio0"); l.Type() != "veth" || l.Attrs().MTU != 1500 {
+		t.Errorf("conflicting link was changed: %s mtu %d", l.Type(), l.Attrs().MTU)
+	}
+	if err := bridge.Delete(ns, "cnio0"); !errors.Is(err, bridge.ErrConflict) {
+		t.Errorf("Delete of a veth: %v, want ErrConflict", err)
+	}
+}
+
+func TestEnsureAddr(t *testing.T) {
+	ns := nstest.New(t)
+	if _, err := bridge.Ensure(ns, bridge.Spec{Name: "cnio0"}); err != nil {
+		t.Fatal(err)
+	}
+	gw := netip.MustParsePrefix("10.200.0.1/24")
+	for range 2 { // idempotent
+		if err := bridge.EnsureAddr(ns, "cnio0", gw, bridge.AddrOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v6 := netip.MustParsePrefix("fd00:200::1/64")
+	other := netip.MustParsePrefix("10.201.0.1/24")
+	for _, p := range []netip.Prefix{v6, other} {
+		if err := bridge.EnsureAddr(ns, "cnio0", p, bridge.AddrOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	moved := netip.MustParsePrefix("10.200.0.254/24")
+	err := bridge.EnsureAddr(ns, "cnio0", moved, bridge.AddrOptions{})
+	if !errors.Is(err, bridge.ErrConflict) || !strings.Contains(err.Error(), "10.200.0.1/24") {
+		t.Fatalf("different gateway in the same subnet: %v, want ErrConflict naming 10.200.0.1/24", err)
+	}
+	if err := bridge.EnsureAddr(ns, "cnio0", moved, bridge.AddrOptions{Replace: true}); err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := bridge.Addrs(ns, "cnio0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []netip.Prefix{moved, v6, other} {
+		if !slices.Contains(addrs, want) {
+			t.Errorf("addresses %v lack %v", addrs, want)
+		}
+	}
+	if slices.Contains(addrs, gw) {
+		t.Errorf("replaced address %v still present: %v", gw, addrs)
+	}
+	if err := bridge.EnsureAddr(ns, "cnio0", netip.Prefix{}, bridge.AddrOptions{}); !errors.Is(err, bridge.ErrInvalid) {
+		t.Errorf("zero prefix: %v, want ErrInvalid", err)
+	}
+	if err := bridge.EnsureAddr(ns, "nosuch", gw, bridge.AddrOptions{}); !errors.Is(err, bridge.ErrNotFound) {
+		t.Errorf("missing bridge: %v, want ErrNotFound", err)
+	}
+}
+
+// TestPodsOnBridge builds the article's picture: two pods on cnio0 with a
+// gateway address, and checks ports, hairpin and real traffic.
+func TestPodsOnBridge(t *testing.T) {
+	node := nstest.New(t)
+	if _, err := bridge.Ensure(node, bridge.Spec{Name: "cnio0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bridge.EnsureAddr(node, "cnio0", netip.MustParsePrefix("10.200.0.1/24"), bridge.AddrOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pods []*netns.NS
+	var hostEnds []string
+	for i, addr := range []string{"10.200.0.2/24", "10.200.0.3/24"} {
+		pod := nstest.New(t)
+		p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bridge.Attach(node, "cnio0", p.Name, bridge.PortOptions{Hairpin: i == 0}); err != nil {
+			t.Fatal(err)
+		}
+		h, err := nl.Handle(pod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eth0, _ := h.LinkByName("eth0")
+		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: nl.IPNet(netip.MustParsePrefix(addr))}); err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		pods = append(pods, pod)
+		hostEnds = append(hostEnds, p.Name)
+	}
+	// Attaching again is a no-op that converges hairpin.
+	if err := bridge.Attach(node, "cnio0", hostEnds[1], bridge.PortOptions{Hairpin: false}); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := bridge.Ports(node, "cnio0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != 2 || ports[0].Name != hostEnds[0] || ports[1].Name != hostEnds[1] ||
+		!ports[0].Hairpin || ports[1].Hairpin {
+		t.Fatalf("Ports = %+v, want %v with hairpin on the first only", ports, hostEnds)
+	}
+	// iproute2 agrees on membership and hairpin.
+	var out []byte
+	node.Do(func() error {
+		out, err = exec.Command("bridge", "-d", "link", "show").CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("bridge link: %v: %s", err, out)
+	}
+	for _, name := range hostEnds {
+		if !strings.Contains(string(out), name) || !strings.Contains(string(out), "master cnio0") {
+			t.Errorf("bridge link does not show %s on cnio0:\n%s", name, out)
+		}
+	}
+	if !strings.Contains(string(out), "hairpin on") {
+		t.Errorf("bridge link shows no hairpin port:\n%s", out)
+	}
+
+	for _, dst := range []string{"10.200.0.3", "10.200.0.1"} {
+		if _, err := probe.Ping(pods[0], netip.MustParseAddr(dst), 3*time.Second); err != nil {
+			t.Errorf("pod 0 → %s: %v", dst, err)
+		}
+	}
+	// Detached, the second pod is unreachable.
+	if err := bridge.Detach(node, hostEnds[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := bridge.Detach(node, hostEnds[1]); err != nil {
+		t.Fatalf("second Detach: %v", err)
+	}
+	if ports, _ := bridge.Ports(node, "cnio0"); len(ports) != 1 {
+		t.Fatalf("after Detach: %+v", ports)
+	}
+	if _, err := probe.Ping(pods[0], netip.MustParseAddr("10.200.0.3"), 300*time.Millisecond); err == nil {
+		t.Error("detached pod still answers")
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	ns := nstest.New(t)
+	for _, spec := range []bridge.Spec{{}, {Name: "averyveryverylongname"}, {Name: "a b"}, {Name: "br0", MTU: 1 << 20}} {
+		if _, err := bridge.Ensure(ns, spec); !errors.Is(err, bridge.ErrInvalid) {
+			t.Errorf("Ensure(%+v) = %v, want ErrInvalid", spec, err)
+		}
+	}
+	if _, err := bridge.Ensure(ns, bridge.Spec{Name: "br0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := bridge.Attach(ns, "br0", "nosuch", bridge.PortOptions{}); !errors.Is(err, bridge.ErrNotFound) {
+		t.Errorf("Attach(nosuch) = %v, want ErrNotFound", err)
+	}
+	if err := bridge.Attach(ns, "lo", "br0", bridge.PortOptions{}); !errors.Is(err, bridge.ErrConflict) {
+		t.Errorf("Attach to lo = %v, want ErrConflict", err)
+	}
+}

@@ -1,0 +1,175 @@
+package veth_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/veth"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+func links(t *testing.T, ns *netns.NS) map[string]netlink.Link {
+	t.Helper()
+	h, err := nl.Handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]netlink.Link{}
+	for _, l := range ls {
+		m[l.Attrs().Name] = l
+	}
+	return m
+}
+
+func TestCreate(t *testing.T) {
+	node, pod := nstest.New(t), nstest.New(t)
+	mac, _ := net.ParseMAC("0a:58:0a:c8:00:04")
+	p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod, MTU: 1400, PeerMAC: mac})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^veth[0-9a-f]{8}$`).MatchString(p.Name) {
+		t.Errorf("generated name %q, want veth + 8 hex digits", p.Name)
+	}
+	host, ok := links(t, node)[p.Name]
+	if !ok {
+		t.Fatalf("%s not in node namespace", p.Name)
+	}
+	peer, ok := links(t, pod)["eth0"]
+	if !ok {
+		t.Fatal("eth0 not in pod namespace")
+	}
+	if _, clash := links(t, node)["eth0"]; clash {
+		t.Error("peer also visible in the node namespace")
+	}
+	for _, l := range []netlink.Link{host, peer} {
+		a := l.Attrs()
+		if l.Type() != "veth" || a.MTU != 1400 || a.Flags&net.FlagUp == 0 {
+			t.Errorf("%s: type %s mtu %d flags %v, want veth 1400 up", a.Name, l.Type(), a.MTU, a.Flags)
+		}
+	}
+	if peer.Attrs().HardwareAddr.String() != mac.String() {
+		t.Errorf("peer MAC %s, want %s", peer.Attrs().HardwareAddr, mac)
+	}
+	if p.PeerIndex != peer.Attrs().Index || p.Index != host.Attrs().Index {
+		t.Errorf("Pair indexes %d/%d, kernel %d/%d", p.Index, p.PeerIndex, host.Attrs().Index, peer.Attrs().Index)
+	}
+
+	// The article's walk: ethtool -S eth0 in the pod names the host end.
+	var out []byte
+	err = pod.Do(func() error {
+		out, err = exec.Command("ethtool", "-S", "eth0").CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ethtool: %v: %s", err, out)
+	}
+	if want := fmt.Sprintf("peer_ifindex: %d", p.Index); !strings.Contains(string(out), want) {
+		t.Errorf("ethtool -S eth0 = %q, want %q", out, want)
+	}
+	end, err := veth.Get(pod, "eth0")
+	if err != nil || end.PeerIndex != p.Index {
+		t.Fatalf("Get(eth0) = %+v, %v; want PeerIndex %d", end, err, p.Index)
+	}
+	hostEnd, err := veth.Peer(pod, "eth0", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hostEnd.Name != p.Name || hostEnd.Index != p.Index || hostEnd.PeerIndex != p.PeerIndex {
+		t.Errorf("Peer = %+v, want %s/%d", hostEnd, p.Name, p.Index)
+	}
+	// Asking in the wrong namespace does not invent a peer.
+	if _, err := veth.Peer(pod, "eth0", nstest.New(t)); !errors.Is(err, veth.ErrNotFound) {
+		t.Errorf("Peer in unrelated namespace: %v, want ErrNotFound", err)
+	}
+
+	if err := veth.Delete(node, p.Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := links(t, pod)["eth0"]; ok {
+		t.Error("peer survived Delete")
+	}
+	if err := veth.Delete(node, p.Name); err != nil {
+		t.Errorf("second Delete: %v", err)
+	}
+}
+
+func TestCreateNamedExists(t *testing.T) {
+	node, pod := nstest.New(t), nstest.New(t)
+	if _, err := veth.Create(node, veth.Spec{Name: "vethA", PeerName: "eth0", PeerNS: pod}); err != nil {
+		t.Fatal(err)
+	}
+	other := nstest.New(t)
+	// Host-side name taken.
+	_, err := veth.Create(node, veth.Spec{Name: "vethA", PeerName: "eth0", PeerNS: other})
+	if !errors.Is(err, veth.ErrExist) {
+		t.Fatalf("host name taken: %v, want ErrExist", err)
+	}
+	if _, ok := links(t, other)["eth0"]; ok {
+		t.Error("failed create left a peer behind")
+	}
+	// Peer name taken inside the pod.
+	_, err = veth.Create(node, veth.Spec{Name: "vethB", PeerName: "eth0", PeerNS: pod})
+	if !errors.Is(err, veth.ErrExist) {
+		t.Fatalf("peer name taken: %v, want ErrExist", err)
+	}
+	if _, ok := links(t, node)["vethB"]; ok {
+		t.Error("failed create left the host end behind")
+	}
+	if !strings.Contains(err.Error(), "eth0") {
+		t.Errorf("error %q does not name the clashing peer", err)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	node, pod := nstest.New(t), nstest.New(t)
+	before := len(links(t, node))
+	cases := []struct {
+		name string
+		spec veth.Spec
+	}{
+		{"empty peer name", veth.Spec{PeerNS: pod}},
+		{"long name", veth.Spec{Name: "veth0123456789ab", PeerName: "eth0", PeerNS: pod}},
+		{"slash", veth.Spec{Name: "a/b", PeerName: "eth0", PeerNS: pod}},
+		{"space in peer", veth.Spec{PeerName: "eth 0", PeerNS: pod}},
+		{"nil peer ns", veth.Spec{PeerName: "eth0"}},
+		{"tiny mtu", veth.Spec{PeerName: "eth0", PeerNS: pod, MTU: 10}},
+		{"multicast mac", veth.Spec{PeerName: "eth0", PeerNS: pod, MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := veth.Create(node, c.spec)
+			if !errors.Is(err, veth.ErrInvalid) {
+				t.Fatalf("Create = %v, want ErrInvalid", err)
+			}
+			if !strings.Contains(err.Error(), node.String()) {
+				t.Errorf("error %q does not name the namespace", err)
+			}
+		})
+	}
+	if after := len(links(t, node)); after != before {
+		t.Errorf("bad input changed the link count %d → %d", before, after)
+	}
+	if err := veth.Delete(node, "lo"); !errors.Is(err, veth.ErrConflict) {
+		t.Errorf("Delete(lo) = %v, want ErrConflict", err)
+	}
+	if _, err := veth.Get(node, "nosuch"); !errors.Is(err, veth.ErrNotFound) {
+		t.Errorf("Get(nosuch) = %v, want ErrNotFound", err)
+	}
+}
