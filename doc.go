@@ -1,0 +1,41 @@
+// Package podnet is an embeddable SDK for Linux pod networking: the kernel
+// plumbing a container runtime, a CNI plugin or a node agent does to give a
+// pod its network and to make Services work.
+//
+// This root package holds only what every other package shares: the
+// sentinel errors (ErrNotFound, ErrExist, ErrConflict, ErrInvalid,
+// ErrExhausted, ErrNotSupported) and OpError. The work is done in the
+// subpackages, one per kernel object family.
+//
+// # Packages
+//
+//   - netns: network namespaces — create (anonymous or named like
+//     `ip netns add`), open by path or PID, list, identify, and Do, which
+//     runs a function on a thread inside a namespace.
+//   - netns/nstest: fixtures for privileged tests: throwaway namespaces,
+//     a veth-joined pair, and a leak check for TestMain.
+//   - veth: veth pairs whose peer is born in the pod's namespace, and
+//     resolution of a pod's eth0 to its host-side peer.
+//   - bridge: Linux bridges: ensure, gateway address, ports with hairpin.
+//   - route: routes, default routes, forwarding sysctls, and Sync of the
+//     routes a program owns (node-to-node pod CIDR routes).
+//   - ipam: address ranges and allocators compatible with the reference
+//     host-local plugin's files on disk, node subnets and GC.
+//   - nat: typed iptables rules applied as atomic transactions, masquerade,
+//     DNAT, and conntrack in any namespace.
+//
+// # Namespaces are explicit
+//
+// Every function takes the namespace it acts in as a *netns.NS. Netlink
+// work uses sockets bound to that namespace; nothing moves the caller's
+// thread. See package netns for the one place that switches threads.
+//
+// # Errors
+//
+// Errors wrap a sentinel and name the object and the namespace:
+//
+//	create veth "veth1a2b3c4d" in netns "/var/run/netns/node0": already exists
+//
+// Test them with errors.Is(err, veth.ErrExist) (or podnet.ErrExist: each
+// package re-exports the same values).
+package podnet
