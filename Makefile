@@ -1,10 +1,10 @@
 # podnet — two commands matter: `sudo make demo` and `sudo make test`.
 SHELL := /bin/bash
-GO ?= go
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 REFBIN := $(CURDIR)/.refbin
 PLUGINS_VERSION := v1.10.0
 CNITOOL_VERSION := v1.3.0
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 

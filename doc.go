@@ -16,6 +16,7 @@
 //     a veth-joined pair, and a leak check for TestMain.
 //   - veth: veth pairs whose peer is born in the pod's namespace, and
 //     resolution of a pod's eth0 to its host-side peer.
+//   - link: any interface's state (up, down).
 //   - addr: interface addresses (the pod's 10.200.0.4/24 on eth0).
 //   - bridge: Linux bridges: ensure, gateway address, ports with hairpin.
 //   - route: routes, default routes, forwarding sysctls, and Sync of the

@@ -48,6 +48,21 @@ const (
 	ProtocolPodnet Protocol = 180
 )
 
+// String returns the name `ip route` prints for p, or its number.
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolKernel:
+		return "kernel"
+	case ProtocolBoot:
+		return "boot"
+	case ProtocolStatic:
+		return "static"
+	case ProtocolPodnet:
+		return "podnet"
+	}
+	return fmt.Sprint(uint8(p))
+}
+
 // MainTable is the table routes go to when Table is 0 (RT_TABLE_MAIN).
 const MainTable = unix.RT_TABLE_MAIN
 
@@ -80,7 +95,7 @@ func (r Route) String() string {
 		s += fmt.Sprintf(" table %d", r.Table)
 	}
 	if r.Protocol != 0 {
-		s += fmt.Sprintf(" proto %d", r.Protocol)
+		s += " proto " + r.Protocol.String()
 	}
 	if r.Scope == ScopeLink {
 		s += " scope link"

@@ -1,0 +1,46 @@
+package link_test
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/link"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
+
+func TestLoopbackUpDown(t *testing.T) {
+	nstest.Require(t)
+	ns, err := netns.New() // lo starts down
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	lo := netip.MustParseAddr("127.0.0.1")
+	if _, err := probe.Ping(ns, lo, 200*time.Millisecond); err == nil {
+		t.Fatal("loopback answers while down")
+	}
+	if err := link.SetUp(ns, "lo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(ns, lo, 2*time.Second); err != nil {
+		t.Fatalf("after SetUp: %v", err)
+	}
+	if err := link.SetDown(ns, "lo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ping(ns, lo, 200*time.Millisecond); err == nil {
+		t.Fatal("loopback answers after SetDown")
+	}
+	if err := link.SetUp(ns, "nosuch"); !errors.Is(err, link.ErrNotFound) {
+		t.Errorf("missing link: %v", err)
+	}
+	if err := link.SetUp(ns, "a/b"); !errors.Is(err, link.ErrInvalid) {
+		t.Errorf("bad name: %v", err)
+	}
+}
