@@ -73,7 +73,6 @@ func run(ctx context.Context, keep bool) (err error) {
 	}
 
 	var pods []*netns.NS
-	var hostEnds []string
 	for i, ip := range podIPs {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -100,7 +99,6 @@ func run(ctx context.Context, keep bool) (err error) {
 			return err
 		}
 		pods = append(pods, pod)
-		hostEnds = append(hostEnds, p.Name)
 	}
 	fmt.Printf("built 1 node and %d pods in %v\n\n", len(pods), time.Since(start).Round(time.Millisecond))
 
