@@ -21,7 +21,11 @@ import (
 //
 // Namespaces are torn down asynchronously by the kernel, so the check polls
 // for a few seconds before it reports.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Run(m)) }
+
+// Run is Main without the exit: it returns the exit status, so a TestMain
+// can remove files of its own (a built binary, say) before exiting.
+func Run(m *testing.M) int {
 	before := snapshot()
 	code := m.Run()
 	if code == 0 {
@@ -30,7 +34,7 @@ func Main(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 type state struct {
