@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/bridge"
+	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/veth"
+)
+
+// undo runs cleanup steps in reverse order unless disarmed: whatever an ADD
+// made before it failed is removed again.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	n, err := loadConf(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	host, err := netns.Current()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	pod, err := netns.Open(args.Netns)
+	if err != nil {
+		return configError(types.ErrInvalidEnvironmentVariables, "open pod netns %q: %v", args.Netns, err)
+	}
+	defer pod.Close()
+
+	var cleanup undo
+	defer func() {
+		if err != nil {
+			cleanup.run()
+		}
+	}()
+
+	br, err := bridge.Ensure(host, bridge.Spec{Name: n.Bridge, MTU: n.MTU, Promisc: n.PromiscMode})
+	if err != nil {
+		return err
+	}
+	pair, err := veth.Create(host, veth.Spec{PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac})
+	if err != nil {
+		return err
+	}
+	cleanup.push(func() { veth.Delete(host, pair.Name) })
+	if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: n.HairpinMode}); err != nil {
+		return err
+	}
+
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: br.Name, Mac: br.MAC.String()},
+			{Name: pair.Name, Mac: pair.MAC.String()},
+			{Name: args.IfName, Mac: pair.PeerMAC.String(), Sandbox: args.Netns},
+		},
+	}
+	if n.IPAM.Type == "" { // layer 2 only
+		return printResult(result, n)
+	}
+
+	drv := ipamFor(n)
+	ipamRes, err := drv.add(ctx, args, n)
+	if err != nil {
+		return err
+	}
+	cleanup.push(func() { drv.del(ctx, args, n) })
+	if len(ipamRes.IPs) == 0 {
+		return errors.New("IPAM returned no address")
+	}
+	result.IPs, result.Routes, result.DNS = ipamRes.IPs, ipamRes.Routes, ipamRes.DNS
+
+	gateways, err := gatewaysOf(result, n)
+	if err != nil {
+		return err
+	}
+	if err := configurePod(pod, args.IfName, result); err != nil {
+		return err
+	}
+	if n.IsGateway {
+		for _, gw := range gateways {
+			if err := bridge.EnsureAddr(host, n.Bridge, gw, bridge.AddrOptions{Replace: n.ForceAddress}); err != nil {
+				return err
+			}
+			if err := route.SetForwarding(host, familyOf(gw.Addr()), true); err != nil {
+				return err
+			}
+		}
+	}
+	if n.IPMasq {
+		if err := ensureMasquerade(host, n, result.IPs); err != nil {
+			return err
+		}
+	}
+	// The bridge's MAC can change when its first port joins; report the
+	// current one.
+	if br, err = bridge.Get(host, n.Bridge); err == nil {
+		result.Interfaces[0].Mac = br.MAC.String()
+	}
+	if dnsSet(n.DNS) {
+		result.DNS = n.DNS
+	}
+	return printResult(result, n)
+}
+
+func printResult(r *current.Result, n *netConf) error {
+	return types.PrintResult(r, n.CNIVersion)
+}
+
+// gatewaysOf fills in the gateway of every address (the first address of
+// its subnet when IPAM gave none and the bridge is the gateway), adds a
+// default route per family for isDefaultGateway, and returns the gateway
+// addresses the bridge must carry.
+func gatewaysOf(r *current.Result, n *netConf) ([]netip.Prefix, error) {
+	var gws []netip.Prefix
+	hasDefault := map[int]bool{}
+	for _, rt := range r.Routes {
+		if ones, _ := rt.Dst.Mask.Size(); ones == 0 && rt.GW != nil {
+			hasDefault[familyOf(nl.Addr(rt.Dst.IP))] = true
+		}
+	}
+	for _, ipc := range r.IPs {
+		ipc.Interface = current.Int(2)
+		p := nl.Prefix(&ipc.Address)
+		if !p.IsValid() {
+			return nil, fmt.Errorf("IPAM returned an invalid address %v", ipc.Address)
+		}
+		if ipc.Gateway == nil && n.IsGateway {
+			ipc.Gateway = nl.IP(p.Masked().Addr().Next())
+		}
+		fam := familyOf(p.Addr())
+		if n.IsDefaultGateway && !hasDefault[fam] && ipc.Gateway != nil {
+			dst := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+			if fam == 6 {
+				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+			}
+			r.Routes = append(r.Routes, &types.Route{Dst: dst, GW: ipc.Gateway})
+			hasDefault[fam] = true
+		}
+		if n.IsGateway && ipc.Gateway != nil {
+			gws = append(gws, netip.PrefixFrom(nl.Addr(ipc.Gateway), p.Bits()))
+		}
+	}
+	return gws, nil
+}
+
+// configurePod puts the addresses and routes of r on ifName inside pod.
+func configurePod(pod *netns.NS, ifName string, r *current.Result) error {
+	for _, ipc := range r.IPs {
+		if err := addr.Ensure(pod, ifName, nl.Prefix(&ipc.Address)); err != nil {
+			return err
+		}
+	}
+	for _, rt := range r.Routes {
+		dst := nl.Prefix(&rt.Dst)
+		gw := nl.Addr(rt.GW)
+		if !gw.IsValid() {
+			// A route without a gateway goes through the gateway of the
+			// first address of its family, as the reference does.
+			for _, ipc := range r.IPs {
+				if a := nl.Addr(ipc.Gateway); a.IsValid() && a.Is4() == dst.Addr().Is4() {
+					gw = a
+					break
+				}
+			}
+		}
+		rr := route.Route{Dst: dst.Masked(), Gateway: gw, Dev: ifName}
+		if rt.Priority != 0 {
+			rr.Metric = rt.Priority
+		}
+		if err := route.Replace(pod, rr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func familyOf(a netip.Addr) int {
+	if a.Is4() {
+		return 4
+	}
+	return 6
+}
+
+func dnsSet(d types.DNS) bool {
+	return d.Nameservers != nil || d.Search != nil || d.Options != nil || d.Domain != ""
+}

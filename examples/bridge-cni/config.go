@@ -1,0 +1,129 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podnet/podnet/internal/ifname"
+)
+
+// netConf is the reference bridge plugin's configuration, key for key.
+type netConf struct {
+	types.NetConf
+	Bridge           string `json:"bridge"`
+	IsGateway        bool   `json:"isGateway"`
+	IsDefaultGateway bool   `json:"isDefaultGateway"`
+	ForceAddress     bool   `json:"forceAddress"`
+	IPMasq           bool   `json:"ipMasq"`
+	IPMasqBackend    string `json:"ipMasqBackend,omitempty"`
+	MTU              int    `json:"mtu"`
+	HairpinMode      bool   `json:"hairpinMode"`
+	PromiscMode      bool   `json:"promiscMode"`
+
+	Args struct {
+		Cni struct {
+			Mac string `json:"mac,omitempty"`
+		} `json:"cni,omitempty"`
+	} `json:"args,omitempty"`
+	RuntimeConfig struct {
+		Mac string   `json:"mac,omitempty"`
+		IPs []string `json:"ips,omitempty"`
+	} `json:"runtimeConfig,omitempty"`
+
+	mac net.HardwareAddr // from CNI_ARGS MAC=, args.cni.mac or runtimeConfig.mac
+}
+
+// unsupported lists keys of the reference plugin that change its behaviour
+// and that podnet-bridge does not implement, with the value that is
+// harmless (the reference default). Any other value is refused rather than
+// silently ignored.
+var unsupported = map[string]any{
+	"vlan":                      0.0,
+	"vlanTrunk":                 nil,
+	"macspoofchk":               false,
+	"enabledad":                 false,
+	"disableContainerInterface": false,
+	"portIsolation":             false,
+}
+
+const defaultBridge = "cni0"
+
+// configError is a CNI error with a code; the plugin prints it as the
+// spec's error object.
+func configError(code uint, format string, args ...any) *types.Error {
+	return types.NewError(code, fmt.Sprintf(format, args...), "")
+}
+
+// loadConf parses and validates stdin and CNI_ARGS. Errors are *types.Error
+// with code 6 (undecodable JSON) or 7 (invalid configuration).
+func loadConf(stdin []byte, envArgs string) (*netConf, error) {
+	n := &netConf{Bridge: defaultBridge}
+	if err := json.Unmarshal(stdin, n); err != nil {
+		return nil, configError(types.ErrDecodingFailure, "decode network configuration: %v", err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(stdin, &raw); err != nil {
+		return nil, configError(types.ErrDecodingFailure, "decode network configuration: %v", err)
+	}
+	for key, harmless := range unsupported {
+		v, ok := raw[key]
+		if !ok || v == nil || v == harmless {
+			continue
+		}
+		return nil, configError(types.ErrInvalidNetworkConfig, "%q is not supported by podnet-bridge (use the reference bridge plugin for it)", key)
+	}
+	if n.IPMasqBackend != "" && n.IPMasqBackend != "iptables" {
+		return nil, configError(types.ErrInvalidNetworkConfig, "ipMasqBackend %q is not supported (only iptables)", n.IPMasqBackend)
+	}
+	if n.Name == "" {
+		return nil, configError(types.ErrInvalidNetworkConfig, "network configuration has no name")
+	}
+	if err := ifname.Validate(n.Bridge); err != nil {
+		return nil, configError(types.ErrInvalidNetworkConfig, "bridge: %v", err)
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return nil, configError(types.ErrInvalidNetworkConfig, "mtu %d: outside 68..65535", n.MTU)
+	}
+	if n.HairpinMode && n.PromiscMode {
+		return nil, configError(types.ErrInvalidNetworkConfig, "hairpinMode and promiscMode cannot both be set")
+	}
+	if n.IsDefaultGateway {
+		n.IsGateway = true
+	}
+
+	mac := ""
+	if envArgs != "" {
+		for _, kv := range strings.Split(envArgs, ";") {
+			k, v, _ := strings.Cut(kv, "=")
+			if strings.EqualFold(k, "MAC") {
+				mac = v
+			}
+		}
+	}
+	if n.Args.Cni.Mac != "" {
+		mac = n.Args.Cni.Mac
+	}
+	if n.RuntimeConfig.Mac != "" {
+		mac = n.RuntimeConfig.Mac
+	}
+	if mac != "" {
+		hw, err := net.ParseMAC(mac)
+		if err != nil || len(hw) != 6 || hw[0]&1 != 0 {
+			return nil, configError(types.ErrInvalidNetworkConfig, "mac %q: not a 6-byte unicast address", mac)
+		}
+		n.mac = hw
+	}
+	for _, s := range n.RuntimeConfig.IPs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			if _, err := netip.ParseAddr(s); err != nil {
+				return nil, configError(types.ErrInvalidNetworkConfig, "runtimeConfig.ips: %q is not an address", s)
+			}
+		}
+	}
+	return n, nil
+}

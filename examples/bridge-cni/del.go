@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/veth"
+)
+
+// cmdDel removes what ADD made for this attachment: the pod's interface
+// (and with it the host-side veth), the address lease, and the reference
+// plugin's per-container masquerade chain if a migrated node still has one.
+// The bridge and the per-network masquerade rules stay. It succeeds when
+// everything is already gone, and when the pod's namespace no longer exists.
+func cmdDel(args *skel.CmdArgs) error {
+	n, err := loadConf(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if args.Netns != "" {
+		pod, err := netns.Open(args.Netns)
+		switch {
+		case errors.Is(err, netns.ErrNotFound):
+			// The runtime already removed the namespace; its veth died
+			// with it.
+		case err != nil:
+			return err
+		default:
+			err = veth.Delete(pod, args.IfName)
+			pod.Close()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	if n.IPAM.Type != "" {
+		if err := ipamFor(n).del(ctx, args, n); err != nil {
+			return err
+		}
+	}
+	if n.IPMasq {
+		host, err := netns.Current()
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		if err := removeLegacyMasquerade(host, n, args.ContainerID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
