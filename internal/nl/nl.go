@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 
@@ -20,7 +22,9 @@ import (
 // Handle returns a netlink handle whose sockets live in ns. The caller must
 // Close it.
 func Handle(ns *netns.NS) (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()))
+	// Only NETLINK_ROUTE: podnet needs no XFRM or netfilter socket here,
+	// and each socket costs two setns calls to create.
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket in netns %q: %w", ns, err)
 	}
