@@ -54,10 +54,11 @@ func TestMain(m *testing.M) {
 // node is a throwaway node namespace with a CNI runtime (libcni, as
 // containerd uses it) that runs plugins inside it.
 type node struct {
-	t       *testing.T
-	ns      *netns.NS
-	dataDir string
-	cni     *libcni.CNIConfig
+	t        *testing.T
+	ns       *netns.NS
+	dataDir  string
+	cacheDir string // the runtime's result cache
+	cni      *libcni.CNIConfig
 }
 
 func newNode(t *testing.T) *node {
@@ -67,9 +68,10 @@ func newNode(t *testing.T) *node {
 	if _, err := os.Stat(filepath.Join(refbin.Dir(), "host-local")); err == nil {
 		paths = append(paths, refbin.Dir())
 	}
+	cache := t.TempDir()
 	return &node{
-		t: t, ns: ns, dataDir: t.TempDir(),
-		cni: libcni.NewCNIConfigWithCacheDir(paths, t.TempDir(), nil),
+		t: t, ns: ns, dataDir: t.TempDir(), cacheDir: cache,
+		cni: libcni.NewCNIConfigWithCacheDir(paths, cache, nil),
 	}
 }
 
