@@ -1,0 +1,299 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/internal/execns"
+	"github.com/podnet/podnet/netns"
+)
+
+// Kernel is the Backend that programs the iptables tables of one network
+// namespace by running iptables-restore, iptables-save and (for single
+// edits) iptables inside it. The binaries are the system's defaults (on
+// Debian the nf_tables variants). It is safe for concurrent use.
+type Kernel struct {
+	ns *netns.NS
+
+	mu      sync.Mutex
+	written map[Chain]uint64 // hash of each chain's contents as last declared successfully
+	ipt     map[Family]*iptables.IPTables
+}
+
+var _ Backend = (*Kernel)(nil)
+
+// NewKernel returns the backend for the tables of ns. Nothing is executed
+// until it is used.
+func NewKernel(ns *netns.NS) *Kernel {
+	return &Kernel{ns: ns, written: map[Chain]uint64{}, ipt: map[Family]*iptables.IPTables{}}
+}
+
+// NetNS returns the namespace k acts in.
+func (k *Kernel) NetNS() *netns.NS { return k.ns }
+
+// Forget drops what k remembers about the chains it wrote, so the next
+// SkipUnchanged transaction rewrites every chain it declares.
+func (k *Kernel) Forget() {
+	k.mu.Lock()
+	clear(k.written)
+	k.mu.Unlock()
+}
+
+func binary(f Family, tool string) string {
+	if f == IPv6 {
+		return "ip6tables" + tool
+	}
+	return "iptables" + tool
+}
+
+// Run applies tx: for each family it touches, one iptables-restore
+// --noflush process reads the whole change, which nf_tables commits as one
+// batch or rejects entirely. Tables whose current rules the transaction
+// depends on (EnsureRule, RemoveRule, Prune) are read first with
+// iptables-save; a transaction of Declare/Append/Insert/Delete/DeleteChain
+// only reads nothing back. When tx spans both families, IPv4 is applied
+// first; if IPv6 then fails, the IPv4 part stays applied and the error
+// says so.
+//
+// Equivalent to: iptables-restore -w --noflush < TEXT; ip6tables-restore -w --noflush < TEXT6
+func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
+	if tx.err != nil {
+		return fmt.Errorf("apply transaction in netns %q: %w", k.ns, tx.err)
+	}
+	state := map[tableKey]*TableRules{}
+	for _, key := range tx.stateNeeded() {
+		t, err := k.Save(ctx, key.f, key.t)
+		if err != nil {
+			return err
+		}
+		state[key] = t
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var unchanged func(Chain, uint64) bool
+	if tx.skipUnchanged {
+		unchanged = func(c Chain, h uint64) bool {
+			old, ok := k.written[c]
+			return ok && old == h
+		}
+	}
+	plans, err := tx.plan(state, unchanged)
+	if err != nil {
+		return fmt.Errorf("apply transaction in netns %q: %w", k.ns, err)
+	}
+	for _, f := range []Family{IPv4, IPv6} {
+		p := plans[f]
+		if p == nil || p.empty() {
+			continue
+		}
+		_, err := execns.Output(ctx, k.ns, strings.NewReader(p.text()), binary(f, "-restore"), "-w", "--noflush")
+		if err != nil {
+			// What the kernel holds is no longer what we remember.
+			clear(k.written)
+			names := make([]string, 0, len(p.tables))
+			for _, tp := range p.tables {
+				names = append(names, string(tp.table))
+			}
+			msg := "apply transaction to"
+			if f == IPv6 && plans[IPv4] != nil && !plans[IPv4].empty() {
+				msg = "apply transaction (IPv4 part applied) to"
+			}
+			return &podnet.OpError{Op: msg, Kind: f.String() + " tables", Name: strings.Join(names, ","), NetNS: k.ns.String(), Err: restoreErr(err)}
+		}
+	}
+	for _, op := range tx.ops {
+		switch op.kind {
+		case opDeclare:
+			k.written[op.chain] = op.hash
+		case opAppend, opInsert, opDelete, opFlush, opDeleteChain:
+			delete(k.written, op.chain)
+		case opPrune:
+			for c := range k.written {
+				if c.Family == op.chain.Family && c.Table == op.chain.Table && strings.HasPrefix(c.Name, op.prefix) && !tx.declares(c) {
+					delete(k.written, c)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// restoreErr is the one place that reads iptables' messages: a missing
+// chain or rule maps to ErrNotFound.
+func restoreErr(err error) error {
+	var ee *execns.Error
+	if errors.As(err, &ee) {
+		s := ee.Stderr
+		if strings.Contains(s, "does not exist") || strings.Contains(s, "does a matching rule exist") || strings.Contains(s, "No such file or directory") {
+			return fmt.Errorf("%w: %w", podnet.ErrNotFound, err)
+		}
+	}
+	return err
+}
+
+// Save reads table t of family f. A table the namespace never used reads
+// as its built-in chains without rules.
+//
+// Equivalent to: iptables-save -t TABLE
+func (k *Kernel) Save(ctx context.Context, f Family, t Table) (*TableRules, error) {
+	rs, err := k.save(ctx, f, "-t", string(t))
+	if err != nil {
+		return nil, &podnet.OpError{Op: "save", Kind: f.String() + " table", Name: string(t), NetNS: k.ns.String(), Err: err}
+	}
+	if tr := rs.Table(t); tr != nil {
+		return tr, nil
+	}
+	return emptyTable(t), nil
+}
+
+// SaveAll reads every table of family f.
+//
+// Equivalent to: iptables-save
+func (k *Kernel) SaveAll(ctx context.Context, f Family) (*Ruleset, error) {
+	rs, err := k.save(ctx, f)
+	if err != nil {
+		return nil, &podnet.OpError{Op: "save", Kind: f.String() + " tables", NetNS: k.ns.String(), Err: err}
+	}
+	return rs, nil
+}
+
+func (k *Kernel) save(ctx context.Context, f Family, args ...string) (*Ruleset, error) {
+	if !f.valid() {
+		return nil, podnet.Invalid("family %v", f)
+	}
+	out, err := execns.Output(ctx, k.ns, nil, binary(f, "-save"), args...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseSave(f, string(out))
+}
+
+// iptables returns the go-iptables handle for f, made inside the namespace
+// (it runs "iptables --version" when created).
+func (k *Kernel) iptables(f Family) (*iptables.IPTables, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if ipt := k.ipt[f]; ipt != nil {
+		return ipt, nil
+	}
+	proto := iptables.ProtocolIPv4
+	if f == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	var ipt *iptables.IPTables
+	err := k.ns.Do(func() error {
+		var err error
+		ipt, err = iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	k.ipt[f] = ipt
+	return ipt, nil
+}
+
+// single runs one go-iptables call inside the namespace.
+func (k *Kernel) single(c Chain, r Rule, fn func(ipt *iptables.IPTables, args []string) error) error {
+	if !c.Family.valid() {
+		return podnet.Invalid("chain %q: family %v", c.Name, c.Family)
+	}
+	args, err := r.Args(c.Family)
+	if err != nil {
+		return err
+	}
+	ipt, err := k.iptables(c.Family)
+	if err != nil {
+		return err
+	}
+	return k.ns.Do(func() error { return fn(ipt, args) })
+}
+
+func (k *Kernel) opErr(op string, c Chain, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ie *iptables.Error
+	if errors.As(err, &ie) && ie.IsNotExist() {
+		err = fmt.Errorf("%w: %w", podnet.ErrNotFound, err)
+	}
+	return &podnet.OpError{Op: op, Kind: "chain", Name: string(c.Table) + "/" + c.Name, NetNS: k.ns.String(), Err: err}
+}
+
+// Check reports whether r is in chain c.
+//
+// Equivalent to: iptables -w -t TABLE -C CHAIN RULE
+func (k *Kernel) Check(_ context.Context, c Chain, r Rule) (bool, error) {
+	var ok bool
+	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
+		var err error
+		ok, err = ipt.Exists(string(c.Table), c.Name, args...)
+		return err
+	})
+	return ok, k.opErr("check rule in", c, err)
+}
+
+// EnsureRule adds r to chain c (first when top, else last) unless present.
+// It is two iptables processes, not atomic against concurrent writers; use
+// a Transaction for anything but a single rule.
+//
+// Equivalent to: iptables -C CHAIN RULE || iptables -I CHAIN 1 RULE (or -A)
+func (k *Kernel) EnsureRule(_ context.Context, c Chain, top bool, r Rule) error {
+	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
+		ok, err := ipt.Exists(string(c.Table), c.Name, args...)
+		if err != nil || ok {
+			return err
+		}
+		if top {
+			return ipt.Insert(string(c.Table), c.Name, 1, args...)
+		}
+		return ipt.Append(string(c.Table), c.Name, args...)
+	})
+	return k.opErr("ensure rule in", c, err)
+}
+
+// DeleteRule removes one copy of r from chain c; a missing rule or chain
+// is not an error.
+//
+// Equivalent to: iptables -D CHAIN RULE
+func (k *Kernel) DeleteRule(_ context.Context, c Chain, r Rule) error {
+	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
+		err := ipt.Delete(string(c.Table), c.Name, args...)
+		var ie *iptables.Error
+		if errors.As(err, &ie) && ie.IsNotExist() {
+			return nil
+		}
+		return err
+	})
+	return k.opErr("delete rule from", c, err)
+}
+
+// builtinsOf lists the built-in chains of a table in iptables-save order.
+func builtinsOf(t Table) []string {
+	switch t {
+	case TableNAT:
+		return []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+	case TableFilter:
+		return []string{"INPUT", "FORWARD", "OUTPUT"}
+	case TableRaw:
+		return []string{"PREROUTING", "OUTPUT"}
+	case TableMangle:
+		return []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+	}
+	return nil
+}
+
+func emptyTable(t Table) *TableRules {
+	tr := &TableRules{Name: t}
+	for _, c := range builtinsOf(t) {
+		tr.Chains = append(tr.Chains, &ChainRules{Name: c, Policy: "ACCEPT"})
+	}
+	return tr
+}
+

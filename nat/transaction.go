@@ -1,0 +1,543 @@
+package nat
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/podnet/podnet"
+)
+
+// Backend applies transactions and reads tables. Kernel is the real one,
+// acting in a network namespace; Fake keeps the tables in memory.
+type Backend interface {
+	// Run applies tx atomically: one iptables-restore --noflush per family.
+	Run(ctx context.Context, tx *Transaction) error
+	// Save reads one table.
+	//
+	// Equivalent to: iptables-save -t TABLE
+	Save(ctx context.Context, f Family, t Table) (*TableRules, error)
+	// Check reports whether rule is in chain c.
+	//
+	// Equivalent to: iptables -t TABLE -C CHAIN RULE
+	Check(ctx context.Context, c Chain, r Rule) (bool, error)
+	// EnsureRule adds rule to chain c (at the top when top, else at the
+	// end) unless it is already there.
+	//
+	// Equivalent to: iptables -t TABLE -C CHAIN RULE || iptables -t TABLE -I|-A CHAIN RULE
+	EnsureRule(ctx context.Context, c Chain, top bool, r Rule) error
+	// DeleteRule removes one copy of rule from chain c; it succeeds when the
+	// rule or the chain is not there.
+	//
+	// Equivalent to: iptables -t TABLE -D CHAIN RULE (ignoring "does not exist")
+	DeleteRule(ctx context.Context, c Chain, r Rule) error
+}
+
+// Transaction is a set of changes to iptables tables applied atomically by
+// Backend.Run: one iptables-restore --noflush per family, so either all of
+// it is in the kernel or none of it. Builder methods never fail; the first
+// invalid input is reported by Run, which then changes nothing.
+//
+// Chains are owned by prefix: Declare writes an owned chain's full
+// contents, Prune removes owned chains no longer declared, and EnsureRule /
+// RemoveRule place single rules (typically jumps) in chains the caller does
+// not own without touching anything else there.
+//
+// The zero Transaction is empty and ready to use. A Transaction is not safe
+// for concurrent use while being built.
+type Transaction struct {
+	ops           []txOp
+	err           error
+	skipUnchanged bool
+}
+
+type opKind uint8
+
+const (
+	opDeclare opKind = iota
+	opAppend
+	opInsert
+	opDelete
+	opFlush
+	opDeleteChain
+	opEnsure
+	opRemove
+	opPrune
+)
+
+type txOp struct {
+	kind   opKind
+	chain  Chain
+	pos    int      // opInsert: 1-based position; opEnsure: 1 top, 0 bottom
+	specs  []string // rendered rules
+	prefix string   // opPrune
+	hash   uint64   // opDeclare: hash of specs
+}
+
+// NewTransaction returns an empty transaction.
+func NewTransaction() *Transaction { return &Transaction{} }
+
+// Err returns the first error recorded while building tx.
+func (tx *Transaction) Err() error { return tx.err }
+
+// Len returns the number of operations in tx.
+func (tx *Transaction) Len() int { return len(tx.ops) }
+
+func (tx *Transaction) fail(err error) {
+	if tx.err == nil {
+		tx.err = err
+	}
+}
+
+func (tx *Transaction) chainOK(c Chain, userOnly bool) bool {
+	if tx.err != nil {
+		return false
+	}
+	if !c.Family.valid() {
+		tx.fail(podnet.Invalid("chain %q: family %v", c.Name, c.Family))
+		return false
+	}
+	if err := validateWord("table", string(c.Table)); err != nil {
+		tx.fail(err)
+		return false
+	}
+	if IsBuiltin(c.Name) {
+		if userOnly {
+			tx.fail(podnet.Invalid("chain %q in table %q: a built-in chain cannot be declared, flushed or deleted by a transaction", c.Name, c.Table))
+			return false
+		}
+		return true
+	}
+	if err := ValidateChainName(c.Name); err != nil {
+		tx.fail(err)
+		return false
+	}
+	return true
+}
+
+func (tx *Transaction) render(c Chain, rules []Rule) []string {
+	specs := make([]string, 0, len(rules))
+	for i, r := range rules {
+		s, err := r.Spec(c.Family)
+		if err != nil {
+			tx.fail(fmt.Errorf("render rule %d of chain %q in table %q: %w", i+1, c.Name, c.Table, err))
+			return nil
+		}
+		specs = append(specs, s)
+	}
+	return specs
+}
+
+// Declare sets the full contents of the owned user chain c, creating it if
+// needed. Within the transaction the chain is flushed first (a ":CHAIN"
+// line in --noflush mode), then rules are appended in order.
+//
+// Equivalent to: iptables -t TABLE -N CHAIN; iptables -t TABLE -F CHAIN; iptables -t TABLE -A CHAIN RULE...
+func (tx *Transaction) Declare(c Chain, rules ...Rule) *Transaction {
+	if !tx.chainOK(c, true) {
+		return tx
+	}
+	specs := tx.render(c, rules)
+	if tx.err != nil {
+		return tx
+	}
+	h := fnv.New64a()
+	for _, s := range specs {
+		h.Write([]byte(s))
+		h.Write([]byte{'\n'})
+	}
+	tx.ops = append(tx.ops, txOp{kind: opDeclare, chain: c, specs: specs, hash: h.Sum64()})
+	return tx
+}
+
+// Append adds rules at the end of chain c.
+//
+// Equivalent to: iptables -t TABLE -A CHAIN RULE
+func (tx *Transaction) Append(c Chain, rules ...Rule) *Transaction {
+	if tx.chainOK(c, false) {
+		if specs := tx.render(c, rules); tx.err == nil {
+			tx.ops = append(tx.ops, txOp{kind: opAppend, chain: c, specs: specs})
+		}
+	}
+	return tx
+}
+
+// Insert inserts rules into chain c so that the first is at position pos
+// (1-based; 0 means 1) and the others follow it in order.
+//
+// Equivalent to: iptables -t TABLE -I CHAIN POS RULE
+func (tx *Transaction) Insert(c Chain, pos int, rules ...Rule) *Transaction {
+	if pos < 0 {
+		tx.fail(podnet.Invalid("insert into chain %q: position %d", c.Name, pos))
+	}
+	if pos == 0 {
+		pos = 1
+	}
+	if tx.chainOK(c, false) {
+		if specs := tx.render(c, rules); tx.err == nil {
+			tx.ops = append(tx.ops, txOp{kind: opInsert, chain: c, pos: pos, specs: specs})
+		}
+	}
+	return tx
+}
+
+// Delete removes the first copy of each rule from chain c by its full
+// specification. The transaction fails (and changes nothing) if a rule is
+// not there; use RemoveRule when it may be absent.
+//
+// Equivalent to: iptables -t TABLE -D CHAIN RULE
+func (tx *Transaction) Delete(c Chain, rules ...Rule) *Transaction {
+	if tx.chainOK(c, false) {
+		if specs := tx.render(c, rules); tx.err == nil {
+			tx.ops = append(tx.ops, txOp{kind: opDelete, chain: c, specs: specs})
+		}
+	}
+	return tx
+}
+
+// Flush empties the user chain c, creating it if needed.
+//
+// Equivalent to: iptables -t TABLE -N CHAIN; iptables -t TABLE -F CHAIN
+func (tx *Transaction) Flush(c Chain) *Transaction {
+	if tx.chainOK(c, true) {
+		tx.ops = append(tx.ops, txOp{kind: opFlush, chain: c})
+	}
+	return tx
+}
+
+// DeleteChain removes the user chain c and its rules; it succeeds when the
+// chain does not exist. Rules elsewhere that jump to c must be removed in
+// the same transaction (RemoveRule, or rewriting their chain) or Run fails.
+//
+// Equivalent to: iptables -t TABLE -F CHAIN; iptables -t TABLE -X CHAIN
+func (tx *Transaction) DeleteChain(c Chain) *Transaction {
+	if tx.chainOK(c, true) {
+		tx.ops = append(tx.ops, txOp{kind: opDeleteChain, chain: c})
+	}
+	return tx
+}
+
+// EnsureRule makes rule present in chain c exactly once — inserted at the
+// top when top, else appended — leaving every other rule of c in place.
+// Presence is judged against the table as it was before the transaction.
+// It is meant for jumps from built-in or foreign chains into owned ones.
+//
+// Equivalent to: iptables -t TABLE -C CHAIN RULE || iptables -t TABLE -I|-A CHAIN RULE
+func (tx *Transaction) EnsureRule(c Chain, top bool, rule Rule) *Transaction {
+	if tx.chainOK(c, false) {
+		if specs := tx.render(c, []Rule{rule}); tx.err == nil {
+			pos := 0
+			if top {
+				pos = 1
+			}
+			tx.ops = append(tx.ops, txOp{kind: opEnsure, chain: c, pos: pos, specs: specs})
+		}
+	}
+	return tx
+}
+
+// RemoveRule removes every copy of rule from chain c; it is not an error
+// when there is none or the chain does not exist.
+//
+// Equivalent to: while iptables -t TABLE -D CHAIN RULE; do :; done
+func (tx *Transaction) RemoveRule(c Chain, rule Rule) *Transaction {
+	if tx.chainOK(c, false) {
+		if specs := tx.render(c, []Rule{rule}); tx.err == nil {
+			tx.ops = append(tx.ops, txOp{kind: opRemove, chain: c, specs: specs})
+		}
+	}
+	return tx
+}
+
+// Prune removes, from table t of family f, every chain whose name starts
+// with prefix and that this transaction does not Declare or Flush, together
+// with the rules in other chains that jump to them. Chains without the
+// prefix and their other rules are left alone.
+//
+// Equivalent to: for each stale chain C: iptables -D X ... -j C (for each
+// reference); iptables -F C; iptables -X C
+func (tx *Transaction) Prune(f Family, t Table, prefix string) *Transaction {
+	if prefix == "" || IsBuiltin(prefix) {
+		tx.fail(podnet.Invalid("prune: prefix %q would match chains podnet does not own", prefix))
+	}
+	if tx.chainOK(Chain{Family: f, Table: t, Name: prefix}, true) {
+		tx.ops = append(tx.ops, txOp{kind: opPrune, chain: Chain{Family: f, Table: t}, prefix: prefix})
+	}
+	return tx
+}
+
+// SkipUnchanged lets a Kernel backend leave out a Declare whose contents
+// equal what the same Kernel last wrote to that chain successfully. It
+// makes re-applying an unchanged rule set nearly free, at the price of not
+// repairing a chain someone else edited since; run without it (or call
+// Kernel.Forget) to force a rewrite, e.g. after a canary chain vanished.
+func (tx *Transaction) SkipUnchanged() *Transaction {
+	tx.skipUnchanged = true
+	return tx
+}
+
+// tableKey identifies one table of one family.
+type tableKey struct {
+	f Family
+	t Table
+}
+
+// stateNeeded returns the tables whose current contents the plan needs.
+func (tx *Transaction) stateNeeded() []tableKey {
+	var keys []tableKey
+	for _, op := range tx.ops {
+		if op.kind == opEnsure || op.kind == opRemove || op.kind == opPrune {
+			k := tableKey{op.chain.Family, op.chain.Table}
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys
+}
+
+// restorePlan is what one iptables-restore call gets: per table, the
+// ':CHAIN' lines, then the rule lines, then the '-X' lines.
+type restorePlan struct {
+	family Family
+	tables []*tablePlan
+	lines  int
+}
+
+type tablePlan struct {
+	table   Table
+	declare []string // chain names to create-or-flush
+	rules   []string // "-A C spec", "-I C n spec", "-D C spec"
+	remove  []string // chain names to delete at the end
+}
+
+func (p *restorePlan) table(t Table) *tablePlan {
+	for _, tp := range p.tables {
+		if tp.table == t {
+			return tp
+		}
+	}
+	tp := &tablePlan{table: t}
+	p.tables = append(p.tables, tp)
+	return tp
+}
+
+func (tp *tablePlan) declared(name string) bool { return slices.Contains(tp.declare, name) }
+
+func (tp *tablePlan) addDeclare(name string) {
+	if !tp.declared(name) {
+		tp.declare = append(tp.declare, name)
+	}
+}
+
+// text renders the plan as iptables-restore input.
+func (p *restorePlan) text() string {
+	var b strings.Builder
+	b.Grow(p.lines * 64)
+	for _, tp := range p.tables {
+		b.WriteString("*")
+		b.WriteString(string(tp.table))
+		b.WriteByte('\n')
+		for _, c := range tp.declare {
+			b.WriteString(":" + c + " - [0:0]\n")
+		}
+		for _, r := range tp.rules {
+			b.WriteString(r)
+			b.WriteByte('\n')
+		}
+		for _, c := range tp.remove {
+			b.WriteString("-X " + c + "\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
+	return b.String()
+}
+
+func (p *restorePlan) empty() bool {
+	for _, tp := range p.tables {
+		if len(tp.declare)+len(tp.rules)+len(tp.remove) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// plan turns tx into one restore plan per family. state returns the current
+// contents of a table (nil when the table is empty); it is called only for
+// tables stateNeeded lists. unchanged reports whether a declared chain may
+// be skipped.
+func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain, uint64) bool) (map[Family]*restorePlan, error) {
+	if tx.err != nil {
+		return nil, tx.err
+	}
+	plans := map[Family]*restorePlan{}
+	get := func(f Family, t Table) *tablePlan {
+		p := plans[f]
+		if p == nil {
+			p = &restorePlan{family: f}
+			plans[f] = p
+		}
+		return p.table(t)
+	}
+	// Chains written or flushed by this transaction: rules there need no -D.
+	rewritten := map[Chain]bool{}
+	for _, op := range tx.ops {
+		if op.kind == opDeclare || op.kind == opFlush || op.kind == opDeleteChain {
+			rewritten[op.chain] = true
+		}
+	}
+	deleted := map[Chain]bool{}
+	for _, op := range tx.ops {
+		tp := get(op.chain.Family, op.chain.Table)
+		name := op.chain.Name
+		switch op.kind {
+		case opDeclare:
+			if unchanged != nil && unchanged(op.chain, op.hash) {
+				continue
+			}
+			tp.addDeclare(name)
+			for _, s := range op.specs {
+				tp.rules = append(tp.rules, "-A "+name+" "+s)
+			}
+		case opAppend:
+			for _, s := range op.specs {
+				tp.rules = append(tp.rules, "-A "+name+" "+s)
+			}
+		case opInsert:
+			for i, s := range op.specs {
+				tp.rules = append(tp.rules, "-I "+name+" "+strconv.Itoa(op.pos+i)+" "+s)
+			}
+		case opDelete:
+			for _, s := range op.specs {
+				tp.rules = append(tp.rules, "-D "+name+" "+s)
+			}
+		case opFlush:
+			tp.addDeclare(name)
+		case opDeleteChain:
+			tp.addDeclare(name)
+			if !slices.Contains(tp.remove, name) {
+				tp.remove = append(tp.remove, name)
+			}
+			deleted[op.chain] = true
+		case opEnsure:
+			cur := state[tableKey{op.chain.Family, op.chain.Table}].Chain(name)
+			n := 0
+			if cur != nil {
+				for _, r := range cur.Rules {
+					if r == op.specs[0] {
+						n++
+					}
+				}
+			}
+			switch {
+			case n == 0 && op.pos == 1:
+				tp.rules = append(tp.rules, "-I "+name+" 1 "+op.specs[0])
+			case n == 0:
+				tp.rules = append(tp.rules, "-A "+name+" "+op.specs[0])
+			}
+			for ; n > 1; n-- {
+				tp.rules = append(tp.rules, "-D "+name+" "+op.specs[0])
+			}
+		case opRemove:
+			if rewritten[op.chain] {
+				continue
+			}
+			if cur := state[tableKey{op.chain.Family, op.chain.Table}].Chain(name); cur != nil {
+				for _, r := range cur.Rules {
+					if r == op.specs[0] {
+						tp.rules = append(tp.rules, "-D "+name+" "+r)
+					}
+				}
+			}
+		case opPrune:
+			cur := state[tableKey{op.chain.Family, op.chain.Table}]
+			if cur == nil {
+				continue
+			}
+			for _, c := range cur.Chains {
+				ch := Chain{op.chain.Family, op.chain.Table, c.Name}
+				if !strings.HasPrefix(c.Name, op.prefix) || IsBuiltin(c.Name) || rewritten[ch] || deleted[ch] {
+					continue
+				}
+				// A declared chain skipped as unchanged is still declared.
+				if tx.declares(ch) {
+					continue
+				}
+				tp.addDeclare(c.Name)
+				tp.remove = append(tp.remove, c.Name)
+				deleted[ch] = true
+			}
+		}
+	}
+	// Drop references to deleted chains from chains this transaction does
+	// not rewrite, so that -X succeeds.
+	for k, st := range state {
+		if st == nil {
+			continue
+		}
+		tp := get(k.f, k.t)
+		for _, c := range st.Chains {
+			ch := Chain{k.f, k.t, c.Name}
+			if rewritten[ch] || deleted[ch] {
+				continue
+			}
+			for _, r := range c.Rules {
+				if tgt := ruleTarget(r); tgt != "" && deleted[Chain{k.f, k.t, tgt}] && !slices.Contains(tp.rules, "-D "+c.Name+" "+r) {
+					tp.rules = append(tp.rules, "-D "+c.Name+" "+r)
+				}
+			}
+		}
+	}
+	for _, p := range plans {
+		for _, tp := range p.tables {
+			p.lines += len(tp.declare) + len(tp.rules) + len(tp.remove) + 2
+		}
+	}
+	return plans, nil
+}
+
+func (tx *Transaction) declares(c Chain) bool {
+	for _, op := range tx.ops {
+		if op.kind == opDeclare && op.chain == c {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleTarget returns the chain or target a rule spec jumps to ("-j X" or
+// "-g X" at its end), or "".
+func ruleTarget(spec string) string {
+	args, err := splitArgs(spec)
+	if err != nil {
+		return ""
+	}
+	for i := len(args) - 2; i >= 0; i-- {
+		if args[i] == "-j" || args[i] == "-g" {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// Text renders tx as the iptables-restore input Run would feed for family
+// f, assuming state-dependent operations (EnsureRule, RemoveRule, Prune)
+// find the given tables (nil: empty tables). It is meant for debugging and
+// golden tests.
+func (tx *Transaction) Text(f Family, tables ...*TableRules) (string, error) {
+	state := map[tableKey]*TableRules{}
+	for _, t := range tables {
+		state[tableKey{f, t.Name}] = t
+	}
+	plans, err := tx.plan(state, nil)
+	if err != nil {
+		return "", err
+	}
+	if p := plans[f]; p != nil {
+		return p.text(), nil
+	}
+	return "", nil
+}
