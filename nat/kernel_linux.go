@@ -53,8 +53,11 @@ func binary(f Family, tool string) string {
 }
 
 // Run applies tx: for each family it touches, one iptables-restore
-// --noflush process reads the whole change, which nf_tables commits as one
-// batch or rejects entirely. Tables whose current rules the transaction
+// --noflush process reads the whole change. Each table's section (up to its
+// COMMIT) is one nf_tables batch, applied entirely or not at all; NAT
+// targets outside the nat table are refused before anything runs, but a
+// transaction spanning several tables whose later table the kernel rejects
+// leaves the earlier tables applied (iptables-restore commits per table). Tables whose current rules the transaction
 // depends on (EnsureRule, RemoveRule, Prune) are read first with
 // iptables-save; a transaction of Declare/Append/Insert/Delete/DeleteChain
 // only reads nothing back. When tx spans both families, IPv4 is applied
@@ -296,4 +299,3 @@ func emptyTable(t Table) *TableRules {
 	}
 	return tr
 }
-

@@ -121,6 +121,13 @@ func (tx *Transaction) chainOK(c Chain, userOnly bool) bool {
 func (tx *Transaction) render(c Chain, rules []Rule) []string {
 	specs := make([]string, 0, len(rules))
 	for i, r := range rules {
+		switch r.Target.(type) {
+		case DNAT, SNAT, Masquerade:
+			if c.Table != TableNAT {
+				tx.fail(podnet.Invalid("rule %d of chain %q: NAT target in table %q", i+1, c.Name, c.Table))
+				return nil
+			}
+		}
 		s, err := r.Spec(c.Family)
 		if err != nil {
 			tx.fail(fmt.Errorf("render rule %d of chain %q in table %q: %w", i+1, c.Name, c.Table, err))
