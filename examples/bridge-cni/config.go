@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -35,7 +36,8 @@ type netConf struct {
 		IPs []string `json:"ips,omitempty"`
 	} `json:"runtimeConfig,omitempty"`
 
-	mac net.HardwareAddr // from CNI_ARGS MAC=, args.cni.mac or runtimeConfig.mac
+	mac     net.HardwareAddr // from CNI_ARGS MAC=, args.cni.mac or runtimeConfig.mac
+	rawIPAM json.RawMessage  // the "ipam" object as given
 }
 
 // unsupported lists keys of the reference plugin that change its behaviour
@@ -52,6 +54,31 @@ var unsupported = map[string]any{
 }
 
 const defaultBridge = "cni0"
+
+// rangeSubnets returns the subnets of the IPAM ranges of the configuration
+// (host-local's "ranges" and its legacy "subnet"), whatever the IPAM type.
+func (n *netConf) rangeSubnets() []netip.Prefix {
+	var ipam struct {
+		Subnet string `json:"subnet"`
+		Ranges [][]struct {
+			Subnet string `json:"subnet"`
+		} `json:"ranges"`
+	}
+	json.Unmarshal(n.rawIPAM, &ipam)
+	var out []netip.Prefix
+	add := func(s string) {
+		if p, err := netip.ParsePrefix(s); err == nil && !slices.Contains(out, p.Masked()) {
+			out = append(out, p.Masked())
+		}
+	}
+	add(ipam.Subnet)
+	for _, set := range ipam.Ranges {
+		for _, r := range set {
+			add(r.Subnet)
+		}
+	}
+	return out
+}
 
 // configError is a CNI error with a code; the plugin prints it as the
 // spec's error object.
@@ -70,6 +97,11 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 	if err := json.Unmarshal(stdin, &raw); err != nil {
 		return nil, configError(types.ErrDecodingFailure, "decode network configuration: %v", err)
 	}
+	var rawIPAM struct {
+		IPAM json.RawMessage `json:"ipam"`
+	}
+	json.Unmarshal(stdin, &rawIPAM)
+	n.rawIPAM = rawIPAM.IPAM
 	for key, harmless := range unsupported {
 		v, ok := raw[key]
 		if !ok || v == nil || v == harmless {

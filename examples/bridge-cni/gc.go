@@ -5,6 +5,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podnet/podnet/netns"
 )
 
 // cmdGC releases the leases of every attachment not listed in
@@ -22,7 +24,12 @@ func cmdGC(args *skel.CmdArgs) error {
 		}
 	}
 	if n.IPMasq {
-		return gcLegacyMasquerade(n)
+		host, err := netns.Current()
+		if err != nil {
+			return err
+		}
+		defer host.Close()
+		return gcLegacyMasquerade(host, n)
 	}
 	return nil
 }

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/veth"
+)
+
+// outside joins a new namespace to the node as the article's "internet":
+// node 10.240.0.20/24 on ens0, outside 10.240.0.99/24, with a route back to
+// the pod network through the node (so unmasqueraded replies can return).
+func outside(t *testing.T, n *node) *netns.NS {
+	t.Helper()
+	out := nstest.New(t)
+	if _, err := veth.Create(n.ns, veth.Spec{Name: "ens0", PeerName: "eth0", PeerNS: out}); err != nil {
+		t.Fatal(err)
+	}
+	if err := addr.Ensure(n.ns, "ens0", netip.MustParsePrefix("10.240.0.20/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := addr.Ensure(out, "eth0", netip.MustParsePrefix("10.240.0.99/24")); err != nil {
+		t.Fatal(err)
+	}
+	r := route.Route{Dst: netip.MustParsePrefix("10.200.0.0/16"), Gateway: netip.MustParseAddr("10.240.0.20")}
+	if err := route.Create(out, r); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func natRules(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	var out []byte
+	err := ns.Do(func() error {
+		var err error
+		out, err = exec.Command("iptables-save", "-t", "nat").Output()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+func countRules(save string) int {
+	n := 0
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "-A ") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestMasquerade is the article's experiment: with ipMasq a server outside
+// sees the node's address, without it the pod's; and the rule count does
+// not grow with pods.
+func TestMasquerade(t *testing.T) {
+	for _, masq := range []bool{true, false} {
+		n := newNode(t)
+		out := outside(t, n)
+		srv, err := probe.Serve(out, netip.MustParseAddrPort("10.240.0.99:8080"), "outside")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		conf := n.conf("1.0.0", map[string]any{"ipMasq": masq})
+		var rules []int
+		for i := range 3 {
+			pod := nstest.New(t)
+			res := mustAdd(t, n, conf, pod, "m"+string(rune('a'+i)))
+			ip := podIP(t, res)
+			r, err := probe.Ask(pod, "tcp", srv.Addr, 3*time.Second)
+			if err != nil {
+				t.Fatalf("ipMasq=%v: pod → outside: %v", masq, err)
+			}
+			want := ip
+			if masq {
+				want = netip.MustParseAddr("10.240.0.20")
+			}
+			if r.Source.Addr() != want {
+				t.Errorf("ipMasq=%v: outside saw %v, want %v", masq, r.Source.Addr(), want)
+			}
+			rules = append(rules, countRules(natRules(t, n.ns)))
+		}
+		if rules[0] != rules[2] {
+			t.Errorf("ipMasq=%v: nat rules grew with pods: %v", masq, rules)
+		}
+		if masq && rules[0] == 0 {
+			t.Error("no masquerade rules")
+		}
+	}
+}
+
+// TestMigrationFromReference runs the reference bridge + host-local on a
+// node, then switches the same configuration to podnet-bridge: new pods get
+// free addresses, DEL of the old pods releases their leases and removes the
+// reference's per-container chains.
+func TestMigrationFromReference(t *testing.T) {
+	n := newNode(t)
+	ref := n.conf("1.0.0", map[string]any{"type": "bridge", "ipMasq": true})
+	ours := n.conf("1.0.0", map[string]any{"ipMasq": true})
+	var oldRT []*libcni.RuntimeConf
+	seen := map[netip.Addr]bool{}
+	for i := range 3 {
+		pod := nstest.New(t)
+		rt := runtimeConf(pod, "old"+string(rune('a'+i)))
+		res, err := n.add(ref, rt)
+		if err != nil {
+			t.Fatalf("reference ADD: %v", err)
+		}
+		seen[podIP(t, res)] = true
+		oldRT = append(oldRT, rt)
+	}
+	if !strings.Contains(natRules(t, n.ns), "CNI-") {
+		t.Fatal("the reference plugin made no per-container chain")
+	}
+	for i := range 3 {
+		pod := nstest.New(t)
+		res := mustAdd(t, n, ours, pod, "new"+string(rune('a'+i)))
+		ip := podIP(t, res)
+		if seen[ip] {
+			t.Fatalf("podnet-bridge handed out %v, still held by a reference pod", ip)
+		}
+		seen[ip] = true
+		if err := n.check(ours, runtimeConf(pod, "new"+string(rune('a'+i)))); err != nil {
+			t.Errorf("CHECK: %v", err)
+		}
+	}
+	for _, rt := range oldRT {
+		if err := n.del(ours, rt); err != nil {
+			t.Fatalf("DEL of a reference pod with podnet-bridge: %v", err)
+		}
+	}
+	if save := natRules(t, n.ns); strings.Contains(save, "CNI-") {
+		t.Errorf("reference chains left after DEL:\n%s", save)
+	}
+	if got := len(n.leases("bridge")); got != 3 {
+		t.Errorf("%d leases, want the 3 podnet pods'", got)
+	}
+}
+
+// TestMasqueradeRepaired flushes the nat table behind the plugin's back:
+// CHECK notices, and the next ADD puts the rules back.
+func TestMasqueradeRepaired(t *testing.T) {
+	n := newNode(t)
+	conf := n.conf("1.0.0", map[string]any{"ipMasq": true})
+	pod := nstest.New(t)
+	mustAdd(t, n, conf, pod, "r1")
+	before := natRules(t, n.ns)
+	if err := n.ns.Do(func() error {
+		if err := exec.Command("iptables", "-w", "-t", "nat", "-F").Run(); err != nil {
+			return err
+		}
+		return exec.Command("iptables", "-w", "-t", "nat", "-X").Run()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.check(conf, runtimeConf(pod, "r1")); err == nil || !strings.Contains(err.Error(), "masquerade") {
+		t.Fatalf("CHECK after flush: %v, want a masquerade error", err)
+	}
+	mustAdd(t, n, conf, nstest.New(t), "r2")
+	if after := natRules(t, n.ns); countRules(after) != countRules(before) {
+		t.Fatalf("rules not restored:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := n.check(conf, runtimeConf(pod, "r1")); err != nil {
+		t.Fatalf("CHECK after repair: %v", err)
+	}
+}
