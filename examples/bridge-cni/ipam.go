@@ -52,7 +52,6 @@ func (delegate) status(ctx context.Context, args *skel.CmdArgs, n *netConf) erro
 	return invoke.DelegateStatus(ctx, n.IPAM.Type, args.StdinData, nil)
 }
 
-
 // inProcess allocates from host-local's files without running a binary.
 // Until the ipam package lands it delegates like any other type.
 type inProcess struct{ delegate }
