@@ -7,6 +7,9 @@
 package link
 
 import (
+	"net"
+	"slices"
+
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
@@ -58,4 +61,47 @@ func set(ns *netns.NS, name string, up bool) error {
 		return opErr(nl.Err(err))
 	}
 	return nil
+}
+
+// Info describes one interface as `ip -d link show` does.
+type Info struct {
+	Name   string
+	Index  int
+	Type   string // "veth", "bridge", "loopback" …
+	MAC    net.HardwareAddr
+	MTU    int
+	Up     bool
+	Master int // ifindex of the bridge it is a port of; 0 if none
+	// Peer is, for a veth, the ifindex of its other end (in that end's
+	// namespace); for other types the kernel's IFLA_LINK, usually 0.
+	Peer int
+}
+
+// List returns the interfaces of ns, sorted by ifindex.
+//
+// Equivalent to: ip -d link show
+func List(ns *netns.NS) ([]Info, error) {
+	h, err := nl.Handle(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := nl.Dump(h.LinkList)
+	if err != nil {
+		return nil, &podnet.OpError{Op: "list", Kind: "links", NetNS: ns.String(), Err: err}
+	}
+	out := make([]Info, 0, len(links))
+	for _, l := range links {
+		a := l.Attrs()
+		typ := l.Type()
+		if typ == "device" && a.Flags&net.FlagLoopback != 0 {
+			typ = "loopback"
+		}
+		out = append(out, Info{
+			Name: a.Name, Index: a.Index, Type: typ, MAC: a.HardwareAddr, MTU: a.MTU,
+			Up: a.Flags&net.FlagUp != 0, Master: a.MasterIndex, Peer: a.ParentIndex,
+		})
+	}
+	slices.SortFunc(out, func(a, b Info) int { return a.Index - b.Index })
+	return out, nil
 }

@@ -44,3 +44,18 @@ func TestLoopbackUpDown(t *testing.T) {
 		t.Errorf("bad name: %v", err)
 	}
 }
+
+func TestList(t *testing.T) {
+	p := nstest.NewPair(t)
+	infos, err := link.List(p.A)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 2 || infos[0].Name != "lo" || infos[0].Type != "loopback" || infos[1].Name != "eth0" || infos[1].Type != "veth" || !infos[1].Up {
+		t.Fatalf("List = %+v", infos)
+	}
+	peer, _ := link.List(p.B)
+	if infos[1].Peer != peer[1].Index {
+		t.Errorf("eth0 peer %d, other end has index %d", infos[1].Peer, peer[1].Index)
+	}
+}

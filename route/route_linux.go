@@ -538,3 +538,35 @@ func forwardingKey(family int) (string, error) {
 	}
 	return "", podnet.Invalid("address family %d: want 4 or 6", family)
 }
+
+// Get returns the route ns would use to send a packet to dst, as the
+// kernel resolves it (whatever table or rule holds it).
+//
+// Equivalent to: ip route get DST
+func Get(ns *netns.NS, dst netip.Addr) (Route, error) {
+	h, err := open(ns)
+	if err != nil {
+		return Route{}, err
+	}
+	defer h.Close()
+	opErr := func(err error) error {
+		return &podnet.OpError{Op: "get", Kind: "route", Name: "to " + dst.String(), NetNS: ns.String(), Err: err}
+	}
+	if !dst.IsValid() {
+		return Route{}, opErr(podnet.Invalid("destination is not set"))
+	}
+	nrs, err := h.RouteGet(nl.IP(dst))
+	if err != nil {
+		return Route{}, opErr(nl.Err(err))
+	}
+	if len(nrs) == 0 {
+		return Route{}, opErr(ErrNotFound)
+	}
+	var name string
+	if l, err := h.LinkByIndex(nrs[0].LinkIndex); err == nil {
+		name = l.Attrs().Name
+	}
+	r := fromNetlink(nrs[0], map[int]string{nrs[0].LinkIndex: name})
+	r.Dst = netip.PrefixFrom(dst, dst.BitLen())
+	return r, nil
+}

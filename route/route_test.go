@@ -223,3 +223,20 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("bad input changed routes: %v → %v", before, after)
 	}
 }
+
+func TestGet(t *testing.T) {
+	p := nstest.NewPair(t)
+	if err := route.Create(p.A, route.Route{Dst: pfx("10.200.1.0/24"), Gateway: addr("10.99.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := route.Get(p.A, addr("10.200.1.7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Gateway != addr("10.99.0.2") || r.Dev != "eth0" {
+		t.Fatalf("Get = %v", r)
+	}
+	if r, err := route.Get(p.A, addr("192.0.2.1")); err == nil {
+		t.Fatalf("Get of an unroutable address = %v, want an error", r)
+	}
+}
