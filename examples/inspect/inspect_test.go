@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/veth"
+)
+
+var pluginDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "podnet-inspect-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	out, err := exec.Command(goBin, "build", "-o", filepath.Join(dir, "podnet-bridge"), "../bridge-cni").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build podnet-bridge: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	pluginDir = dir
+	code := nstest.Run(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// addPod attaches a new named pod namespace to node with the given plugin
+// type ("podnet-bridge" or the reference "bridge") through libcni.
+func addPod(t *testing.T, node *netns.NS, plugin, dataDir string) (*netns.NS, netip.Addr) {
+	t.Helper()
+	pod := nstest.NewNamed(t)
+	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"net-%s","type":%q,"bridge":"cnio0","isGateway":true,"ipMasq":true,
+		"ipam":{"type":"host-local","ranges":[[{"subnet":"10.200.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}}`, plugin, plugin, dataDir)
+	pc, err := libcni.NetworkPluginConfFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{pluginDir, refbin.Dir()}, t.TempDir(), nil)
+	rt := &libcni.RuntimeConf{ContainerID: "c-" + pod.Name(), NetNS: pod.Path(), IfName: "eth0"}
+	var res *current.Result
+	err = node.Do(func() error {
+		r, err := cni.AddNetwork(context.Background(), pc, rt)
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("ADD with %s: %v", plugin, err)
+	}
+	t.Cleanup(func() {
+		node.Do(func() error { return cni.DelNetwork(context.Background(), pc, rt) })
+	})
+	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	return pod, ip
+}
+
+func inspectJSON(t *testing.T, args ...string) (*Report, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := run(append([]string{"--json"}, args...), &out, &errOut); code != 0 {
+		t.Fatalf("podnet-inspect %v: exit %d: %s", args, code, errOut.String())
+	}
+	var r Report
+	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
+		t.Fatalf("bad JSON: %v\n%s", err, out.String())
+	}
+	return &r, out.String()
+}
+
+func TestInspectPods(t *testing.T) {
+	refbin.Path(t, "bridge")
+	for _, plugin := range []string{"podnet-bridge", "bridge"} {
+		t.Run(plugin, func(t *testing.T) {
+			node := nstest.NewNamed(t)
+			// An outside host to talk to, so conntrack has a translated flow.
+			out := nstest.New(t)
+			if _, err := veth.Create(node, veth.Spec{Name: "ens0", PeerName: "eth0", PeerNS: out}); err != nil {
+				t.Fatal(err)
+			}
+			addr.Ensure(node, "ens0", netip.MustParsePrefix("10.240.0.20/24"))
+			addr.Ensure(out, "eth0", netip.MustParsePrefix("10.240.0.99/24"))
+			srv, err := probe.Serve(out, netip.MustParseAddrPort("10.240.0.99:8080"), "outside")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+
+			dataDir := t.TempDir()
+			pod, ip := addPod(t, node, plugin, dataDir)
+			_, other := addPod(t, node, plugin, dataDir)
+			if _, err := probe.Ask(pod, "tcp", srv.Addr, 3*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			// A process in the pod, found by PID.
+			var sleep *exec.Cmd
+			if err := pod.Do(func() error {
+				sleep = exec.Command("sleep", "60")
+				return sleep.Start()
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer func() { sleep.Process.Kill(); sleep.Wait() }()
+
+			for _, arg := range []string{pod.Name(), pod.Path(), fmt.Sprint(sleep.Process.Pid)} {
+				r, raw := inspectJSON(t, "--node", node.Path(), arg)
+				if !slices.Contains(r.Addresses, ip) {
+					t.Fatalf("%s: addresses %v, want %v\n%s", arg, r.Addresses, ip, raw)
+				}
+				if !slices.Contains(r.Pod.Names, pod.Name()) {
+					t.Errorf("%s: names %v", arg, r.Pod.Names)
+				}
+				if !slices.ContainsFunc(r.Pod.Processes, func(p Process) bool { return p.PID == sleep.Process.Pid && p.Command == "sleep" }) {
+					t.Errorf("%s: processes %v lack sleep %d", arg, r.Pod.Processes, sleep.Process.Pid)
+				}
+				v := r.Veth
+				if v == nil || v.Bridge != "cnio0" || v.HostVeth == "" || len(v.Ports) != 2 {
+					t.Fatalf("%s: veth path %+v", arg, v)
+				}
+				host, err := veth.Peer(pod, "eth0", node)
+				if err != nil || host.Name != v.HostVeth || host.Index != v.PeerIndex {
+					t.Errorf("%s: host veth %+v, report says %s/%d", arg, host, v.HostVeth, v.PeerIndex)
+				}
+				if !slices.Contains(v.BridgeAddrs, "10.200.0.1/24") {
+					t.Errorf("bridge addresses %v", v.BridgeAddrs)
+				}
+				if !slices.ContainsFunc(r.PodRoutes, func(s string) bool { return strings.HasPrefix(s, "default via 10.200.0.1") }) {
+					t.Errorf("pod routes %v", r.PodRoutes)
+				}
+				if len(r.NodeRoutes) != 1 || !strings.Contains(r.NodeRoutes[0].Route, "dev cnio0") {
+					t.Errorf("node routes %+v", r.NodeRoutes)
+				}
+				if !slices.ContainsFunc(r.NATRules, func(n NATRule) bool {
+					return n.Table == "nat" && strings.Contains(n.Rule, "10.200.0.")
+				}) {
+					t.Errorf("no masquerade rule found: %+v", r.NATRules)
+				}
+				want := fmt.Sprintf("src=%s dst=10.240.0.99", ip)
+				if !slices.ContainsFunc(r.Conntrack, func(s string) bool {
+					return strings.Contains(s, want) && strings.Contains(s, "dst=10.240.0.20")
+				}) {
+					t.Errorf("conntrack %q lacks the masqueraded flow %q", r.Conntrack, want)
+				}
+				for _, w := range r.Warnings {
+					t.Errorf("warning: %s", w)
+				}
+			}
+			_ = other
+			// The text form tells the same story.
+			var text, errOut bytes.Buffer
+			if run([]string{"--node", node.Path(), pod.Name()}, &text, &errOut) != 0 || !strings.Contains(text.String(), "← this pod") {
+				t.Errorf("text output:\n%s%s", text.String(), errOut.String())
+			}
+		})
+	}
+}
+
+func TestInspectErrors(t *testing.T) {
+	lonely := nstest.NewNamed(t) // no veth inside
+	for _, c := range []struct {
+		arg, want string
+	}{
+		{"999999999", "no process with PID 999999999"},
+		{"/nonexistent/ns", "no namespace at /nonexistent/ns"},
+		{"podnet-no-such-ns", `no namespace named "podnet-no-such-ns"`},
+		{lonely.Name(), "has no veth interface"},
+	} {
+		var out, errOut bytes.Buffer
+		code := run([]string{c.arg}, &out, &errOut)
+		if code != 1 || !strings.Contains(errOut.String(), c.want) || strings.Contains(errOut.String(), "goroutine") {
+			t.Errorf("inspect %s: exit %d, stderr %q; want 1 and %q", c.arg, code, errOut.String(), c.want)
+		}
+	}
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/bridge"
+	"github.com/podnet/podnet/link"
+	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/veth"
+)
+
+// Report is the walk of one pod's network path, what --json prints.
+type Report struct {
+	Pod        Namespace    `json:"pod"`
+	Interfaces []Interface  `json:"interfaces"`
+	Veth       *VethPath    `json:"veth,omitempty"`
+	PodRoutes  []string     `json:"podRoutes"`
+	NodeRoutes []NodeRoute  `json:"nodeRoutes"`
+	NATRules   []NATRule    `json:"natRules"`
+	Conntrack  []string     `json:"conntrack"`
+	Warnings   []string     `json:"warnings,omitempty"`
+	Addresses  []netip.Addr `json:"addresses"`
+}
+
+// Namespace identifies the pod's network namespace.
+type Namespace struct {
+	Path      string    `json:"path"`
+	Inode     uint64    `json:"inode"`
+	Names     []string  `json:"names,omitempty"` // under /var/run/netns
+	Processes []Process `json:"processes"`
+}
+
+// Process is one process inside the namespace.
+type Process struct {
+	PID     int    `json:"pid"`
+	Command string `json:"command"`
+}
+
+// Interface is one link inside the pod.
+type Interface struct {
+	Name      string         `json:"name"`
+	Index     int            `json:"index"`
+	Type      string         `json:"type"`
+	MAC       string         `json:"mac,omitempty"`
+	MTU       int            `json:"mtu"`
+	Up        bool           `json:"up"`
+	PeerIndex int            `json:"peerIndex,omitempty"`
+	Addresses []netip.Prefix `json:"addresses"`
+}
+
+// VethPath follows the pod's veth to the node and its bridge.
+type VethPath struct {
+	PodInterface string       `json:"podInterface"`
+	PeerIndex    int          `json:"peerIndex"` // ethtool -S: peer_ifindex
+	HostVeth     string       `json:"hostVeth"`
+	HostIndex    int          `json:"hostIndex"`
+	Bridge       string       `json:"bridge,omitempty"`
+	BridgeIndex  int          `json:"bridgeIndex,omitempty"`
+	BridgeAddrs  []string     `json:"bridgeAddresses,omitempty"`
+	Ports        []BridgePort `json:"ports,omitempty"`
+}
+
+// BridgePort is one port of the pod's bridge.
+type BridgePort struct {
+	Name    string `json:"name"`
+	Index   int    `json:"index"`
+	Hairpin bool   `json:"hairpin"`
+	ThisPod bool   `json:"thisPod,omitempty"`
+}
+
+// NodeRoute is the route the node uses towards one of the pod's addresses.
+type NodeRoute struct {
+	To    netip.Addr `json:"to"`
+	Route string     `json:"route"`
+}
+
+// NATRule is an iptables rule of the node that mentions the pod.
+type NATRule struct {
+	Table string `json:"table"`
+	Chain string `json:"chain"`
+	Rule  string `json:"rule"`
+}
+
+// errNoVeth: the namespace is not a pod attached by a veth.
+var errNoVeth = errors.New("has no veth interface: is it a pod's namespace?")
+
+func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
+	r := &Report{Pod: Namespace{Path: pod.Path()}}
+	ino, err := pod.Inode()
+	if err != nil {
+		return nil, err
+	}
+	r.Pod.Inode = ino
+	if entries, err := netns.List(); err == nil {
+		for _, e := range entries {
+			if e.Inode == ino {
+				r.Pod.Names = append(r.Pod.Names, e.Name)
+			}
+		}
+	}
+	if pids, err := pod.PIDs(); err == nil {
+		for _, pid := range pids {
+			comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+			r.Pod.Processes = append(r.Pod.Processes, Process{PID: pid, Command: strings.TrimSpace(string(comm))})
+		}
+	}
+
+	links, err := link.List(pod)
+	if err != nil {
+		return nil, err
+	}
+	var vethName string
+	for _, l := range links {
+		ifc := Interface{Name: l.Name, Index: l.Index, Type: l.Type, MTU: l.MTU, Up: l.Up}
+		if l.MAC != nil {
+			ifc.MAC = l.MAC.String()
+		}
+		if l.Type == "veth" {
+			ifc.PeerIndex = l.Peer
+			if vethName == "" || l.Name == "eth0" {
+				vethName = l.Name
+			}
+		}
+		ifc.Addresses, _ = addr.List(pod, l.Name)
+		for _, a := range ifc.Addresses {
+			if l.Type != "loopback" && !a.Addr().IsLinkLocalUnicast() {
+				r.Addresses = append(r.Addresses, a.Addr())
+			}
+		}
+		r.Interfaces = append(r.Interfaces, ifc)
+	}
+	if vethName == "" {
+		return nil, fmt.Errorf("netns %q %w", pod, errNoVeth)
+	}
+
+	r.Veth, err = followVeth(pod, node, vethName)
+	if err != nil {
+		r.Warnings = append(r.Warnings, err.Error())
+	}
+
+	if rs, err := route.List(pod, route.Filter{}); err == nil {
+		for _, rt := range rs {
+			r.PodRoutes = append(r.PodRoutes, rt.String())
+		}
+	}
+	for _, a := range r.Addresses {
+		if rt, err := route.Get(node, a); err == nil {
+			r.NodeRoutes = append(r.NodeRoutes, NodeRoute{To: a, Route: rt.String()})
+		} else {
+			r.Warnings = append(r.Warnings, fmt.Sprintf("node has no route to %s: %v", a, err))
+		}
+	}
+
+	subnets := podSubnets(links, pod)
+	r.NATRules, err = natRules(ctx, node, r.Addresses, subnets)
+	if err != nil {
+		r.Warnings = append(r.Warnings, "read iptables: "+err.Error())
+	}
+	flows, err := nat.ListFlows(ctx, node, nat.FlowFilter{})
+	if err != nil {
+		r.Warnings = append(r.Warnings, "read conntrack: "+err.Error())
+	}
+	for _, f := range flows {
+		for _, a := range r.Addresses {
+			if f.Orig.Src == a || f.Orig.Dst == a || f.Reply.Src == a || f.Reply.Dst == a {
+				r.Conntrack = append(r.Conntrack, f.String())
+				break
+			}
+		}
+	}
+	return r, nil
+}
+
+// followVeth resolves the pod's veth to its node end and that end's bridge.
+func followVeth(pod, node *netns.NS, name string) (*VethPath, error) {
+	end, err := veth.Get(pod, name)
+	if err != nil {
+		return nil, err
+	}
+	v := &VethPath{PodInterface: name, PeerIndex: end.PeerIndex}
+	host, err := veth.Peer(pod, name, node)
+	if err != nil {
+		return v, fmt.Errorf("peer of %s is not in the node namespace %s (use --node): %w", name, node, err)
+	}
+	v.HostVeth, v.HostIndex = host.Name, host.Index
+	if host.Master == 0 {
+		return v, nil
+	}
+	links, err := link.List(node)
+	if err != nil {
+		return v, err
+	}
+	for _, l := range links {
+		if l.Index == host.Master {
+			v.Bridge, v.BridgeIndex = l.Name, l.Index
+		}
+	}
+	if v.Bridge == "" {
+		return v, nil
+	}
+	if as, err := bridge.Addrs(node, v.Bridge); err == nil {
+		for _, a := range as {
+			if !a.Addr().IsLinkLocalUnicast() {
+				v.BridgeAddrs = append(v.BridgeAddrs, a.String())
+			}
+		}
+	}
+	ports, err := bridge.Ports(node, v.Bridge)
+	if err != nil {
+		return v, err
+	}
+	for _, p := range ports {
+		v.Ports = append(v.Ports, BridgePort{Name: p.Name, Index: p.Index, Hairpin: p.Hairpin, ThisPod: p.Index == host.Index})
+	}
+	return v, nil
+}
+
+// podSubnets are the connected subnets of the pod's addresses.
+func podSubnets(links []link.Info, pod *netns.NS) []netip.Prefix {
+	var out []netip.Prefix
+	for _, l := range links {
+		if l.Type == "loopback" {
+			continue
+		}
+		as, _ := addr.List(pod, l.Name)
+		for _, a := range as {
+			if !a.Addr().IsLinkLocalUnicast() {
+				out = append(out, a.Masked())
+			}
+		}
+	}
+	return out
+}
+
+// natRules returns the node's rules in every table that name one of the
+// pod's addresses (as a source, destination or DNAT target) or its subnet.
+func natRules(ctx context.Context, node *netns.NS, addrs []netip.Addr, subnets []netip.Prefix) ([]NATRule, error) {
+	k := nat.NewKernel(node)
+	var needles []string
+	for _, a := range addrs {
+		bits := a.BitLen()
+		needles = append(needles, netip.PrefixFrom(a, bits).String()+" ", a.String()+":", "--to-destination "+a.String()+" ")
+	}
+	for _, s := range subnets {
+		needles = append(needles, s.String()+" ", s.String()+"\n")
+	}
+	var out []NATRule
+	for _, f := range []nat.Family{nat.IPv4, nat.IPv6} {
+		rs, err := k.SaveAll(ctx, f)
+		if err != nil {
+			return out, err
+		}
+		for _, t := range rs.Tables {
+			for _, c := range t.Chains {
+				for _, rule := range c.Rules {
+					text := rule + " "
+					for _, n := range needles {
+						if strings.Contains(text, n) || strings.Contains(text+"\n", n) {
+							out = append(out, NATRule{Table: string(t.Name), Chain: c.Name, Rule: "-A " + c.Name + " " + rule})
+							break
+						}
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
