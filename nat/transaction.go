@@ -319,6 +319,9 @@ type tablePlan struct {
 	declare []string // chain names to create-or-flush
 	rules   []string // "-A C spec", "-I C n spec", "-D C spec"
 	remove  []string // chain names to delete at the end
+	// sets of declare and remove: a transaction may name tens of
+	// thousands of chains, so membership must not scan the lists.
+	declareSet, removeSet map[string]bool
 }
 
 func (p *restorePlan) table(t Table) *tablePlan {
@@ -332,11 +335,23 @@ func (p *restorePlan) table(t Table) *tablePlan {
 	return tp
 }
 
-func (tp *tablePlan) declared(name string) bool { return slices.Contains(tp.declare, name) }
-
 func (tp *tablePlan) addDeclare(name string) {
-	if !tp.declared(name) {
+	if tp.declareSet == nil {
+		tp.declareSet = map[string]bool{}
+	}
+	if !tp.declareSet[name] {
+		tp.declareSet[name] = true
 		tp.declare = append(tp.declare, name)
+	}
+}
+
+func (tp *tablePlan) addRemove(name string) {
+	if tp.removeSet == nil {
+		tp.removeSet = map[string]bool{}
+	}
+	if !tp.removeSet[name] {
+		tp.removeSet[name] = true
+		tp.remove = append(tp.remove, name)
 	}
 }
 
@@ -425,9 +440,7 @@ func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain
 			tp.addDeclare(name)
 		case opDeleteChain:
 			tp.addDeclare(name)
-			if !slices.Contains(tp.remove, name) {
-				tp.remove = append(tp.remove, name)
-			}
+			tp.addRemove(name)
 			deleted[op.chain] = true
 		case opEnsure:
 			cur := state[tableKey{op.chain.Family, op.chain.Table}].Chain(name)
@@ -474,7 +487,7 @@ func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain
 					continue
 				}
 				tp.addDeclare(c.Name)
-				tp.remove = append(tp.remove, c.Name)
+				tp.addRemove(c.Name)
 				deleted[ch] = true
 			}
 		}
