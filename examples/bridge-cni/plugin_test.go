@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
+	"github.com/podnet/podnet/internal/gobuild"
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/probe"
 	"github.com/podnet/podnet/internal/refbin"
@@ -38,10 +37,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(goBin, "build", "-o", filepath.Join(dir, "podnet-bridge"), ".").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build podnet-bridge: %v\n%s", err, out)
+	if _, err := gobuild.Binary(dir, "podnet-bridge", "."); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}

@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -19,6 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/gobuild"
 	"github.com/podnet/podnet/internal/probe"
 	"github.com/podnet/podnet/internal/refbin"
 	"github.com/podnet/podnet/netns"
@@ -34,10 +33,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	out, err := exec.Command(goBin, "build", "-o", filepath.Join(dir, "podnet-bridge"), "../bridge-cni").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build podnet-bridge: %v\n%s", err, out)
+	if _, err := gobuild.Binary(dir, "podnet-bridge", "../bridge-cni"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
