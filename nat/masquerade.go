@@ -137,7 +137,7 @@ func (m NetworkMasquerade) Ensure(ctx context.Context, b Backend) error {
 		post := cur.Chain("POSTROUTING")
 		for _, j := range jumps {
 			if s, _ := j.Spec(f); post == nil || !slices.Contains(post.Rules, s) {
-				tx.EnsureRule(Chain{f, TableNAT, "POSTROUTING"}, true, j)
+				tx.EnsureRule(Chain{f, TableNAT, "POSTROUTING"}, false, j) // appended, as the reference plugin does: exemptions inserted at the top by node agents keep precedence
 			}
 		}
 		// Jumps of this network for subnets no longer listed.
