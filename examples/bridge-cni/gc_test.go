@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/podnet/podnet/netns/nstest"
+)
+
+// confList wraps one plugin configuration in a cniVersion 1.1.0 list, the
+// form GC and STATUS are called with.
+func (n *node) confList(plugin []byte) *libcni.NetworkConfigList {
+	n.t.Helper()
+	var p map[string]any
+	json.Unmarshal(plugin, &p)
+	name := p["name"]
+	delete(p, "cniVersion")
+	delete(p, "name")
+	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": name, "plugins": []any{p}})
+	list, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return list
+}
+
+// TestGC keeps one attachment valid and checks GC releases the other
+// leases and removes the reference plugin's chain of a gone container.
+func TestGC(t *testing.T) {
+	n := newNode(t)
+	ours := n.conf("1.1.0", map[string]any{"ipMasq": true})
+	ref := n.conf("1.1.0", map[string]any{"ipMasq": true, "type": "bridge"})
+	keep := nstest.New(t)
+	mustAdd(t, n, ours, keep, "keep")
+	mustAdd(t, n, ours, nstest.New(t), "gone1")
+	if _, err := n.add(ref, runtimeConf(nstest.New(t), "gone2")); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(n.leases("bridge")); got != 3 {
+		t.Fatalf("%d leases before GC", got)
+	}
+	if !strings.Contains(natRules(t, n.ns), "CNI-") {
+		t.Fatal("no reference chain to collect")
+	}
+	err := n.in(func(ctx context.Context) error {
+		return n.cni.GCNetworkList(ctx, n.confList(ours), &libcni.GCArgs{
+			ValidAttachments: []types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}},
+		})
+	})
+	if err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if got := n.leases("bridge"); len(got) != 1 {
+		t.Errorf("leases after GC: %v, want only keep's", got)
+	}
+	if save := natRules(t, n.ns); strings.Contains(save, "CNI-") {
+		t.Errorf("reference chain of a gone container survived GC:\n%s", save)
+	}
+	if err := n.check(ours, runtimeConf(keep, "keep")); err != nil {
+		t.Errorf("the kept pod no longer checks out: %v", err)
+	}
+}
