@@ -1,0 +1,9 @@
+package service
+
+import (
+	"testing"
+
+	"github.com/podnet/podnet/netns/nstest"
+)
+
+func TestMain(m *testing.M) { nstest.Main(m) }
