@@ -26,7 +26,8 @@ if [ "${PODNET_BENCH_INNER:-}" != 1 ]; then
 	WORK=$(mktemp -d /tmp/podnet-bench.XXXXXX)
 	trap 'rm -rf "$WORK"' EXIT
 	mkdir -p "$WORK/bin"
-	(cd "$ROOT" && "$GO" build -o "$WORK/bin/podnet-bridge" ./examples/bridge-cni)
+	(cd "$ROOT" && "$GO" build -o "$WORK/bin/podnet-bridge" ./examples/bridge-cni &&
+		"$GO" build -o "$WORK/bin/nopcni" ./bench/nopcni)
 	cp "$REFBIN/bridge" "$REFBIN/host-local" "$REFBIN/cnitool" "$WORK/bin/"
 	# A private mount namespace: cnitool's cache and the named namespaces
 	# below vanish with it, even if this script is killed.
@@ -49,6 +50,7 @@ JSON
 }
 conf ref bridge 10.200.0.0/16 "$WORK/data-ref"
 conf pod podnet-bridge 10.201.0.0/16 "$WORK/data-pod"
+conf nop nopcni 10.202.0.0/16 "$WORK/data-nop"
 
 cleanup() {
 	for ns in $(ip netns list | awk '/^pb-/{print $1}'); do ip netns del "$ns" 2>/dev/null || true; done
@@ -56,10 +58,11 @@ cleanup() {
 trap cleanup EXIT
 ip netns add pb-node-ref
 ip netns add pb-node-pod
-for n in pb-node-ref pb-node-pod; do ip -n $n link set lo up; done
+ip netns add pb-node-nop
+for n in pb-node-ref pb-node-pod pb-node-nop; do ip -n $n link set lo up; done
 
 now() { date +%s%N; }
-declare -a add_ref add_pod del_ref del_pod
+declare -a add_ref add_pod del_ref del_pod add_nop del_nop
 run() { # NODE NET OP POD → prints ns
 	local t0 t1
 	t0=$(now)
@@ -73,6 +76,7 @@ for i in $(seq 1 "$PODS"); do
 	ip netns add "pb-r$i"; ip netns add "pb-p$i"
 	add_ref+=("$(run pb-node-ref ref add "pb-r$i")")
 	add_pod+=("$(run pb-node-pod pod add "pb-p$i")")
+	if [ $((i % 10)) -eq 1 ]; then add_nop+=("$(run pb-node-nop nop add "pb-r$i")"); fi
 done
 rules_ref=$(ip netns exec pb-node-ref iptables-save -t nat | grep -c '^-A' || true)
 rules_pod=$(ip netns exec pb-node-pod iptables-save -t nat | grep -c '^-A' || true)
@@ -80,6 +84,7 @@ echo "deleting..." >&2
 for i in $(seq 1 "$PODS"); do
 	del_ref+=("$(run pb-node-ref ref del "pb-r$i")")
 	del_pod+=("$(run pb-node-pod pod del "pb-p$i")")
+	if [ $((i % 10)) -eq 1 ]; then del_nop+=("$(run pb-node-nop nop del "pb-r$i")"); fi
 done
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
@@ -100,3 +105,5 @@ fr=$(tenth first "${add_ref[@]}"); lr=$(tenth last "${add_ref[@]}")
 fp=$(tenth first "${add_pod[@]}"); lp=$(tenth last "${add_pod[@]}")
 printf '%-26s %12s %12s\n' "ADD last10%/first10%" "$(ratio "$lr" "$fr")" "$(ratio "$lp" "$fp")"
 printf '%-26s %12s %12s\n' "nat rules at $PODS pods" "$rules_ref" "$rules_pod"
+printf '%-26s %12s / %s\n' "harness floor ADD / DEL" "$(ms "$(median "${add_nop[@]}")")" "$(ms "$(median "${del_nop[@]}")")"
+echo "(floor: a plugin that does nothing, through the same cnitool and ip netns exec)"

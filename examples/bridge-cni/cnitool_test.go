@@ -115,8 +115,8 @@ func TestCnitoolWithPortmap(t *testing.T) {
 	if l := n.leases("podnet"); len(l) != 0 {
 		t.Errorf("leases after del: %v", l)
 	}
-	if ps := n.ports(); len(ps) != 0 {
-		t.Errorf("ports after del: %v", ps)
+	if left := n.vethsGone(); len(left) != 0 {
+		t.Errorf("veths after del: %v", left)
 	}
 	var rules []byte
 	n.ns.Do(func() error {

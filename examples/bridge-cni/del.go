@@ -7,12 +7,12 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 
 	"github.com/podnet/podnet/netns"
-	"github.com/podnet/podnet/veth"
 )
 
 // cmdDel removes what ADD made for this attachment: the pod's interface
-// (and with it the host-side veth), the address lease, and the reference
-// plugin's per-container masquerade chain if a migrated node still has one.
+// (and with it the host-side veth: retired at once, deleted by a detached
+// child, see retire), the address lease, and the reference plugin's
+// per-container masquerade chain if a migrated node still has one.
 // The bridge and the per-network masquerade rules stay. It succeeds when
 // everything is already gone, and when the pod's namespace no longer exists.
 func cmdDel(args *skel.CmdArgs) error {
@@ -24,6 +24,11 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	ctx := context.Background()
+	host, err := netns.Current()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
 	if args.Netns != "" {
 		pod, err := netns.Open(args.Netns)
 		switch {
@@ -33,7 +38,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		case err != nil:
 			return err
 		default:
-			err = veth.Delete(pod, args.IfName)
+			err = retire(pod, host, args.IfName)
 			pod.Close()
 			if err != nil {
 				return err
@@ -46,11 +51,6 @@ func cmdDel(args *skel.CmdArgs) error {
 		}
 	}
 	if n.IPMasq {
-		host, err := netns.Current()
-		if err != nil {
-			return err
-		}
-		defer host.Close()
 		if err := removeLegacyMasquerade(host, n, args.ContainerID); err != nil {
 			return err
 		}

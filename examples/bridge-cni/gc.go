@@ -10,8 +10,9 @@ import (
 )
 
 // cmdGC releases the leases of every attachment not listed in
-// cni.dev/valid-attachments, and the reference plugin's per-container
-// masquerade chains of containers that are gone.
+// cni.dev/valid-attachments, deletes retired veths whose deletion did not
+// complete, and the reference plugin's per-container masquerade chains of
+// containers that are gone.
 func cmdGC(args *skel.CmdArgs) error {
 	n, err := loadConf(args.StdinData, args.Args)
 	if err != nil {
@@ -23,12 +24,15 @@ func cmdGC(args *skel.CmdArgs) error {
 			return err
 		}
 	}
+	host, err := netns.Current()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	if err := reapTombstones(host); err != nil {
+		return err
+	}
 	if n.IPMasq {
-		host, err := netns.Current()
-		if err != nil {
-			return err
-		}
-		defer host.Close()
 		return gcLegacyMasquerade(host, n)
 	}
 	return nil

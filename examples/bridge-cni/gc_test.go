@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/veth"
 )
 
 // confList wraps one plugin configuration in a cniVersion 1.1.0 list, the
@@ -63,5 +65,32 @@ func TestGC(t *testing.T) {
 	}
 	if err := n.check(ours, runtimeConf(keep, "keep")); err != nil {
 		t.Errorf("the kept pod no longer checks out: %v", err)
+	}
+}
+
+// TestGCReapsTombstones: a retired pair whose deleting child died is
+// deleted by the next GC; other veths are left alone.
+func TestGCReapsTombstones(t *testing.T) {
+	n := newNode(t)
+	conf := n.conf("1.1.0", nil)
+	keep := nstest.New(t)
+	mustAdd(t, n, conf, keep, "keep")
+	orphan := nstest.New(t)
+	if _, err := veth.Create(n.ns, veth.Spec{Name: tombstonePrefix + "0badcafe", PeerName: "x", PeerNS: orphan}); err != nil {
+		t.Fatal(err)
+	}
+	err := n.in(func(ctx context.Context) error {
+		return n.cni.GCNetworkList(ctx, n.confList(conf), &libcni.GCArgs{
+			ValidAttachments: []types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}},
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := veth.Get(n.ns, tombstonePrefix+"0badcafe"); !errors.Is(err, veth.ErrNotFound) {
+		t.Errorf("tombstone survived GC: %v", err)
+	}
+	if _, err := veth.Peer(keep, "eth0", n.ns); err != nil {
+		t.Errorf("GC took the live pod's veth: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/probe"
 	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"
@@ -173,6 +175,30 @@ func (n *node) ports() []string {
 	return names
 }
 
+// vethsGone polls until the node has no veth left (DEL deletes retired
+// pairs in a detached child, a few tens of milliseconds after returning)
+// and reports what remains at the deadline.
+func (n *node) vethsGone() []string {
+	n.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []string
+		infos, err := link.List(n.ns)
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		for _, l := range infos {
+			if l.Type == "veth" && l.Name != "ens0" {
+				left = append(left, l.Name)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func mustAdd(t *testing.T, n *node, conf []byte, pod *netns.NS, id string) *current.Result {
 	t.Helper()
 	res, err := n.add(conf, runtimeConf(pod, id))
@@ -298,8 +324,12 @@ func TestDelIsIdempotent(t *testing.T) {
 			t.Fatalf("DEL %d: %v", i, err)
 		}
 	}
-	if ps := n.ports(); len(ps) != 0 {
-		t.Errorf("ports left: %v", ps)
+	// The pod's interface name is free as soon as DEL returns.
+	if _, err := veth.Get(pod, "eth0"); !errors.Is(err, veth.ErrNotFound) {
+		t.Errorf("eth0 still in the pod after DEL: %v", err)
+	}
+	if left := n.vethsGone(); len(left) != 0 {
+		t.Errorf("veths left: %v", left)
 	}
 	// A pod whose namespace vanished before DEL.
 	gone := nstest.NewNamed(t)
@@ -348,19 +378,11 @@ func TestNothingLeftBehind(t *testing.T) {
 	if l := n.leases("bridge"); len(l) != 0 {
 		t.Errorf("leases left: %v", l)
 	}
+	if left := n.vethsGone(); len(left) != 0 {
+		t.Errorf("veths left in node: %v", left)
+	}
 	if ps := n.ports(); len(ps) != 0 {
 		t.Errorf("ports left: %v", ps)
-	}
-	h, err := nl.Handle(n.ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	links, _ := h.LinkList()
-	for _, l := range links {
-		if l.Type() == "veth" {
-			t.Errorf("veth left in node: %s", l.Attrs().Name)
-		}
 	}
 }
 
