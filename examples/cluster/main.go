@@ -117,7 +117,7 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 		{"pod CIDRs carved from 10.200.0.0/16", c.assignPodCIDRs},
 		{fmt.Sprintf("%d pods attached by podnet-bridge through libcni", cfg.nodes*cfg.podsPerNode), func() error { return c.addPods(ctx) }},
 		{"host-gw routes between nodes (route.Sync)", c.routeNodes},
-		{"cluster traffic exempt from masquerade (as ip-masq-agent does)", func() error { return c.exemptClusterFromMasquerade(ctx) }},
+		{"node rules: cluster traffic exempt from masquerade, INVALID dropped", func() error { return c.nodeRules(ctx) }},
 		{"Services programmed on every worker", func() error { return c.programServices(ctx) }},
 	}
 	for _, s := range steps {

@@ -235,20 +235,29 @@ func (c *cluster) routeNodes() error {
 	return err
 }
 
-// exemptClusterFromMasquerade keeps pod-to-pod traffic between nodes
-// unmasqueraded, as ip-masq-agent does on real clusters: a RETURN for
-// cluster-internal destinations ahead of the CNI plugin's masquerade jump.
-func (c *cluster) exemptClusterFromMasquerade(ctx context.Context) error {
-	chain := nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "PODNET-CLUSTER-NOMASQ"}
+// nodeRules installs what a node agent adds beside the CNI plugin on real
+// clusters: pod-to-pod traffic between nodes exempt from masquerade (as
+// ip-masq-agent does: an ACCEPT for cluster destinations ahead of the
+// plugin's masquerade jump), and kube-proxy's drop of conntrack-INVALID
+// forwarded packets, which also keeps connection tracking on in the node.
+func (c *cluster) nodeRules(ctx context.Context) error {
+	noMasq := nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "PODNET-CLUSTER-NOMASQ"}
+	fwd := nat.Chain{Family: nat.IPv4, Table: nat.TableFilter, Name: "PODNET-CLUSTER-FORWARD"}
 	for _, w := range c.workers {
 		tx := nat.NewTransaction().
-			Declare(chain, nat.Rule{
+			Declare(noMasq, nat.Rule{
 				Destination: nat.Addr{Prefix: c.cfg.clusterCIDR},
 				Matches:     []nat.Match{nat.Comment("pod to pod: no NAT")},
 				Target:      nat.Accept,
 			}).
 			EnsureRule(nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "POSTROUTING"}, true,
-				nat.Rule{Source: nat.Addr{Prefix: c.cfg.clusterCIDR}, Target: nat.Jump(chain.Name)})
+				nat.Rule{Source: nat.Addr{Prefix: c.cfg.clusterCIDR}, Target: nat.Jump(noMasq.Name)}).
+			Declare(fwd, nat.Rule{
+				Matches: []nat.Match{nat.Conntrack{States: []string{"INVALID"}}},
+				Target:  nat.Drop,
+			}).
+			EnsureRule(nat.Chain{Family: nat.IPv4, Table: nat.TableFilter, Name: "FORWARD"}, true,
+				nat.Rule{Target: nat.Jump(fwd.Name)})
 		if err := nat.NewKernel(w.ns).Run(ctx, tx); err != nil {
 			return err
 		}
