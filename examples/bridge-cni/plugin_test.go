@@ -33,22 +33,7 @@ import (
 // pluginDir holds the podnet-bridge binary built for this test run.
 var pluginDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "podnet-bridge-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if _, err := gobuild.Binary(dir, "podnet-bridge", "."); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	pluginDir = dir
-	code := nstest.Run(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", ".") }
 
 // node is a throwaway node namespace with a CNI runtime (libcni, as
 // containerd uses it) that runs plugins inside it.

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -27,22 +26,7 @@ import (
 
 var pluginDir string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "podnet-inspect-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	if _, err := gobuild.Binary(dir, "podnet-bridge", "../bridge-cni"); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	pluginDir = dir
-	code := nstest.Run(m)
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", "../bridge-cni") }
 
 // addPod attaches a new named pod namespace to node with the given plugin
 // type ("podnet-bridge" or the reference "bridge") through libcni.

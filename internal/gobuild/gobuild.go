@@ -7,6 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"testing"
+
+	"github.com/podnet/podnet/netns/nstest"
 )
 
 // Binary builds the main package at pkg (a path relative to the caller's
@@ -24,4 +27,25 @@ func Binary(dir, name, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 	}
 	return out, nil
+}
+
+// TestMain builds the main package pkg as dir/name before the tests of m
+// run (name is how CNI runtimes find it, e.g. "podnet-bridge"), stores the
+// directory in *dir, runs the tests with nstest's leak check, removes the
+// directory and exits.
+func TestMain(m *testing.M, dir *string, name, pkg string) {
+	d, err := os.MkdirTemp("", "podnet-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if _, err := Binary(d, name, pkg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(d)
+		os.Exit(1)
+	}
+	*dir = d
+	code := nstest.Run(m)
+	os.RemoveAll(d)
+	os.Exit(code)
 }
