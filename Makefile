@@ -8,18 +8,21 @@ STATICCHECK_VERSION := v0.8.2
 APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all deps test lint unit demo bench clean
+.PHONY: all deps deps-system test lint unit demo build bench clean
 
 all: test
 
-# deps installs what a fresh Debian machine lacks: kernel tools, staticcheck
-# and the pinned reference programs tests compare against.
-deps:
+# deps-system installs the kernel tools a fresh Debian machine lacks.
+deps-system:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# deps adds staticcheck and the pinned reference programs tests compare
+# against.
+deps: deps-system
 	@test -x $(GOBIN_DIR)/staticcheck || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	@mkdir -p $(REFBIN)
 	@for p in ipam/host-local main/bridge meta/portmap; do \
@@ -39,11 +42,21 @@ unit:
 
 test: deps lint unit
 
-demo:
-	$(GO) run ./examples/podpair
+# build puts the programs in bin/: podnet-bridge (CNI plugin),
+# podnet-cluster (the demo), podnet-inspect.
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/podnet-bridge ./examples/bridge-cni
+	$(GO) build -o bin/podnet-cluster ./examples/cluster
+	$(GO) build -o bin/podnet-inspect ./examples/inspect
+
+# demo builds the article's cluster in namespaces, checks its claims with
+# real traffic, prints the evidence and tears it down.
+demo: deps build
+	bin/podnet-cluster --cni-path bin:$(REFBIN)
 
 bench: deps
 	PODNET_REFBIN=$(REFBIN) $(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 clean:
-	rm -rf $(REFBIN)
+	rm -rf $(REFBIN) bin
