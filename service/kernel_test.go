@@ -1,0 +1,281 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/internal/execns"
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/netns"
+)
+
+func svc(name, clusterIP string, proto Protocol, port uint16, eps []Endpoint) Service {
+	return Service{
+		Name:       Name{"default", name},
+		ClusterIPs: []netip.Addr{netip.MustParseAddr(clusterIP)},
+		Ports:      []Port{{Name: "p", Protocol: proto, Port: port, TargetPort: 8080}},
+		Endpoints:  eps,
+	}
+}
+
+// TestClusterIP: TCP and UDP to a cluster IP from a pod reach an endpoint
+// on either node with the pod's own address as source.
+func TestClusterIP(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	apply(t, p, svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod1a")), svc("dns", "10.96.0.10", UDP, 53, c.endpoints("pod0a")))
+	if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod1a" || r.Source.Addr() != client.addr {
+		t.Errorf("tcp: %+v", r)
+	}
+	if r := ask(t, client.ns, "udp", "10.96.0.10:53"); r.Name != "pod0a" || r.Source.Addr() != client.addr {
+		t.Errorf("udp: %+v", r)
+	}
+	// The node itself is off the cluster network: masqueraded.
+	if r := ask(t, c.node0, "tcp", "10.96.0.20:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
+		t.Errorf("from node: %+v", r)
+	}
+}
+
+// TestNodePortToOtherNode: the article's 31088 example — from outside the
+// cluster, a NodePort on node0 reaches a pod on node1, masqueraded to
+// node0's address so the reply returns through it.
+func TestNodePortToOtherNode(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod1a", 1, "10.200.1.2")
+	p := c.proxy()
+	s := svc("nginx", "10.96.0.30", TCP, 80, c.endpoints("pod1a"))
+	s.Ports[0].NodePort = 31088
+	apply(t, p, s)
+	for _, dst := range []string{node0Ext + ":31088", node0IP + ":31088"} {
+		r := ask(t, c.outside, "tcp", dst)
+		if r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
+			t.Errorf("%s: %+v", dst, r)
+		}
+	}
+}
+
+// TestSpreadAndAffinity: without affinity new connections reach every
+// endpoint; with ClientIP affinity they all stick to one.
+func TestSpreadAndAffinity(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	c.addPod("pod1b", 1, "10.200.1.3")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	s := svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod0a", "pod1a", "pod1b"))
+	apply(t, p, s)
+	seen := map[string]int{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < 3 && time.Now().Before(deadline) {
+		seen[ask(t, client.ns, "tcp", "10.96.0.20:80").Name]++
+	}
+	if len(seen) != 3 {
+		t.Fatalf("reached only %v", seen)
+	}
+	s.Affinity, s.AffinitySeconds = AffinityClientIP, 60
+	apply(t, p, s)
+	first := ask(t, client.ns, "tcp", "10.96.0.20:80").Name
+	for range 20 {
+		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != first {
+			t.Fatalf("affinity broken: %s then %s", first, r.Name)
+		}
+	}
+}
+
+// TestHairpin: a pod reaching itself through its Service gets its own
+// answer, masqueraded to the node's gateway address.
+func TestHairpin(t *testing.T) {
+	c := newCluster(t)
+	self := c.addPod("pod0a", 0, "10.200.0.2")
+	p := c.proxy()
+	apply(t, p, svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod0a")))
+	if r := ask(t, self.ns, "tcp", "10.96.0.20:80"); r.Name != "pod0a" || r.Source.Addr() != netip.MustParseAddr("10.200.0.1") {
+		t.Errorf("%+v", r)
+	}
+}
+
+// TestLocalPolicy: with externalTrafficPolicy Local, a NodePort from
+// outside only reaches node0's endpoint and keeps the client's address; a
+// Service whose endpoints are all on node1 drops it on node0.
+func TestLocalPolicy(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	p := c.proxy()
+	s := svc("local", "10.96.0.40", TCP, 80, c.endpoints("pod0a", "pod1a"))
+	s.Ports[0].NodePort = 31000
+	s.ExternalTrafficPolicy = PolicyLocal
+	remote := svc("remote", "10.96.0.41", TCP, 80, c.endpoints("pod1a"))
+	remote.Ports[0].NodePort = 31001
+	remote.ExternalTrafficPolicy = PolicyLocal
+	apply(t, p, s, remote)
+	for range 10 {
+		if r := ask(t, c.outside, "tcp", node0Ext+":31000"); r.Name != "pod0a" || r.Source.Addr() != netip.MustParseAddr(outsideIP) {
+			t.Fatalf("%+v", r)
+		}
+	}
+	if r, err := probe.Ask(c.outside, "tcp", netip.MustParseAddrPort(node0Ext+":31001"), 300*time.Millisecond); err == nil {
+		t.Errorf("no local endpoint, yet answered: %+v", r)
+	}
+	// Cluster traffic to the same Service still uses every endpoint.
+	client := c.addPod("client", 0, "10.200.0.9")
+	eventually(t, client.ns, "tcp", "10.96.0.41:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+}
+
+// TestNoEndpointsRejected: a Service without endpoints answers with a
+// rejection at once instead of swallowing packets.
+func TestNoEndpointsRejected(t *testing.T) {
+	c := newCluster(t)
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	s := svc("empty", "10.96.0.50", TCP, 80, nil)
+	s.Ports[0].NodePort = 31050
+	apply(t, p, s)
+	for _, tc := range []struct {
+		from, dst string
+	}{{"client", "10.96.0.50:80"}, {"node", "10.96.0.50:80"}, {"outside", node0Ext + ":31050"}} {
+		from := map[string]*netns.NS{"client": client.ns, "node": c.node0, "outside": c.outside}[tc.from]
+		start := time.Now()
+		_, err := probe.Ask(from, "tcp", netip.MustParseAddrPort(tc.dst), 5*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(start) > 2*time.Second {
+			t.Errorf("%s → %s: %v after %v, want connection refused at once", tc.from, tc.dst, err, time.Since(start))
+		}
+	}
+}
+
+// TestUDPEndpointRemoval: after a UDP endpoint is removed, the next
+// datagram from the same client socket reaches a live endpoint, though the
+// removed one still answers: its conntrack entry was deleted.
+func TestUDPEndpointRemoval(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	s := svc("dns", "10.96.0.10", UDP, 53, c.endpoints("pod0a", "pod1a"))
+	apply(t, p, s)
+	var conn *net.UDPConn
+	must(t, client.ns.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.200.0.9:40053")), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.96.0.10:53")))
+		return err
+	}))
+	defer conn.Close()
+	query := func() string {
+		t.Helper()
+		buf := make([]byte, 200)
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			conn.Write([]byte("who\n"))
+			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if n, err := conn.Read(buf); err == nil {
+				f := strings.Fields(string(buf[:n]))
+				return f[len(f)-1]
+			}
+		}
+		t.Fatal("no UDP answer")
+		return ""
+	}
+	first := query()
+	if again := query(); again != first {
+		t.Fatalf("same socket changed endpoint: %s then %s", first, again)
+	}
+	keep := "pod1a"
+	if first == "pod1a" {
+		keep = "pod0a"
+	}
+	s.Endpoints = c.endpoints(keep)
+	res := apply(t, p, s)
+	if res.Full || res.Flows == 0 {
+		t.Errorf("sync: %+v, want a partial sync deleting flows", res)
+	}
+	if got := query(); got != keep {
+		t.Errorf("after removing %s: answered by %s", first, got)
+	}
+	flows, err := nat.ListFlows(context.Background(), c.node0, nat.FlowFilter{Protocol: nat.UDP, ReplySrc: c.pods[first].addr})
+	must(t, err)
+	if len(flows) != 0 {
+		t.Errorf("flows to the removed endpoint remain: %v", flows)
+	}
+}
+
+// TestSyncKeepsConnections: partial syncs of other Services, a restart of
+// the proxy (a new Proxy's full sync) and a canary-triggered resync leave
+// an established connection working; flushing the tables is noticed and
+// repaired.
+func TestSyncKeepsConnections(t *testing.T) {
+	c := newCluster(t)
+	c.addPod("pod1a", 1, "10.200.1.2")
+	c.addPod("pod0a", 0, "10.200.0.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	echoServer(t, c.pods["pod1a"].ns, netip.MustParseAddrPort("10.200.1.2:9000"), "echo")
+	p := c.proxy()
+	a := svc("a", "10.96.0.60", TCP, 9000, c.endpoints("pod1a"))
+	a.Ports[0].TargetPort = 9000
+	b := svc("b", "10.96.0.61", TCP, 80, c.endpoints("pod0a"))
+	apply(t, p, a, b)
+	var conn net.Conn
+	must(t, client.ns.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", "10.96.0.60:9000", 2*time.Second)
+		return err
+	}))
+	defer conn.Close()
+	check := func(step string) {
+		t.Helper()
+		if got, err := roundTrip(conn, step); err != nil || got != "echo "+step {
+			t.Fatalf("%s: %q %v", step, got, err)
+		}
+	}
+	check("before")
+	b.Endpoints = c.endpoints("pod1a")
+	if res := apply(t, p, b, svc("c", "10.96.0.62", TCP, 80, c.endpoints("pod0a"))); res.Full || res.Services != 2 {
+		t.Errorf("partial sync: %+v", res)
+	}
+	check("after-partial")
+	eventually(t, client.ns, "tcp", "10.96.0.61:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+
+	// A restarted proxy: a new Proxy, same Services, full sync.
+	p2 := c.proxy()
+	if res := apply(t, p2, a, b); !res.Full {
+		t.Errorf("restart: %+v", res)
+	}
+	check("after-restart")
+	if got := strings.Count(saveNAT(t, c), "podnet service portals"); got != 2 {
+		t.Errorf("%d portal jumps after restart, want 2 (PREROUTING, OUTPUT)", got)
+	}
+	if strings.Contains(saveNAT(t, c), "10.96.0.62") {
+		t.Error("restart kept Service c, which the new proxy does not have")
+	}
+
+	// Someone flushes the nat table.
+	for _, args := range [][]string{{"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
+		if _, err := execns.Output(context.Background(), c.node0, nil, "iptables", append([]string{"-w"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := p2.Sync(context.Background())
+	if err != nil || !res.Full || res.Reason != "canary chain missing" {
+		t.Fatalf("after flush: %+v %v", res, err)
+	}
+	check("after-resync")
+	eventually(t, client.ns, "tcp", "10.96.0.61:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+}
+
+func saveNAT(t *testing.T, c *cluster) string {
+	t.Helper()
+	out, err := execns.Output(context.Background(), c.node0, nil, "iptables-save", "-t", "nat")
+	must(t, err)
+	return string(out)
+}

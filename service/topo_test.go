@@ -1,0 +1,211 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/veth"
+)
+
+// cluster is a two-node cluster in throwaway namespaces, routed without
+// bridges (each pod a /32 behind its own veth, so all pod traffic passes
+// the node's netfilter hooks):
+//
+//	outside 192.168.50.2 ── ext0 192.168.50.1 [node0] eth1 10.240.0.10 ── eth1 10.240.0.11 [node1]
+//	node0 pods 10.200.0.0/24 (gateway 10.200.0.1), node1 pods 10.200.1.0/24 (gateway 10.200.1.1)
+//
+// node0 runs the proxy; its default route points outside, so traffic to a
+// Service IP without rules is forwarded (and meets the filter rules).
+type cluster struct {
+	t                     *testing.T
+	node0, node1, outside *netns.NS
+	pods                  map[string]*pod
+}
+
+type pod struct {
+	name string
+	ns   *netns.NS
+	addr netip.Addr
+}
+
+const (
+	node0IP   = "10.240.0.10"
+	node1IP   = "10.240.0.11"
+	outsideIP = "192.168.50.2"
+	node0Ext  = "192.168.50.1"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	c := &cluster{t: t, node0: nstest.New(t), node1: nstest.New(t), outside: nstest.New(t), pods: map[string]*pod{}}
+	_, err := veth.Create(c.node0, veth.Spec{Name: "eth1", PeerName: "eth1", PeerNS: c.node1})
+	must(t, err)
+	_, err = veth.Create(c.node0, veth.Spec{Name: "ext0", PeerName: "eth0", PeerNS: c.outside})
+	must(t, err)
+	must(t, addr.Ensure(c.node0, "eth1", pfx(node0IP+"/24")))
+	must(t, addr.Ensure(c.node1, "eth1", pfx(node1IP+"/24")))
+	must(t, addr.Ensure(c.node0, "ext0", pfx(node0Ext+"/24")))
+	must(t, addr.Ensure(c.outside, "eth0", pfx(outsideIP+"/24")))
+	must(t, route.EnsureDefault(c.outside, netip.MustParseAddr(node0Ext), "eth0"))
+	must(t, route.EnsureDefault(c.node0, netip.MustParseAddr(outsideIP), "ext0"))
+	must(t, route.EnsureDefault(c.node1, netip.MustParseAddr(node0IP), "eth1"))
+	must(t, route.Ensure(c.node0, route.Route{Dst: pfx("10.200.1.0/24"), Gateway: netip.MustParseAddr(node1IP), Dev: "eth1"}))
+	for _, n := range []*netns.NS{c.node0, c.node1} {
+		must(t, route.SetForwarding(n, 4, true))
+	}
+	return c
+}
+
+// addPod creates a pod namespace with address a on node (0 or 1) and a
+// probe server named name on port 8080 (TCP and UDP).
+func (c *cluster) addPod(name string, node int, a string) *pod {
+	c.t.Helper()
+	n, gw := c.node0, "10.200.0.1"
+	if node == 1 {
+		n, gw = c.node1, "10.200.1.1"
+	}
+	p := &pod{name: name, ns: nstest.New(c.t), addr: netip.MustParseAddr(a)}
+	host := "v" + name
+	_, err := veth.Create(n, veth.Spec{Name: host, PeerName: "eth0", PeerNS: p.ns})
+	must(c.t, err)
+	must(c.t, addr.Ensure(p.ns, "eth0", pfx(a+"/32")))
+	must(c.t, addr.Ensure(n, host, pfx(gw+"/32")))
+	must(c.t, route.Ensure(p.ns, route.Route{Dst: pfx(gw + "/32"), Dev: "eth0"}))
+	must(c.t, route.EnsureDefault(p.ns, netip.MustParseAddr(gw), "eth0"))
+	must(c.t, route.Ensure(n, route.Route{Dst: pfx(a + "/32"), Dev: host}))
+	srv, err := probe.Serve(p.ns, netip.AddrPortFrom(p.addr, 8080), name)
+	must(c.t, err)
+	c.t.Cleanup(func() { srv.Close() })
+	c.pods[name] = p
+	return p
+}
+
+func (c *cluster) proxy(opts ...func(*Config)) *Proxy {
+	c.t.Helper()
+	cfg := Config{NetNS: c.node0, NodeName: "node0", ClusterCIDRs: []netip.Prefix{pfx("10.200.0.0/16")}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p, err := New(cfg)
+	must(c.t, err)
+	c.t.Cleanup(func() { p.Cleanup(context.Background()) })
+	return p
+}
+
+// endpoints returns ready endpoints for the named pods.
+func (c *cluster) endpoints(names ...string) []Endpoint {
+	var eps []Endpoint
+	for _, n := range names {
+		p := c.pods[n]
+		node := "node0"
+		if p.addr.As4()[2] == 1 {
+			node = "node1"
+		}
+		eps = append(eps, Endpoint{Addr: p.addr, Ready: true, Serving: true, NodeName: node})
+	}
+	return eps
+}
+
+func apply(t *testing.T, p *Proxy, svcs ...Service) SyncResult {
+	t.Helper()
+	for _, s := range svcs {
+		must(t, p.Update(s))
+	}
+	res, err := p.Sync(context.Background())
+	must(t, err)
+	return res
+}
+
+// ask sends one request and fails the test unless an answer comes.
+func ask(t *testing.T, from *netns.NS, network string, dst string) probe.Reply {
+	t.Helper()
+	r, err := probe.Ask(from, network, netip.MustParseAddrPort(dst), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// eventually retries ask until want accepts the reply or the deadline
+// passes; it returns the last reply.
+func eventually(t *testing.T, from *netns.NS, network, dst string, want func(probe.Reply) bool) probe.Reply {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := probe.Ask(from, network, netip.MustParseAddrPort(dst), time.Second)
+		if err == nil && want(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %s: last reply %+v, err %v", network, dst, r, err)
+		}
+	}
+}
+
+// echoServer answers each line on a connection with name and the line,
+// keeping the connection open.
+func echoServer(t *testing.T, ns *netns.NS, ap netip.AddrPort, name string) {
+	t.Helper()
+	var l net.Listener
+	must(t, ns.Do(func() error {
+		var err error
+		l, err = net.Listen("tcp", ap.String())
+		return err
+	}))
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conn.Close()
+				r := bufio.NewReader(conn)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					fmt.Fprintf(conn, "%s %s", name, line)
+				}
+			}()
+		}
+	}()
+}
+
+// roundTrip writes a line on conn and reads the answer.
+func roundTrip(conn net.Conn, msg string) (string, error) {
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := fmt.Fprintf(conn, "%s\n", msg); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
