@@ -1,9 +1,197 @@
 package main
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
 
-// programServices and checkServices are wired to the service package once
-// it lands.
-func (c *cluster) programServices(ctx context.Context) error { return nil }
+	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/service"
+)
 
-func (c *cluster) checkServices(ctx context.Context, r *report) {}
+// The article's two Services: kube-dns on a cluster IP over UDP and TCP,
+// and nginx exposed as NodePort 31088.
+var (
+	dnsName   = service.Name{Namespace: "kube-system", Name: "kube-dns"}
+	nginxName = service.Name{Namespace: "default", Name: "nginx"}
+)
+
+const nodePort = 31088
+
+func (c *cluster) dnsIP() netip.Addr   { return nth(c.cfg.serviceCIDR, 10) }
+func (c *cluster) nginxIP() netip.Addr { return nth(c.cfg.serviceCIDR, 20) }
+
+// dnsBackends are the pods serving kube-dns: one on each worker but the
+// first when there are several, so clients on worker-0 always cross nodes.
+func (c *cluster) dnsBackends() []*pod {
+	var out []*pod
+	for i, w := range c.workers {
+		if i == 0 && len(c.workers) > 1 {
+			continue
+		}
+		out = append(out, w.pods[len(w.pods)-1])
+	}
+	return out
+}
+
+// nginxBackend is the one nginx pod: on worker-1, so a NodePort request to
+// worker-0 must be forwarded to another node (the article's 31088 case).
+func (c *cluster) nginxBackend() *pod {
+	w := c.workers[min(1, len(c.workers)-1)]
+	return w.pods[0]
+}
+
+func (c *cluster) services() []service.Service {
+	ep := func(p *pod) service.Endpoint {
+		return service.Endpoint{Addr: p.ip, Ready: true, Serving: true, NodeName: p.worker.name}
+	}
+	var dnsEPs []service.Endpoint
+	for _, p := range c.dnsBackends() {
+		dnsEPs = append(dnsEPs, ep(p))
+	}
+	return []service.Service{
+		{
+			Name:       dnsName,
+			ClusterIPs: []netip.Addr{c.dnsIP()},
+			Ports: []service.Port{
+				{Name: "dns", Protocol: service.UDP, Port: 53},
+				{Name: "dns-tcp", Protocol: service.TCP, Port: 53},
+			},
+			Endpoints: dnsEPs,
+		},
+		{
+			Name:       nginxName,
+			ClusterIPs: []netip.Addr{c.nginxIP()},
+			Ports:      []service.Port{{Protocol: service.TCP, Port: 80, NodePort: nodePort}},
+			Endpoints:  []service.Endpoint{ep(c.nginxBackend())},
+		},
+	}
+}
+
+// programServices runs the service proxy's sync on every worker, as
+// podnet-service-proxy (or kube-proxy) does on each node.
+func (c *cluster) programServices(ctx context.Context) error {
+	svcs := c.services()
+	for _, w := range c.workers {
+		p, err := service.New(service.Config{
+			NetNS:        w.ns,
+			NodeName:     w.name,
+			ClusterCIDRs: []netip.Prefix{c.cfg.clusterCIDR},
+		})
+		if err != nil {
+			return err
+		}
+		if err := p.Replace(svcs); err != nil {
+			return err
+		}
+		if _, err := p.Sync(ctx); err != nil {
+			return fmt.Errorf("sync services on %s: %w", w.name, err)
+		}
+	}
+	return nil
+}
+
+// checkServices reaches kube-dns from a pod on every node over UDP and
+// TCP, and nginx's NodePort from outside through a node that does not run
+// it, showing conntrack on both nodes.
+func (c *cluster) checkServices(ctx context.Context, r *report) {
+	var servers []*probe.Server
+	defer func() {
+		for _, s := range servers {
+			s.Close()
+		}
+	}()
+	var names []string
+	for _, p := range c.dnsBackends() {
+		s, err := probe.Serve(p.ns, netip.AddrPortFrom(p.ip, 53), p.name)
+		if err != nil {
+			r.fail("serve DNS on a pod", err)
+			return
+		}
+		servers = append(servers, s)
+		names = append(names, p.name)
+	}
+	ng := c.nginxBackend()
+	s, err := probe.Serve(ng.ns, netip.AddrPortFrom(ng.ip, 80), ng.name)
+	if err != nil {
+		r.fail("serve nginx on a pod", err)
+		return
+	}
+	servers = append(servers, s)
+
+	vip := netip.AddrPortFrom(c.dnsIP(), 53)
+	for _, w := range c.workers {
+		client := w.pods[0]
+		var evidence []string
+		ok := true
+		for _, network := range []string{"udp", "tcp"} {
+			rep, err := probe.Ask(client.ns, network, vip, timeout)
+			if err != nil {
+				ok = false
+				evidence = append(evidence, fmt.Sprintf("%s: %v", network, err))
+				continue
+			}
+			good := slices.Contains(names, rep.Name) && rep.Source.Addr() == client.ip
+			ok = ok && good
+			evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s", network, vip, rep.Name, rep.Source))
+		}
+		if w == c.workers[0] {
+			evidence = append(evidence, w.name+": iptables-save -t nat | grep kube-dns:dns-tcp")
+			evidence = append(evidence, indent(c.rulesMentioning(ctx, w, dnsName.String()+":dns-tcp"))...)
+		}
+		r.check(fmt.Sprintf("ClusterIP %s (kube-dns) answers %s on %s over UDP and TCP", c.dnsIP(), client.name, w.name), ok, evidence...)
+	}
+
+	entry := c.workers[0]
+	dst := netip.AddrPortFrom(entry.ip, nodePort)
+	rep, err := probe.Ask(c.outside, "tcp", dst, timeout)
+	if err != nil {
+		r.fail(fmt.Sprintf("NodePort %d reached from outside via %s", nodePort, entry.name), err)
+		return
+	}
+	in := flowsOf(ctx, entry.ns, nat.FlowFilter{Protocol: nat.TCP, OrigSrc: c.outIP, DstPort: nodePort})
+	there := flowsOf(ctx, ng.worker.ns, nat.FlowFilter{Protocol: nat.TCP, OrigDst: ng.ip, DstPort: 80})
+	remote := ng.worker != entry
+	ok := rep.Name == ng.name && containsAll(in, fmt.Sprintf("dport=%d", nodePort), "src="+ng.ip.String())
+	if remote {
+		ok = ok && containsAll(there, "dst="+ng.ip.String(), "dport=80")
+	}
+	evidence := []string{
+		fmt.Sprintf("outside → %s answered by %s on %s, which saw %s", dst, rep.Name, ng.worker.name, rep.Source),
+		entry.name + ": conntrack -L | grep " + fmt.Sprint(nodePort),
+	}
+	evidence = append(evidence, indent(in)...)
+	if remote {
+		evidence = append(evidence, ng.worker.name+": conntrack -L | grep "+ng.ip.String())
+		evidence = append(evidence, indent(there)...)
+	}
+	r.check(fmt.Sprintf("NodePort %d on %s reaches nginx on %s (DNAT %s:%d → %s:80)", nodePort, entry.name, ng.worker.name,
+		entry.ip, nodePort, ng.ip), ok, evidence...)
+}
+
+// rulesMentioning returns the nat rules of w whose text contains s, as
+// iptables-save prints them: the article's KUBE-SERVICES → KUBE-SVC →
+// KUBE-SEP → DNAT path.
+func (c *cluster) rulesMentioning(ctx context.Context, w *worker, s string) []string {
+	t, err := nat.NewKernel(w.ns).Save(ctx, nat.IPv4, nat.TableNAT)
+	if err != nil {
+		return []string{"iptables-save: " + err.Error()}
+	}
+	var out []string
+	for _, kind := range []string{"-SERVICES", "-NODEPORTS", "-SVC-", "-EXT-", "-SEP-"} {
+		for _, ch := range t.Chains {
+			if !strings.Contains(ch.Name, kind) {
+				continue
+			}
+			for _, r := range ch.Rules {
+				if strings.Contains(r, s) {
+					out = append(out, "-A "+ch.Name+" "+r)
+				}
+			}
+		}
+	}
+	return out
+}
