@@ -255,7 +255,8 @@ func convert(s *corev1.Service, eps []service.Endpoint) (service.Service, error)
 		}
 	}
 	for _, p := range s.Spec.Ports {
-		if p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
+		// Port 0 and the like are left to Validate, whose message is clearer.
+		if p.Port < 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
 			return out, fmt.Errorf("port %q: out of range", p.Name)
 		}
 		port := service.Port{Name: p.Name, Protocol: service.Protocol(p.Protocol), Port: uint16(p.Port), NodePort: uint16(p.NodePort)}

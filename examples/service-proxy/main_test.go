@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+		"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/internal/execns"
+	"github.com/podnet/podnet/internal/gobuild"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) { gobuild.TestMain(m, &binDir, "podnet-service-proxy", ".") }
+
+const webManifest = `# two objects in one file
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 31088}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints:
+- addresses: [10.200.0.2]
+  conditions: {ready: true}
+  nodeName: node0
+- addresses: [10.200.1.2]
+  nodeName: node1
+`
+
+const dnsManifest = `{"apiVersion": "v1", "kind": "List", "items": [
+ {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system"},
+  "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns-tcp", "protocol": "TCP", "port": 53}]}},
+ {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "kube-dns-1", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "kube-dns"}},
+  "addressType": "IPv4", "ports": [{"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns-tcp", "protocol": "TCP", "port": 53}],
+  "endpoints": [{"addresses": ["10.200.0.5"]}]}
+]}`
+
+func writeFile(t *testing.T, dir, name, text string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func proxyCmd(ns *netns.NS, args ...string) *exec.Cmd {
+	return exec.Command(filepath.Join(binDir, "podnet-service-proxy"), append([]string{"--netns", ns.Path(), "--node-name", "node0", "--cluster-cidr", "10.200.0.0/16"}, args...)...)
+}
+
+func save(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	var b strings.Builder
+	for _, tbl := range []string{"nat", "filter"} {
+		out, err := execns.Output(context.Background(), ns, nil, "iptables-save", "-t", tbl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Write(out)
+	}
+	return b.String()
+}
+
+// TestOnceAndCleanup: --once writes the rules of a manifest directory
+// (multi-document YAML and a JSON List) and exits, the rules staying;
+// --chain-prefix KUBE gives kube-proxy's chain names; --cleanup removes
+// everything the proxy owns.
+func TestOnceAndCleanup(t *testing.T) {
+	ns := nstest.NewNamed(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+	writeFile(t, dir, "dns.json", dnsManifest)
+	for _, prefix := range []string{"PODNET", "KUBE"} {
+		if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--chain-prefix", prefix).CombinedOutput(); err != nil {
+			t.Fatalf("--once: %v\n%s", err, out)
+		}
+		rules := save(t, ns)
+		for _, want := range []string{
+			"-A " + prefix + "-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment \"default/web:http cluster IP\" -m tcp --dport 80 -j " + prefix + "-SVC-",
+			"-A " + prefix + "-NODEPORTS -p tcp -m comment --comment \"default/web:http\" -m tcp --dport 31088 -j " + prefix + "-EXT-",
+			"--to-destination 10.200.1.2:8080",
+			"--to-destination 10.200.0.5:53",
+			"-A PREROUTING -m comment --comment \"podnet service portals\" -j " + prefix + "-SERVICES",
+		} {
+			if !strings.Contains(rules, want) {
+				t.Errorf("prefix %s: no %q in\n%s", prefix, want, rules)
+			}
+		}
+		if prefix == "KUBE" && !strings.Contains(rules, "-j KUBE-SVC-ERIFXISQEP7F7OF4") {
+			t.Errorf("no kube-proxy chain name for kube-dns:dns-tcp")
+		}
+	}
+	for _, prefix := range []string{"PODNET", "KUBE"} {
+		if out, err := proxyCmd(ns, "--cleanup", "--chain-prefix", prefix).CombinedOutput(); err != nil {
+			t.Fatalf("--cleanup: %v\n%s", err, out)
+		}
+	}
+	if rules := save(t, ns); strings.Contains(rules, "-SERVICES") || strings.Contains(rules, "podnet service") || strings.Contains(rules, "-SEP-") {
+		t.Errorf("after --cleanup:\n%s", rules)
+	}
+}
+
+// TestBadManifest: a bad object is reported with its file and name, and
+// --once fails without writing anything.
+func TestBadManifest(t *testing.T) {
+	ns := nstest.NewNamed(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+	writeFile(t, dir, "bad.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\nspec:\n  clusterIP: 10.96.0.99\n  ports: [{port: 0}]\n")
+	out, err := proxyCmd(ns, "--manifests", dir, "--once").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "bad.yaml: document 1: Service shop/broken") || !strings.Contains(string(out), "port 0") {
+		t.Errorf("err %v, output:\n%s", err, out)
+	}
+	if rules := save(t, ns); strings.Contains(rules, "10.96.0.20") {
+		t.Errorf("rules written despite the bad manifest:\n%s", rules)
+	}
+}
+
+// TestDaemon runs the proxy inside a namespace with metrics: it follows
+// manifest changes, keeps the last good rules when a manifest turns bad,
+// reports itself healthy, and leaves the rules in place when stopped.
+func TestDaemon(t *testing.T) {
+	ns := nstest.NewNamed(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+	var stderr syncBuffer
+	cmd := exec.Command("ip", "netns", "exec", ns.Name(), filepath.Join(binDir, "podnet-service-proxy"),
+		"--netns", ns.Path(), "--node-name", "node0", "--manifests", dir, "--metrics-addr", "127.0.0.1:9101", "--poll", "50ms")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://127.0.0.1:9101" + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s; proxy log:\n%s", what, stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
+		}
+	}
+	waitFor("healthz", func() bool { code, _ := get("/healthz"); return code == 200 })
+	_, metrics := get("/metrics")
+	for _, want := range []string{"podnet_service_proxy_services 1\n", "podnet_service_proxy_endpoints 2\n", "podnet_service_proxy_full_syncs_total 1\n", "# TYPE podnet_service_proxy_sync_duration_seconds histogram", "podnet_service_proxy_sync_duration_seconds_count 1\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q:\n%s", want, metrics)
+		}
+	}
+	writeFile(t, dir, "dns.json", dnsManifest)
+	waitFor("the dns Service's rules", func() bool { return strings.Contains(save(t, ns), "10.96.0.10/32") })
+	writeFile(t, dir, "web.yaml", strings.Replace(webManifest, "port: 80,", "port: 70000,", 1))
+	waitFor("the manifest error", func() bool { _, m := get("/metrics"); return strings.Contains(m, "manifest_errors_total 1\n") })
+	if rules := save(t, ns); !strings.Contains(rules, "10.96.0.20/32") || !strings.Contains(rules, "10.96.0.10/32") {
+		t.Errorf("last good rules not kept:\n%s", rules)
+	}
+	if !strings.Contains(stderr.String(), "web.yaml: document 1: Service default/web") {
+		t.Errorf("log does not name the bad object:\n%s", stderr.String())
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("healthz %d after a manifest error (syncs still succeed)", code)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-done; err != nil {
+		t.Errorf("exit: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(save(t, ns), "10.96.0.20/32") {
+		t.Error("rules removed on stop")
+	}
+}
+
+// syncBuffer is a bytes.Buffer the process's output goroutine and the
+// test may use at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
