@@ -90,7 +90,7 @@ type Endpoint struct {
 	// endpoints (Terminating ones still serving) take them only when no
 	// endpoint of the port is Ready.
 	Ready, Serving, Terminating bool
-	NodeName string // the node it runs on; compared with Config.NodeName
+	NodeName                    string // the node it runs on; compared with Config.NodeName
 }
 
 // Service is a Kubernetes Service with its endpoints: what the proxy turns

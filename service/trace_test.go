@@ -14,7 +14,7 @@ import (
 type tracer struct {
 	t      *testing.T
 	chains map[string][]nat.Rule
-	local  map[netip.Addr]bool         // the node's addresses (addrtype LOCAL)
+	local  map[netip.Addr]bool            // the node's addresses (addrtype LOCAL)
 	recent map[string]map[netip.Addr]bool // recent lists
 }
 

@@ -242,8 +242,8 @@ func convert(s *corev1.Service, eps []service.Endpoint) (service.Service, error)
 		ips = []string{s.Spec.ClusterIP}
 	}
 	for _, list := range []struct {
-		in  []string
-		out *[]netip.Addr
+		in   []string
+		out  *[]netip.Addr
 		what string
 	}{{ips, &out.ClusterIPs, "cluster IP"}, {s.Spec.ExternalIPs, &out.ExternalIPs, "external IP"}} {
 		for _, ip := range list.in {
