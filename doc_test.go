@@ -1,0 +1,101 @@
+package podnet_test
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestExportedIdentifiersDocumented fails for every exported identifier of
+// a library package (not main, not tests) that has no doc comment, and for
+// every library package without a package comment: what pkg.go.dev shows
+// must never be blank.
+func TestExportedIdentifiersDocumented(t *testing.T) {
+	dirs := map[string]bool{}
+	filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && p != "." || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() && strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go") {
+			dirs[filepath.Dir(p)] = true
+		}
+		return nil
+	})
+	for dir := range dirs {
+		fset := token.NewFileSet()
+		pkgs, err := parser.ParseDir(fset, dir, func(fi fs.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, parser.ParseComments)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, pkg := range pkgs {
+			if name == "main" {
+				continue
+			}
+			hasPkgDoc := false
+			for file, f := range pkg.Files {
+				if f.Doc != nil {
+					hasPkgDoc = true
+				}
+				for _, decl := range f.Decls {
+					for _, miss := range undocumented(decl) {
+						t.Errorf("%s: %s has no doc comment", file, miss)
+					}
+				}
+			}
+			if !hasPkgDoc {
+				t.Errorf("package %s (%s) has no package comment", name, dir)
+			}
+		}
+	}
+}
+
+func undocumented(decl ast.Decl) []string {
+	var out []string
+	switch d := decl.(type) {
+	case *ast.FuncDecl:
+		// Methods that implement error, fmt.Stringer and errors' Unwrap say
+		// what they do by their name.
+		stdMethod := d.Recv != nil && (d.Name.Name == "Error" || d.Name.Name == "String" || d.Name.Name == "Unwrap")
+		if d.Name.IsExported() && d.Doc == nil && !stdMethod && (d.Recv == nil || exportedRecv(d.Recv)) {
+			out = append(out, d.Name.Name)
+		}
+	case *ast.GenDecl:
+		for _, s := range d.Specs {
+			switch s := s.(type) {
+			case *ast.TypeSpec:
+				if s.Name.IsExported() && d.Doc == nil && s.Doc == nil {
+					out = append(out, s.Name.Name)
+				}
+			case *ast.ValueSpec:
+				for _, n := range s.Names {
+					if n.IsExported() && d.Doc == nil && s.Doc == nil && s.Comment == nil {
+						out = append(out, n.Name)
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+func exportedRecv(fl *ast.FieldList) bool {
+	if len(fl.List) == 0 {
+		return false
+	}
+	t := fl.List[0].Type
+	if st, ok := t.(*ast.StarExpr); ok {
+		t = st.X
+	}
+	if ix, ok := t.(*ast.IndexExpr); ok {
+		t = ix.X
+	}
+	id, ok := t.(*ast.Ident)
+	return ok && id.IsExported()
+}
