@@ -52,6 +52,7 @@ type Transaction struct {
 	ops           []txOp
 	err           error
 	skipUnchanged bool
+	zeroCounters  bool
 }
 
 type opKind uint8
@@ -286,6 +287,21 @@ func (tx *Transaction) SkipUnchanged() *Transaction {
 	return tx
 }
 
+// ZeroCounters resets the packet and byte counters of every chain in each
+// table the transaction writes, before applying its changes. Besides its
+// own use it makes big transactions fast: iptables-nft (1.8.x) finds each
+// chain a --noflush restore names in a list it scans linearly, unless the
+// table's section holds a command that names no chain; -Z is such a
+// command, and with it loading 12k chains (2k Services' worth) took 1.4 s
+// instead of 13.7 s here. The price is the counters of chains the caller
+// does not own.
+//
+// Equivalent to: iptables -t TABLE -Z
+func (tx *Transaction) ZeroCounters() *Transaction {
+	tx.zeroCounters = true
+	return tx
+}
+
 // tableKey identifies one table of one family.
 type tableKey struct {
 	f Family
@@ -316,6 +332,7 @@ type restorePlan struct {
 
 type tablePlan struct {
 	table   Table
+	zero    bool     // start with -Z (ZeroCounters)
 	declare []string // chain names to create-or-flush
 	rules   []string // "-A C spec", "-I C n spec", "-D C spec"
 	remove  []string // chain names to delete at the end
@@ -363,6 +380,9 @@ func (p *restorePlan) text() string {
 		b.WriteString("*")
 		b.WriteString(string(tp.table))
 		b.WriteByte('\n')
+		if tp.zero {
+			b.WriteString("-Z\n")
+		}
 		for _, c := range tp.declare {
 			b.WriteString(":" + c + " - [0:0]\n")
 		}
@@ -513,6 +533,7 @@ func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain
 	}
 	for _, p := range plans {
 		for _, tp := range p.tables {
+			tp.zero = tx.zeroCounters
 			p.lines += len(tp.declare) + len(tp.rules) + len(tp.remove) + 2
 		}
 	}
