@@ -1,0 +1,256 @@
+package ipam
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// DefaultDataDir is where host-local keeps its leases when the
+// configuration names no dataDir.
+const DefaultDataDir = "/var/lib/cni/networks"
+
+// Config is what host-local reads from a network configuration: the
+// top-level name and cniVersion, the ipam section, the runtime
+// capabilities and the requested addresses.
+type Config struct {
+	Network    string     // top-level "name"; the directory under DataDir
+	CNIVersion string     // top-level "cniVersion"
+	Ranges     []RangeSet // canonical; runtimeConfig.ipRanges first, then an old-style top-level range, then ipam.ranges
+	DataDir    string     // ipam.dataDir, or DefaultDataDir
+	ResolvConf string     // ipam.resolvConf; empty when not set
+	// IPs are the requested addresses, in host-local's order: CNI_ARGS IP=,
+	// args.cni.ips, then the runtimeConfig "ips" capability.
+	IPs []netip.Addr
+}
+
+// rawRange mirrors host-local's JSON range; strings keep the parsing (and its
+// errors) ours.
+type rawRange struct {
+	Subnet     string `json:"subnet"`
+	RangeStart string `json:"rangeStart,omitempty"`
+	RangeEnd   string `json:"rangeEnd,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
+}
+
+type rawConfig struct {
+	Name       string `json:"name"`
+	CNIVersion string `json:"cniVersion"`
+	IPAM       *struct {
+		rawRange
+		DataDir    string       `json:"dataDir"`
+		ResolvConf string       `json:"resolvConf"`
+		Ranges     [][]rawRange `json:"ranges"`
+	} `json:"ipam"`
+	RuntimeConfig struct {
+		IPRanges [][]rawRange `json:"ipRanges"`
+		IPs      []string     `json:"ips"`
+	} `json:"runtimeConfig"`
+	Args *struct {
+		CNI *struct {
+			IPs []string `json:"ips"`
+		} `json:"cni"`
+	} `json:"args"`
+}
+
+// ParseConfig reads a network configuration as host-local does: netconf is
+// the plugin's stdin, cniArgs the CNI_ARGS environment value
+// ("IgnoreUnknown=1;IP=10.1.0.5"). It applies every host-local default and
+// returns a *FieldError, or another error matching ErrInvalid, for bad input.
+// ParseConfig does not touch the disk.
+func ParseConfig(netconf []byte, cniArgs string) (*Config, error) {
+	var raw rawConfig
+	if err := json.Unmarshal(netconf, &raw); err != nil {
+		return nil, fmt.Errorf("%w: decode network configuration: %v", ErrInvalid, err)
+	}
+	if raw.IPAM == nil {
+		return nil, fieldErr("ipam", "", "missing")
+	}
+	c := &Config{
+		Network:    raw.Name,
+		CNIVersion: raw.CNIVersion,
+		DataDir:    raw.IPAM.DataDir,
+		ResolvConf: raw.IPAM.ResolvConf,
+	}
+	if err := ValidateNetwork(c.Network); err != nil {
+		return nil, fmt.Errorf("name: %w", err)
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+
+	if ip, err := parseCNIArgs(cniArgs); err != nil {
+		return nil, err
+	} else if ip.IsValid() {
+		c.IPs = append(c.IPs, ip)
+	}
+	if raw.Args != nil && raw.Args.CNI != nil {
+		for i, s := range raw.Args.CNI.IPs {
+			a, err := parseIPOrCIDR(s)
+			if err != nil {
+				return nil, fieldErr(fmt.Sprintf("args.cni.ips[%d]", i), s, "%v", err)
+			}
+			c.IPs = append(c.IPs, a)
+		}
+	}
+	for i, s := range raw.RuntimeConfig.IPs {
+		a, err := parseIPOrCIDR(s)
+		if err != nil {
+			return nil, fieldErr(fmt.Sprintf("runtimeConfig.ips[%d]", i), s, "%v", err)
+		}
+		c.IPs = append(c.IPs, a)
+	}
+
+	type named struct {
+		path string
+		set  []rawRange
+	}
+	var sets []named
+	for i, s := range raw.RuntimeConfig.IPRanges {
+		sets = append(sets, named{fmt.Sprintf("runtimeConfig.ipRanges[%d]", i), s})
+	}
+	if raw.IPAM.Subnet != "" {
+		sets = append(sets, named{"ipam", []rawRange{raw.IPAM.rawRange}})
+	}
+	for i, s := range raw.IPAM.Ranges {
+		sets = append(sets, named{fmt.Sprintf("ipam.ranges[%d]", i), s})
+	}
+	if len(sets) == 0 {
+		return nil, fieldErr("ipam.ranges", "", "no IP ranges specified")
+	}
+	var v4, v6 int
+	for _, ns := range sets {
+		set, err := parseRangeSet(ns.path, ns.set)
+		if err != nil {
+			return nil, err
+		}
+		if set[0].Is4() {
+			v4++
+		} else {
+			v6++
+		}
+		for j, prev := range c.Ranges {
+			if prev.Overlaps(set) {
+				return nil, fieldErr(ns.path, set.String(), "overlaps range set %d (%s)", j, prev)
+			}
+		}
+		c.Ranges = append(c.Ranges, set)
+	}
+	if (v4 > 1 || v6 > 1) && !versionAtLeast030(c.CNIVersion) {
+		return nil, fieldErr("cniVersion", c.CNIVersion, "does not support more than one address per family")
+	}
+	return c, nil
+}
+
+func parseRangeSet(path string, raw []rawRange) (RangeSet, error) {
+	set := make(RangeSet, len(raw))
+	for i, rr := range raw {
+		p := fmt.Sprintf("%s[%d].", path, i)
+		if path == "ipam" {
+			p = "ipam."
+		}
+		var err error
+		if set[i], err = rr.parse(p); err != nil {
+			return nil, err
+		}
+	}
+	return set.canonical(path)
+}
+
+func (rr rawRange) parse(path string) (Range, error) {
+	var r Range
+	if rr.Subnet == "" {
+		return r, fieldErr(path+"subnet", "", "missing")
+	}
+	p, err := netip.ParsePrefix(rr.Subnet)
+	if err != nil {
+		return r, fieldErr(path+"subnet", rr.Subnet, "not a CIDR subnet")
+	}
+	r.Subnet = p
+	for _, f := range []struct {
+		name string
+		s    string
+		dst  *netip.Addr
+	}{{"rangeStart", rr.RangeStart, &r.RangeStart}, {"rangeEnd", rr.RangeEnd, &r.RangeEnd}, {"gateway", rr.Gateway, &r.Gateway}} {
+		if f.s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f.s)
+		if err != nil || a.Zone() != "" {
+			return r, fieldErr(path+f.name, f.s, "not an IP address")
+		}
+		*f.dst = a.Unmap()
+	}
+	return r, nil
+}
+
+// parseIPOrCIDR accepts "10.1.0.5" or "10.1.0.5/24", as host-local's ips do.
+func parseIPOrCIDR(s string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
+		return a.Unmap(), nil
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Addr().Unmap(), nil
+	}
+	return netip.Addr{}, fmt.Errorf("not an IP address")
+}
+
+// parseCNIArgs reads CNI_ARGS the way host-local does: IP= is the requested
+// address; any other key is an error unless IgnoreUnknown is true.
+func parseCNIArgs(args string) (netip.Addr, error) {
+	var ip netip.Addr
+	if args == "" {
+		return ip, nil
+	}
+	var unknown []string
+	ignore := false
+	for _, pair := range strings.Split(args, ";") {
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok {
+			return ip, fieldErr("CNI_ARGS", pair, "not KEY=VALUE")
+		}
+		switch k {
+		case "IP":
+			a, err := parseIPOrCIDR(v)
+			if err != nil {
+				return ip, fieldErr("CNI_ARGS IP", v, "%v", err)
+			}
+			ip = a
+		case "IgnoreUnknown":
+			switch strings.ToLower(v) {
+			case "1", "true":
+				ignore = true
+			case "0", "false":
+				ignore = false
+			default:
+				return ip, fieldErr("CNI_ARGS IgnoreUnknown", v, "not a boolean")
+			}
+		default:
+			unknown = append(unknown, pair)
+		}
+	}
+	if len(unknown) > 0 && !ignore {
+		return ip, fieldErr("CNI_ARGS", strings.Join(unknown, ";"), "unknown args")
+	}
+	return ip, nil
+}
+
+// versionAtLeast030 reports whether a CNI version string is 0.3.0 or later,
+// the first to allow several addresses of one family.
+func versionAtLeast030(v string) bool {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) != 3 {
+		return false
+	}
+	var n [3]int
+	for i, p := range parts {
+		x, err := strconv.Atoi(p)
+		if err != nil || x < 0 {
+			return false
+		}
+		n[i] = x
+	}
+	return n[0] > 0 || n[1] >= 3
+}

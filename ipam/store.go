@@ -1,0 +1,155 @@
+package ipam
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+)
+
+// Lease is an address and the attachment it belongs to. A lease whose file
+// could not be parsed (for instance an empty file left by a crashed
+// host-local) has a zero Owner: its address stays taken until GC or an
+// operator removes it.
+type Lease struct {
+	Addr  netip.Addr
+	Owner Owner
+}
+
+// Store keeps leases. Every method but Lock must be called between Lock and
+// Unlock; the lock is what makes a read-modify-write sequence (find a free
+// address, reserve it) atomic across goroutines and, for the disk store,
+// across processes.
+//
+// Both stores in this package implement it: MemoryStore for unit tests and
+// DiskStore for host-local's files.
+type Store interface {
+	// Lock waits until the caller has exclusive use of the store or ctx is
+	// done.
+	Lock(ctx context.Context) error
+	// Unlock makes the changes visible to other users and releases the lock.
+	Unlock() error
+	// Reserve leases a to o and records a as the last address reserved from
+	// range set number set. It reports false when a is already leased.
+	Reserve(a netip.Addr, o Owner, set int) (bool, error)
+	// Release removes the lease on a; it is not an error if there is none.
+	Release(a netip.Addr) error
+	// LastReserved returns the address last reserved from range set number
+	// set, or the zero Addr.
+	LastReserved(set int) (netip.Addr, error)
+	// Owned returns the addresses leased to o. Like host-local it matches
+	// leases of (ContainerID, IfName) and, when there are none, legacy leases
+	// that carry only the container ID.
+	Owned(o Owner) ([]netip.Addr, error)
+	// Leases returns every lease, sorted by address.
+	Leases() ([]Lease, error)
+}
+
+// index is the in-memory view both stores use: address → owner and
+// owner → addresses.
+type index struct {
+	byAddr  map[netip.Addr]Owner
+	byOwner map[Owner][]netip.Addr
+}
+
+func newIndex() *index {
+	return &index{byAddr: map[netip.Addr]Owner{}, byOwner: map[Owner][]netip.Addr{}}
+}
+
+func (x *index) add(a netip.Addr, o Owner) {
+	if _, ok := x.byAddr[a]; ok {
+		x.remove(a)
+	}
+	x.byAddr[a] = o
+	x.byOwner[o] = append(x.byOwner[o], a)
+}
+
+func (x *index) remove(a netip.Addr) {
+	o, ok := x.byAddr[a]
+	if !ok {
+		return
+	}
+	delete(x.byAddr, a)
+	l := x.byOwner[o]
+	if i := slices.Index(l, a); i >= 0 {
+		l = slices.Delete(l, i, i+1)
+	}
+	if len(l) == 0 {
+		delete(x.byOwner, o)
+	} else {
+		x.byOwner[o] = l
+	}
+}
+
+func (x *index) owned(o Owner) []netip.Addr {
+	l := x.byOwner[o]
+	if len(l) == 0 && o.IfName != "" {
+		l = x.byOwner[Owner{ContainerID: o.ContainerID}]
+	}
+	out := slices.Clone(l)
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+func (x *index) leases() []Lease {
+	out := make([]Lease, 0, len(x.byAddr))
+	for a, o := range x.byAddr {
+		out = append(out, Lease{Addr: a, Owner: o})
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return a.Addr.Compare(b.Addr) })
+	return out
+}
+
+// MemoryStore is a Store in memory, safe for concurrent use, for tests of
+// code that allocates addresses. Its zero value is not usable; call
+// NewMemoryStore.
+type MemoryStore struct {
+	sem  chan struct{}
+	idx  *index
+	last map[int]netip.Addr
+}
+
+// NewMemoryStore returns an empty MemoryStore.
+func NewMemoryStore() *MemoryStore {
+	return &MemoryStore{sem: make(chan struct{}, 1), idx: newIndex(), last: map[int]netip.Addr{}}
+}
+
+// Lock implements Store.
+func (m *MemoryStore) Lock(ctx context.Context) error {
+	select {
+	case m.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unlock implements Store.
+func (m *MemoryStore) Unlock() error {
+	<-m.sem
+	return nil
+}
+
+// Reserve implements Store.
+func (m *MemoryStore) Reserve(a netip.Addr, o Owner, set int) (bool, error) {
+	if _, ok := m.idx.byAddr[a]; ok {
+		return false, nil
+	}
+	m.idx.add(a, o)
+	m.last[set] = a
+	return true, nil
+}
+
+// Release implements Store.
+func (m *MemoryStore) Release(a netip.Addr) error {
+	m.idx.remove(a)
+	return nil
+}
+
+// LastReserved implements Store.
+func (m *MemoryStore) LastReserved(set int) (netip.Addr, error) { return m.last[set], nil }
+
+// Owned implements Store.
+func (m *MemoryStore) Owned(o Owner) ([]netip.Addr, error) { return m.idx.owned(o), nil }
+
+// Leases implements Store.
+func (m *MemoryStore) Leases() ([]Lease, error) { return m.idx.leases(), nil }
