@@ -222,6 +222,10 @@ type SyncResult struct {
 // conntrack flows that would otherwise keep reaching removed endpoints or
 // the rejection of a Service that had none.
 //
+// A full sync of 1000 chains or more starts each table with -Z, resetting
+// the packet counters of the namespace's nat and filter rules: it keeps
+// iptables-nft's restore linear (see nat.Transaction.ZeroCounters).
+//
 // Equivalent to: iptables-restore --noflush (kube-proxy's syncProxyRules)
 func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	p.syncMu.Lock()

@@ -83,6 +83,12 @@ func sortedNames[T any](m map[Name]T) []Name {
 	return names
 }
 
+// zeroCountersChains is the size from which a full sync starts each table
+// with -Z: without it iptables-nft 1.8 resolves the chains of a --noflush
+// restore in quadratic time (see nat.Transaction.ZeroCounters). Smaller
+// syncs leave other components' counters alone.
+const zeroCountersChains = 1000
+
 // syncFull rewrites every owned chain, removes stale ones and ensures the
 // jumps from the built-in chains. It reads the nat and filter tables once
 // (to find chains a previous run left and the jumps already in place).
@@ -150,6 +156,9 @@ func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResul
 				}
 			}
 		}
+	}
+	if len(declared) >= zeroCountersChains {
+		tx.ZeroCounters()
 	}
 	if err := p.be.Run(ctx, tx); err != nil {
 		return res, nil, err
