@@ -26,6 +26,7 @@ type FieldError struct {
 	Reason string // what is wrong, e.g. "not in subnet 10.1.0.0/24"
 }
 
+// Error returns "field \"value\": reason".
 func (e *FieldError) Error() string {
 	if e.Value == "" {
 		return fmt.Sprintf("%s: %s", e.Field, e.Reason)
@@ -55,6 +56,7 @@ type Owner struct {
 	IfName      string
 }
 
+// String returns "containerID/ifname".
 func (o Owner) String() string { return o.ContainerID + "/" + o.IfName }
 
 // Validate checks that the owner can be stored safely: a container ID of at
