@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/podnet/podnet"
@@ -160,5 +159,3 @@ func (c Chains) Owns(name string) bool {
 }
 
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
-
-func itoa(n int) string { return strconv.Itoa(n) }

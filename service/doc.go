@@ -55,6 +55,22 @@
 // endpoints to some: otherwise their next datagrams would keep following
 // the stale entry (the DNS black hole kube-proxy users know).
 //
+// # Performance
+//
+// Measured on 2 cores with iptables 1.8.9 (nf_tables) and Linux 6.18, at
+// 10k Services × 5 endpoints (238k restore lines, 60k chains): a full sync
+// takes 1.25× loading the same table with one flush-mode iptables-restore
+// into an empty namespace (10.0 s against 8.0 s); a one-Service partial
+// sync takes about 0.2 s. Two effects set these numbers. iptables-nft
+// resolves the chains of a --noflush restore in quadratic time unless the
+// section has a chain-less command, so big full syncs start with -Z (see
+// nat.Transaction.ZeroCounters). And the kernel re-validates every rule
+// reachable from a base chain on each commit that adds a rule, once per
+// base chain: with the table hooked into PREROUTING and OUTPUT, appending
+// a single RETURN rule anywhere in the nat table costs ≈ 170 ms, whatever
+// the program doing it. The partial sync itself (its restore, without
+// that validation) takes ≈ 25 ms. bench/service.sh measures both.
+//
 // # Network namespaces
 //
 // The proxy acts in Config.NetNS (through nat.Kernel and a conntrack socket
