@@ -488,3 +488,63 @@ func TestFlowFilters(t *testing.T) {
 		t.Errorf("deleted service: %+v", got)
 	}
 }
+
+// TestTraceExternalIP: traffic to an external IP goes through the
+// external chain (masqueraded under policy Cluster) to every endpoint; an
+// external IP without endpoints is rejected in filter.
+func TestTraceExternalIP(t *testing.T) {
+	s := web()
+	s.ExternalIPs = []netip.Addr{ip("203.0.113.7")}
+	_, fk := fakeProxy(t, "", s)
+	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
+	d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: nat.TCP, dport: 80}))
+	if len(d) != 3 {
+		t.Fatalf("%v", d)
+	}
+	for a := range d {
+		if !m[a] {
+			t.Errorf("%s not masqueraded", a)
+		}
+	}
+	s.Endpoints = nil
+	_, fk = fakeProxy(t, "", s)
+	out := newTracer(t, fk, nat.TableFilter, nodeAddr).outcomes("FORWARD", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: nat.TCP, dport: 80})
+	if len(out) != 1 || slices.Collect(mapKeys(out))[0].verdict != "REJECT" {
+		t.Errorf("no endpoints: %v", out)
+	}
+}
+
+// TestDualStack: a dual-stack Service gets rules in both families, each
+// with the endpoints of its family.
+func TestDualStack(t *testing.T) {
+	fk := nat.NewFake()
+	p, err := New(Config{Backend: fk, Families: []nat.Family{nat.IPv4, nat.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/56")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := web()
+	s.ClusterIPs = append(s.ClusterIPs, ip("fd00:96::20"))
+	s.Endpoints = append(s.Endpoints, ep("fd00:200::2", "node0"))
+	if err := p.Update(s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	v4, v6 := fk.Dump(nat.IPv4), fk.Dump(nat.IPv6)
+	if strings.Count(v4, "-j DNAT") != 3 || strings.Contains(v4, "fd00") {
+		t.Errorf("IPv4:\n%s", v4)
+	}
+	for _, want := range []string{"-A PODNET-SERVICES -d fd00:96::20/128 -p tcp", "--to-destination [fd00:200::2]:8080", "! -s fd00:200::/56 -d fd00:96::20/128"} {
+		if !strings.Contains(v6, want) {
+			t.Errorf("IPv6 lacks %q:\n%s", want, v6)
+		}
+	}
+	if strings.Count(v6, "-j DNAT") != 1 {
+		t.Errorf("IPv6:\n%s", v6)
+	}
+	only4, _ := New(Config{Backend: nat.NewFake()})
+	if err := only4.Update(s); !errors.Is(err, ErrInvalid) {
+		t.Errorf("IPv6 Service on an IPv4-only proxy: %v", err)
+	}
+}
