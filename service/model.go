@@ -60,6 +60,8 @@ type Name struct {
 	Namespace, Name string
 }
 
+// String returns "namespace/name", as kube-proxy names a Service in rule
+// comments.
 func (n Name) String() string { return n.Namespace + "/" + n.Name }
 
 // Port is one port of a Service.
