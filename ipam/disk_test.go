@@ -151,11 +151,11 @@ func TestDiskForeignChanges(t *testing.T) {
 	a := newAlloc(t, s, set("10.1.0.0/24"))
 	mustAllocate(t, a, own(1)) // .2, and the index now exists
 
-	os.WriteFile(filepath.Join(dir, "10.1.0.3"), []byte("legacy-id"), 0o600)       // very old host-local
+	os.WriteFile(filepath.Join(dir, "10.1.0.3"), []byte("legacy-id"), 0o600)         // very old host-local
 	os.WriteFile(filepath.Join(dir, "10.1.0.4"), []byte("  other\r\neth1\n"), 0o600) // stray whitespace
 	os.WriteFile(filepath.Join(dir, "10.1.0.5"), nil, 0o600)                         // torn by a crashed host-local
 	os.WriteFile(filepath.Join(dir, tmpFile), []byte("c9\r\neth0"), 0o600)           // our crashed stage
-	os.Remove(filepath.Join(dir, "10.1.0.2"))                                         // released by someone else
+	os.Remove(filepath.Join(dir, "10.1.0.2"))                                        // released by someone else
 
 	if got := addrs(mustAllocate(t, a, own(2))); got[0] != "10.1.0.6/24" {
 		t.Fatalf("allocation after foreign changes = %v, want 10.1.0.6/24", got)

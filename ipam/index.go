@@ -211,7 +211,8 @@ func parseIndex(data []byte, st dirStamp) (*index, uint64, bool) {
 	if cp != st || crc != crc32.ChecksumIEEE(body) {
 		return nil, 0, false
 	}
-	idx := newIndex()
+	n := bytes.Count(body, []byte("\n"))
+	idx := &index{byAddr: make(map[netip.Addr]Owner, n), byOwner: make(map[Owner][]netip.Addr, n)}
 	rest := body[len(indexHeader):]
 	for len(rest) > 0 {
 		line, tail, _ := bytes.Cut(rest, []byte("\n"))
