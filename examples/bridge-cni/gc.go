@@ -49,9 +49,6 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return nil
 	}
 	if err := ipamFor(n).status(context.Background(), args, n); err != nil {
-		if _, ok := err.(*types.Error); ok {
-			return err
-		}
 		return types.NewError(codeNotReady, "IPAM not ready", err.Error())
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -92,5 +94,29 @@ func TestGCReapsTombstones(t *testing.T) {
 	}
 	if _, err := veth.Peer(keep, "eth0", n.ns); err != nil {
 		t.Errorf("GC took the live pod's veth: %v", err)
+	}
+}
+
+// TestStatus: ready with a usable data directory, code 50 when the data
+// directory cannot be used.
+func TestStatus(t *testing.T) {
+	n := newNode(t)
+	status := func(conf []byte) error {
+		return n.in(func(ctx context.Context) error { return n.cni.GetStatusNetworkList(ctx, n.confList(conf)) })
+	}
+	if err := status(n.conf("1.1.0", nil)); err != nil {
+		t.Fatalf("STATUS on a usable store: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken := n.conf("1.1.0", map[string]any{"ipam": map[string]any{
+		"type": "host-local", "ranges": []any{[]any{map[string]any{"subnet": "10.200.0.0/24"}}}, "dataDir": file,
+	}})
+	err := status(broken)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != codeNotReady {
+		t.Fatalf("STATUS on an unusable store: %v, want code %d", err, codeNotReady)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/podnet/podnet/internal/hostlocal"
 )
 
 // ipamDriver allocates addresses for one attachment.
@@ -52,6 +54,29 @@ func (delegate) status(ctx context.Context, args *skel.CmdArgs, n *netConf) erro
 	return invoke.DelegateStatus(ctx, n.IPAM.Type, args.StdinData, nil)
 }
 
-// inProcess allocates from host-local's files without running a binary.
-// Until the ipam package lands it delegates like any other type.
-type inProcess struct{ delegate }
+// inProcess is host-local run inside this process: the same configuration
+// keys and the same files under dataDir as the reference host-local, so a
+// node can switch plugins in either direction, without the cost of starting
+// another program on every call.
+type inProcess struct{}
+
+func (inProcess) add(_ context.Context, args *skel.CmdArgs, _ *netConf) (*current.Result, error) {
+	r, _, err := hostlocal.Add(args)
+	return r, err
+}
+
+func (inProcess) del(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
+	return hostlocal.Del(args)
+}
+
+func (inProcess) check(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
+	return hostlocal.Check(args)
+}
+
+func (inProcess) gc(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
+	return hostlocal.GC(args)
+}
+
+func (inProcess) status(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
+	return hostlocal.Status(args)
+}
