@@ -42,18 +42,20 @@ unit:
 
 test: deps lint unit
 
-# build puts the programs in bin/: podnet-bridge (CNI plugin),
-# podnet-cluster (the demo), podnet-inspect.
+# build puts the programs in bin/: podnet-bridge and podnet-host-local (CNI
+# plugins), podnet-cluster (the demo), podnet-inspect, podnet-service-proxy.
 build:
 	@mkdir -p bin
 	$(GO) build -o bin/podnet-bridge ./examples/bridge-cni
 	$(GO) build -o bin/podnet-cluster ./examples/cluster
 	$(GO) build -o bin/podnet-inspect ./examples/inspect
+	$(GO) build -o bin/podnet-host-local ./examples/host-local-ipam
+	$(GO) build -o bin/podnet-service-proxy ./examples/service-proxy
 
 # demo builds the article's cluster in namespaces, checks its claims with
 # real traffic, prints the evidence and tears it down.
-demo: deps build
-	bin/podnet-cluster --cni-path bin:$(REFBIN)
+demo: deps-system build
+	bin/podnet-cluster --cni-path bin
 
 bench: deps
 	PODNET_REFBIN=$(REFBIN) $(GO) test -run '^$$' -bench . -benchtime 1x ./...

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/podnet/podnet/internal/gobuild"
-	"github.com/podnet/podnet/internal/refbin"
 	"github.com/podnet/podnet/netns/nstest"
 )
 
@@ -19,7 +18,7 @@ func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", "
 func testConfig(masq bool) config {
 	return config{
 		nodes: 2, podsPerNode: 2, masq: masq,
-		cniPath:     []string{pluginDir, refbin.Dir()},
+		cniPath:     []string{pluginDir},
 		nodeNet:     netip.MustParsePrefix("10.240.0.0/24"),
 		clusterCIDR: netip.MustParsePrefix("10.200.0.0/16"),
 		serviceCIDR: netip.MustParsePrefix("10.32.0.0/24"),

@@ -114,7 +114,7 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 		fn   func() error
 	}{
 		{"switch, outside host and worker namespaces on 10.240.0.0/24", c.build},
-		{"pod CIDRs carved from 10.200.0.0/16", c.assignPodCIDRs},
+		{"pod CIDRs carved from 10.200.0.0/16 (ipam.NodeSubnets)", c.assignPodCIDRs},
 		{fmt.Sprintf("%d pods attached by podnet-bridge through libcni", cfg.nodes*cfg.podsPerNode), func() error { return c.addPods(ctx) }},
 		{"host-gw routes between nodes (route.Sync)", c.routeNodes},
 		{"node rules: cluster traffic exempt from masquerade, INVALID dropped", func() error { return c.nodeRules(ctx) }},

@@ -1,42 +1,31 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"net/netip"
+
+	"github.com/podnet/podnet/ipam"
 )
 
-// nodeSubnets carves n subnets of the given size out of cidr, in order
-// (10.200.0.0/16 → 10.200.0.0/24, 10.200.1.0/24 …).
-func nodeSubnets(cidr netip.Prefix, bits, n int, _ string) ([]netip.Prefix, error) {
-	if bits < cidr.Bits() || n > 1<<(bits-cidr.Bits()) {
-		return nil, fmt.Errorf("%v has no room for %d /%d subnets", cidr, n, bits)
+// nodeSubnets gives each worker its pod subnet of the given size, carved
+// from cidr by ipam.NodeSubnets (10.200.0.0/16 → 10.200.N.0/24), recorded
+// under dir so a node keeps its subnet for as long as the record lives.
+func nodeSubnets(ctx context.Context, cidr netip.Prefix, bits int, nodes []string, dir string) ([]netip.Prefix, error) {
+	store, err := ipam.NewDiskStore(dir, "node-subnets")
+	if err != nil {
+		return nil, err
 	}
-	out := make([]netip.Prefix, 0, n)
-	a := cidr.Masked().Addr()
-	for range n {
-		p := netip.PrefixFrom(a, bits)
+	ns, err := ipam.NewNodeSubnets(store, cidr, bits)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, len(nodes))
+	for _, n := range nodes {
+		p, err := ns.Assign(ctx, n)
+		if err != nil {
+			return nil, err
+		}
 		out = append(out, p)
-		last := lastAddr(p)
-		a = last.Next()
 	}
 	return out, nil
-}
-
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().As16()
-	off := 0
-	if p.Addr().Is4() {
-		off = 12
-	}
-	hostBits := p.Addr().BitLen() - p.Bits()
-	for i := 15; i >= off && hostBits > 0; i-- {
-		k := min(hostBits, 8)
-		b[i] |= byte(1<<k - 1)
-		hostBits -= k
-	}
-	a := netip.AddrFrom16(b)
-	if p.Addr().Is4() {
-		a = a.Unmap()
-	}
-	return a
 }

@@ -202,7 +202,11 @@ func (c *cluster) build() error {
 
 // assignPodCIDRs gives each worker its pod subnet (10.200.N.0/24).
 func (c *cluster) assignPodCIDRs() error {
-	subnets, err := nodeSubnets(c.cfg.clusterCIDR, 24, len(c.workers), filepath.Join(stateDir, "node-subnets"))
+	var names []string
+	for _, w := range c.workers {
+		names = append(names, w.name)
+	}
+	subnets, err := nodeSubnets(context.Background(), c.cfg.clusterCIDR, 24, names, stateDir)
 	if err != nil {
 		return err
 	}
