@@ -25,6 +25,13 @@
 //     host-local plugin's files on disk, node subnets and GC.
 //   - nat: typed iptables rules applied as atomic transactions, masquerade,
 //     DNAT, and conntrack in any namespace.
+//   - service: Services and their endpoints turned into kube-proxy's
+//     iptables layout, synced fully or partially through nat.
+//
+// The programs under examples/ are built from these packages: the
+// podnet-bridge and podnet-host-local CNI plugins, podnet-service-proxy,
+// podnet-inspect, and podnet-cluster, the demo that builds the article's
+// cluster in namespaces.
 //
 // # Namespaces are explicit
 //

@@ -104,7 +104,7 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 	n.rawIPAM = rawIPAM.IPAM
 	for key, harmless := range unsupported {
 		v, ok := raw[key]
-		if !ok || v == nil || v == harmless {
+		if list, isList := v.([]any); !ok || v == nil || v == harmless || isList && len(list) == 0 {
 			continue
 		}
 		return nil, configError(types.ErrInvalidNetworkConfig, "%q is not supported by podnet-bridge (use the reference bridge plugin for it)", key)
