@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -52,17 +53,18 @@ func binary(f Family, tool string) string {
 	return "iptables" + tool
 }
 
-// Run applies tx: for each family it touches, one iptables-restore
-// --noflush process reads the whole change. Each table's section (up to its
-// COMMIT) is one nf_tables batch, applied entirely or not at all; NAT
-// targets outside the nat table are refused before anything runs, but a
-// transaction spanning several tables whose later table the kernel rejects
-// leaves the earlier tables applied (iptables-restore commits per table). Tables whose current rules the transaction
-// depends on (EnsureRule, RemoveRule, Prune) are read first with
-// iptables-save; a transaction of Declare/Append/Insert/Delete/DeleteChain
-// only reads nothing back. When tx spans both families, IPv4 is applied
-// first; if IPv6 then fails, the IPv4 part stays applied and the error
-// says so.
+// Run applies tx all or nothing: for each family it touches, one
+// iptables-restore --noflush process reads the whole change. NAT targets
+// outside the nat table are refused before anything runs. iptables-restore
+// commits table by table (each section up to its COMMIT is one nf_tables
+// batch), so when tx spans several tables or both families, Run first
+// saves every table but the one it applies last (the largest) and, if a
+// later table fails, restores the saved ones: the kernel then holds what it
+// held before, except that a table tx brought into being stays, empty.
+// Tables whose current rules the transaction depends on (EnsureRule,
+// RemoveRule, Prune) are read first with iptables-save; a single-table
+// transaction of Declare/Append/Insert/Delete/DeleteChain only reads
+// nothing back.
 //
 // Equivalent to: iptables-restore -w --noflush < TEXT; ip6tables-restore -w --noflush < TEXT6
 func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
@@ -90,6 +92,30 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 	if err != nil {
 		return fmt.Errorf("apply transaction in netns %q: %w", k.ns, err)
 	}
+	// iptables-restore commits each table at its COMMIT line, so a
+	// transaction spanning several tables (or both families) is made
+	// all-or-nothing here: every table but the last one applied is saved
+	// first, and restored from that copy if a later one fails.
+	var sections []tableKey
+	for _, f := range []Family{IPv4, IPv6} {
+		if p := plans[f]; p != nil && !p.empty() {
+			p.smallestFirst()
+			for _, tp := range p.tables {
+				sections = append(sections, tableKey{f, tp.table})
+			}
+		}
+	}
+	snapshots := map[tableKey][]byte{}
+	for i, s := range sections {
+		if i == len(sections)-1 {
+			break
+		}
+		out, err := execns.Output(ctx, k.ns, nil, binary(s.f, "-save"), "-t", string(s.t))
+		if err != nil {
+			return &podnet.OpError{Op: "save before applying transaction to", Kind: s.f.String() + " table", Name: string(s.t), NetNS: k.ns.String(), Err: err}
+		}
+		snapshots[s] = out
+	}
 	for _, f := range []Family{IPv4, IPv6} {
 		p := plans[f]
 		if p == nil || p.empty() {
@@ -104,8 +130,8 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 				names = append(names, string(tp.table))
 			}
 			msg := "apply transaction to"
-			if f == IPv6 && plans[IPv4] != nil && !plans[IPv4].empty() {
-				msg = "apply transaction (IPv4 part applied) to"
+			if rerr := k.rollback(ctx, snapshots); rerr != nil {
+				msg = "apply transaction (and roll back: " + rerr.Error() + ") to"
 			}
 			return &podnet.OpError{Op: msg, Kind: f.String() + " tables", Name: strings.Join(names, ","), NetNS: k.ns.String(), Err: restoreErr(err)}
 		}
@@ -129,6 +155,19 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 
 // restoreErr is the one place that reads iptables' messages: a missing
 // chain or rule maps to ErrNotFound.
+// rollback puts back the saved tables of a failed transaction, each with a
+// flush-mode restore of the table as it was saved. A table that had not
+// been changed yet is restored to what it already holds.
+func (k *Kernel) rollback(ctx context.Context, snapshots map[tableKey][]byte) error {
+	var errs []error
+	for s, text := range snapshots {
+		if _, err := execns.Output(ctx, k.ns, bytes.NewReader(text), binary(s.f, "-restore"), "-w", "-T", string(s.t)); err != nil {
+			errs = append(errs, fmt.Errorf("%v table %s: %w", s.f, s.t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func restoreErr(err error) error {
 	var ee *execns.Error
 	if errors.As(err, &ee) {

@@ -619,3 +619,75 @@ func TestKernelErrors(t *testing.T) {
 		t.Errorf("deleting a missing rule: %v, want ErrNotFound", err)
 	}
 }
+
+// TestKernelAtomicAcrossTables: iptables-restore commits table by table,
+// so a transaction whose last table fails would leave the others applied;
+// Run rolls them back, in both families, and leaves foreign rules as they
+// were.
+func TestKernelAtomicAcrossTables(t *testing.T) {
+	ns := nstest.New(t)
+	k := NewKernel(ns)
+	ctx := context.Background()
+	restoreRaw(t, ns, IPv4, "*filter\n:FOREIGN-F - [0:0]\n-A FOREIGN-F -s 10.9.0.0/16 -j ACCEPT\n-A FORWARD -j FOREIGN-F\nCOMMIT\n")
+	before := dropEmptyTables(saveText(t, ns, IPv4)) + dropEmptyTables(saveText(t, ns, IPv6))
+
+	tx := NewTransaction().
+		Declare(Chain{IPv4, TableFilter, "PODNET-F"}, Rule{Protocol: TCP, Target: Accept}).
+		EnsureRule(Chain{IPv4, TableFilter, "FORWARD"}, true, Rule{Target: Jump("PODNET-F")}).
+		Declare(Chain{IPv6, TableFilter, "PODNET-F6"}, Rule{Target: Accept})
+	// The largest table goes last; make nat the largest and the one that
+	// fails: its last rule jumps to a chain that exists nowhere.
+	var natRules []Rule
+	for i := range 5 {
+		natRules = append(natRules, Rule{Protocol: TCP, Matches: []Match{Ports{Dst: Port(uint16(2000 + i))}}, Target: Return})
+	}
+	natRules = append(natRules, Rule{Target: Jump("PODNET-NOWHERE")})
+	tx.Declare(Chain{IPv6, TableNAT, "PODNET-N"}, natRules...)
+
+	err := k.Run(ctx, tx)
+	if err == nil {
+		t.Fatal("a transaction with a jump to a missing chain succeeded")
+	}
+	// A table the transaction brought into being stays, empty: its
+	// built-in chains accept everything, as when it did not exist.
+	if after := dropEmptyTables(saveText(t, ns, IPv4)) + dropEmptyTables(saveText(t, ns, IPv6)); after != before {
+		t.Fatalf("a failed transaction left changes behind (%v):\n%s\nwant\n%s", err, after, before)
+	}
+	// Without the bad rule the same transaction applies whole.
+	tx = NewTransaction().
+		Declare(Chain{IPv4, TableFilter, "PODNET-F"}, Rule{Protocol: TCP, Target: Accept}).
+		Declare(Chain{IPv6, TableNAT, "PODNET-N"}, natRules[:5]...)
+	if err := k.Run(ctx, tx); err != nil {
+		t.Fatal(err)
+	}
+	if s := saveText(t, ns, IPv4) + saveText(t, ns, IPv6); !strings.Contains(s, ":PODNET-F") || !strings.Contains(s, ":PODNET-N") || !strings.Contains(s, "FOREIGN-F") {
+		t.Fatalf("after a good transaction:\n%s", s)
+	}
+}
+
+// dropEmptyTables removes from saved text the tables that hold nothing but
+// built-in chains with the ACCEPT policy.
+func dropEmptyTables(saved string) string {
+	var out []string
+	var table []string
+	empty := true
+	for _, l := range strings.Split(saved, "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table, empty = []string{l}, true
+		case l == "COMMIT":
+			if !empty {
+				out = append(out, append(table, l)...)
+			}
+			table = nil
+		case table != nil:
+			table = append(table, l)
+			if !(strings.HasPrefix(l, ":") && strings.HasSuffix(l, " ACCEPT")) {
+				empty = false
+			}
+		default:
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -373,6 +373,13 @@ func (tp *tablePlan) addRemove(name string) {
 }
 
 // text renders the plan as iptables-restore input.
+// smallestFirst orders the tables so the largest is applied last: it is
+// the one Kernel.Run need not save beforehand to be able to roll back.
+func (p *restorePlan) smallestFirst() {
+	size := func(tp *tablePlan) int { return len(tp.declare) + len(tp.rules) + len(tp.remove) }
+	slices.SortStableFunc(p.tables, func(a, b *tablePlan) int { return size(a) - size(b) })
+}
+
 func (p *restorePlan) text() string {
 	var b strings.Builder
 	b.Grow(p.lines * 64)
