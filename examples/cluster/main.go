@@ -101,11 +101,9 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 		c.teardown(context.WithoutCancel(ctx))
 		fmt.Printf("\ntorn down in %v: every pod deleted through CNI DEL, every namespace removed\n", time.Since(t).Round(time.Millisecond))
 	}
+	// Ctrl-C (ctx cancelled) stops at the next step or pod; the deferred
+	// teardown then removes everything made so far.
 	defer teardown()
-	// Ctrl-C: stop at the next step and tear down.
-	go func() {
-		<-ctx.Done()
-	}()
 
 	fmt.Printf("# building a %d-node cluster with %d pods per node\n", cfg.nodes, cfg.podsPerNode)
 	ph := &phases{last: time.Now()}

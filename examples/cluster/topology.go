@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -301,6 +302,10 @@ func (c *cluster) addPods(ctx context.Context) error {
 			return err
 		}
 		for j := range c.cfg.podsPerNode {
+			// Ctrl-C stops between pods: a plugin is never killed halfway.
+			if err := ctx.Err(); err != nil {
+				return errors.New("interrupted")
+			}
 			p := &pod{name: fmt.Sprintf("%s-pod-%d", w.name, j), worker: w}
 			if p.ns, err = c.newNS(p.name); err != nil {
 				return err
@@ -308,7 +313,7 @@ func (c *cluster) addPods(ctx context.Context) error {
 			p.rt = &libcni.RuntimeConf{ContainerID: p.name, NetNS: p.ns.Path(), IfName: "eth0"}
 			var res *current.Result
 			err := w.ns.Do(func() error {
-				r, err := c.cni.AddNetwork(ctx, conf, p.rt)
+				r, err := c.cni.AddNetwork(context.WithoutCancel(ctx), conf, p.rt)
 				if err != nil {
 					return err
 				}
