@@ -134,9 +134,20 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 				evidence = append(evidence, fmt.Sprintf("%s: %v", network, err))
 				continue
 			}
-			good := slices.Contains(names, rep.Name) && rep.Source.Addr() == client.ip
-			ok = ok && good
-			evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s", network, vip, rep.Name, rep.Source))
+			// A pod reaching itself through its Service (hairpin) is
+			// masqueraded to the bridge's address, as kube-proxy does, so
+			// the reply comes back through the node.
+			hairpin := rep.Name == client.name
+			wantSrc := client.ip
+			if hairpin {
+				wantSrc = nth(w.podCIDR, 1)
+			}
+			ok = ok && slices.Contains(names, rep.Name) && rep.Source.Addr() == wantSrc
+			note := ""
+			if hairpin {
+				note = " (hairpin: the pod reached itself, masqueraded to cnio0's address)"
+			}
+			evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s%s", network, vip, rep.Name, rep.Source, note))
 		}
 		if w == c.workers[0] {
 			evidence = append(evidence, w.name+": iptables-save -t nat | grep kube-dns:dns-tcp")

@@ -273,12 +273,13 @@ func (c *cluster) nodeRules(ctx context.Context) error {
 // netconf is the article's CNI configuration for worker w.
 func (c *cluster) netconf(w *worker) (*libcni.PluginConfig, error) {
 	conf := map[string]any{
-		"cniVersion": "1.0.0",
-		"name":       "bridge",
-		"type":       "podnet-bridge",
-		"bridge":     "cnio0",
-		"isGateway":  true,
-		"ipMasq":     c.cfg.masq,
+		"cniVersion":  "1.0.0",
+		"name":        "bridge",
+		"type":        "podnet-bridge",
+		"bridge":      "cnio0",
+		"isGateway":   true,
+		"ipMasq":      c.cfg.masq,
+		"hairpinMode": true, // kubelet's hairpin-veth: a pod can reach itself through its Service
 		"ipam": map[string]any{
 			"type":    "host-local",
 			"ranges":  []any{[]any{map[string]any{"subnet": w.podCIDR.String()}}},
