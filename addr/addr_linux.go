@@ -29,19 +29,6 @@ func validate(dev string, p netip.Prefix) error {
 	return nil
 }
 
-func link(ns *netns.NS, dev string) (*netlink.Handle, netlink.Link, error) {
-	h, err := nl.Handle(ns)
-	if err != nil {
-		return nil, nil, err
-	}
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		h.Close()
-		return nil, nil, nl.Err(err)
-	}
-	return h, l, nil
-}
-
 // Ensure adds p (address and prefix length, e.g. 10.200.0.4/24) to the link
 // dev in ns. It is a no-op when the address is already there; other
 // addresses are left alone. The kernel adds the connected route.
@@ -54,7 +41,7 @@ func Ensure(ns *netns.NS, dev string, p netip.Prefix) error {
 	if err := validate(dev, p); err != nil {
 		return opErr(err)
 	}
-	h, l, err := link(ns, dev)
+	h, l, err := nl.Link(ns, dev)
 	if err != nil {
 		return opErr(err)
 	}
@@ -81,7 +68,7 @@ func Delete(ns *netns.NS, dev string, p netip.Prefix) error {
 	if err := validate(dev, p); err != nil {
 		return opErr(err)
 	}
-	h, l, err := link(ns, dev)
+	h, l, err := nl.Link(ns, dev)
 	if nl.IsNotFound(err) {
 		return nil
 	}
@@ -105,7 +92,7 @@ func List(ns *netns.NS, dev string) ([]netip.Prefix, error) {
 	if err := ifname.Validate(dev); err != nil {
 		return nil, opErr(err)
 	}
-	h, l, err := link(ns, dev)
+	h, l, err := nl.Link(ns, dev)
 	if err != nil {
 		return nil, opErr(err)
 	}

@@ -317,18 +317,14 @@ func Detach(ns *netns.NS, port string) error {
 	if err := ifname.Validate(port); err != nil {
 		return opErr(err)
 	}
-	h, err := nl.Handle(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	pl, err := h.LinkByName(port)
-	if nl.IsNotFound(err) {
+	h, pl, err := nl.Link(ns, port)
+	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return opErr(err)
 	}
+	defer h.Close()
 	if pl.Attrs().MasterIndex == 0 {
 		return nil
 	}
@@ -386,14 +382,9 @@ func lookup(ns *netns.NS, op, name string) (*netlink.Handle, netlink.Link, error
 	if err := ifname.Validate(name); err != nil {
 		return nil, nil, opErr(err)
 	}
-	h, err := nl.Handle(ns)
+	h, l, err := nl.Link(ns, name)
 	if err != nil {
-		return nil, nil, err
-	}
-	l, err := h.LinkByName(name)
-	if err != nil {
-		h.Close()
-		return nil, nil, opErr(nl.Err(err))
+		return nil, nil, opErr(err)
 	}
 	if l.Type() != "bridge" {
 		h.Close()

@@ -43,15 +43,11 @@ func set(ns *netns.NS, name string, up bool) error {
 	if err := ifname.Validate(name); err != nil {
 		return opErr(err)
 	}
-	h, err := nl.Handle(ns)
+	h, l, err := nl.Link(ns, name)
 	if err != nil {
-		return err
+		return opErr(err)
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return opErr(nl.Err(err))
-	}
 	if up {
 		err = h.LinkSetUp(l)
 	} else {

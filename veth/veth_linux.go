@@ -175,18 +175,14 @@ func Delete(ns *netns.NS, name string) error {
 	if err := ifname.Validate(name); err != nil {
 		return opErr(err)
 	}
-	h, err := nl.Handle(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if nl.IsNotFound(err) {
+	h, l, err := nl.Link(ns, name)
+	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return opErr(err)
 	}
+	defer h.Close()
 	if l.Type() != "veth" {
 		return opErr(fmt.Errorf("%w: link is of type %s", ErrConflict, l.Type()))
 	}
@@ -218,15 +214,11 @@ func Get(ns *netns.NS, name string) (*Link, error) {
 	if err := ifname.Validate(name); err != nil {
 		return nil, opErr(err)
 	}
-	h, err := nl.Handle(ns)
+	h, l, err := nl.Link(ns, name)
 	if err != nil {
-		return nil, err
+		return nil, opErr(err)
 	}
 	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return nil, opErr(nl.Err(err))
-	}
 	if l.Type() != "veth" {
 		return nil, opErr(fmt.Errorf("%w: link is of type %s", ErrConflict, l.Type()))
 	}

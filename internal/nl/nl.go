@@ -81,3 +81,19 @@ type mapped struct {
 
 func (m *mapped) Error() string   { return m.err.Error() }
 func (m *mapped) Unwrap() []error { return []error{m.sentinel, m.err} }
+
+// Link opens a handle in ns and looks up the link called name. On success
+// the caller closes the handle; on failure there is none to close, and a
+// missing link gives an error matching podnet.ErrNotFound.
+func Link(ns *netns.NS, name string) (*netlink.Handle, netlink.Link, error) {
+	h, err := Handle(ns)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		h.Close()
+		return nil, nil, Err(err)
+	}
+	return h, l, nil
+}
