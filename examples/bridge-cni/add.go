@@ -31,11 +31,8 @@ func (u undo) run() {
 }
 
 func cmdAdd(args *skel.CmdArgs) (err error) {
-	n, err := loadConf(args.StdinData, args.Args)
+	n, err := loadAttachment(args)
 	if err != nil {
-		return err
-	}
-	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
 		return err
 	}
 	ctx := context.Background()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/ipam"
@@ -15,4 +16,17 @@ func validateAttachment(containerID, ifName string) error {
 		return configError(types.ErrInvalidNetworkConfig, "%v", err)
 	}
 	return nil
+}
+
+// loadAttachment parses the configuration and checks the attachment's
+// container ID and interface name: what ADD, DEL and CHECK all start with.
+func loadAttachment(args *skel.CmdArgs) (*netConf, error) {
+	n, err := loadConf(args.StdinData, args.Args)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
+		return nil, err
+	}
+	return n, nil
 }

@@ -21,11 +21,8 @@ import (
 // the pod's interface and its veth peer on the bridge, the MTU, the
 // addresses and routes in the pod, and the masquerade rules.
 func cmdCheck(args *skel.CmdArgs) error {
-	n, err := loadConf(args.StdinData, args.Args)
+	n, err := loadAttachment(args)
 	if err != nil {
-		return err
-	}
-	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
 		return err
 	}
 	if n.RawPrevResult == nil {

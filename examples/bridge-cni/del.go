@@ -16,11 +16,8 @@ import (
 // The bridge and the per-network masquerade rules stay. It succeeds when
 // everything is already gone, and when the pod's namespace no longer exists.
 func cmdDel(args *skel.CmdArgs) error {
-	n, err := loadConf(args.StdinData, args.Args)
+	n, err := loadAttachment(args)
 	if err != nil {
-		return err
-	}
-	if err := validateAttachment(args.ContainerID, args.IfName); err != nil {
 		return err
 	}
 	ctx := context.Background()
