@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
@@ -63,6 +65,16 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	cleanup.push(func() { veth.Delete(host, pair.Name) })
+	if n.ipv4Only() {
+		// No IPv6 on an IPv4-only network's pods (as Docker does): a
+		// link-local address would send DAD, MLD and router solicitations
+		// that the bridge floods to every port, a cost that grows with
+		// the square of the pods on the node.
+		err := sysctl.Set(pod, "net/ipv6/conf/"+args.IfName+"/disable_ipv6", "1")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) { // a kernel without IPv6
+			return err
+		}
+	}
 	if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: n.HairpinMode}); err != nil {
 		return err
 	}
@@ -204,4 +216,15 @@ func familyOf(a netip.Addr) int {
 
 func dnsSet(d types.DNS) bool {
 	return d.Nameservers != nil || d.Search != nil || d.Options != nil || d.Domain != ""
+}
+
+// ipv4Only reports whether the configuration's IPAM ranges are all IPv4.
+func (n *netConf) ipv4Only() bool {
+	subs := n.rangeSubnets()
+	for _, p := range subs {
+		if p.Addr().Is6() {
+			return false
+		}
+	}
+	return len(subs) > 0
 }

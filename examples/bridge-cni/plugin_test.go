@@ -490,3 +490,38 @@ func TestFailureRollsBack(t *testing.T) {
 		t.Errorf("forceAddress: bridge has %v", brAddrs)
 	}
 }
+
+// TestIPv6LinkLocalOnlyWhenWanted: on an IPv4-only network the pod's eth0
+// has IPv6 off (no link-local address, so no DAD, MLD or router
+// solicitations flooded to every port of the bridge); a dual-stack network
+// keeps it and gets both addresses.
+func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
+	n := newNode(t)
+	v4 := nstest.New(t)
+	mustAdd(t, n, n.conf("1.0.0", nil), v4, "v4")
+	if as, _ := addr.List(v4, "eth0"); slices.ContainsFunc(as, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		t.Errorf("IPv4-only network: eth0 has IPv6 addresses %v", as)
+	}
+	dual := n.conf("1.0.0", map[string]any{"name": "dual", "ipam": map[string]any{
+		"type": "host-local",
+		"ranges": []any{
+			[]any{map[string]any{"subnet": "10.201.0.0/24"}},
+			[]any{map[string]any{"subnet": "fd00:201::/64"}},
+		},
+		"dataDir": n.dataDir,
+	}})
+	pod := nstest.New(t)
+	res := mustAdd(t, n, dual, pod, "dual")
+	if len(res.IPs) != 2 {
+		t.Fatalf("dual-stack result: %+v", res.IPs)
+	}
+	as, _ := addr.List(pod, "eth0")
+	for _, want := range res.IPs {
+		if !slices.Contains(as, nl.Prefix(&want.Address)) {
+			t.Errorf("eth0 addresses %v lack %v", as, want.Address)
+		}
+	}
+	if _, err := probe.Ping(pod, netip.MustParseAddr("10.201.0.1"), 3*time.Second); err != nil {
+		t.Errorf("dual-stack pod → its IPv4 gateway: %v", err)
+	}
+}

@@ -14,7 +14,12 @@ import (
 )
 
 func path(key string) (string, error) {
-	k := strings.ReplaceAll(key, ".", "/")
+	k := key
+	if !strings.Contains(k, "/") {
+		// Dotted form; a key with an interface name that has dots in it
+		// must be given with slashes.
+		k = strings.ReplaceAll(key, ".", "/")
+	}
 	if !strings.HasPrefix(k, "net/") || strings.Contains(k, "//") || filepath.Clean(k) != k {
 		return "", podnet.Invalid("sysctl key %q: not under net/", key)
 	}
