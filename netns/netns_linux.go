@@ -201,31 +201,13 @@ func (ns *NS) Close() error { return ns.file.Close() }
 //
 // Equivalent to: ip netns exec NAME ...
 func (ns *NS) Do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread on failure paths: the goroutine exits locked,
-		// and Go then terminates the thread instead of reusing it.
-		tid := unix.Gettid()
-		orig, err := os.Open(threadNSPath(tid))
-		if err != nil {
-			errc <- &podnet.OpError{Op: "enter", Kind: "netns", Name: ns.path, Err: err}
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(ns.Fd(), unix.CLONE_NEWNET); err != nil {
-			errc <- &podnet.OpError{Op: "enter", Kind: "netns", Name: ns.path, Err: err}
-			return
-		}
-		fnErr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- &podnet.OpError{Op: "leave", Kind: "netns", Name: ns.path, Err: err}
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
-	}()
-	return <-errc
+	err := onLockedThread(
+		func() error { return unix.Setns(ns.Fd(), unix.CLONE_NEWNET) },
+		func(int) error { return fn() })
+	if se, ok := err.(*switchError); ok {
+		return &podnet.OpError{Op: se.step, Kind: "netns", Name: ns.path, Err: se.err}
+	}
+	return err
 }
 
 // Entry is one named namespace, as listed by List.
@@ -339,23 +321,46 @@ func threadNSPath(tid int) string {
 // network namespace (unshare), passing the thread id, then moves the thread
 // back. A thread that cannot be moved back is discarded.
 func onNewThread(fn func(tid int) error) error {
+	err := onLockedThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, fn)
+	if se, ok := err.(*switchError); ok {
+		return fmt.Errorf("%s (unshare): %w", se.step, se.err)
+	}
+	return err
+}
+
+// switchError says which step of moving a thread between namespaces
+// failed: "enter" or "leave".
+type switchError struct {
+	step string
+	err  error
+}
+
+func (e *switchError) Error() string { return e.step + ": " + e.err.Error() }
+
+// onLockedThread runs fn on a fresh goroutine locked to its thread, after
+// enter has moved that thread into another network namespace, and moves it
+// back afterwards; it returns fn's error, or a *switchError. The caller's
+// goroutine and thread never change namespace. When moving back fails the
+// thread is never unlocked, so Go terminates it instead of reusing it in
+// the wrong namespace; nor is it on any other failure.
+func onLockedThread(enter func() error, fn func(tid int) error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		tid := unix.Gettid()
 		orig, err := os.Open(threadNSPath(tid))
 		if err != nil {
-			errc <- err
+			errc <- &switchError{"enter", err}
 			return
 		}
 		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
+		if err := enter(); err != nil {
+			errc <- &switchError{"enter", err}
 			return
 		}
 		fnErr := fn(tid)
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("switch back: %w", err)
+			errc <- &switchError{"leave", err}
 			return
 		}
 		runtime.UnlockOSThread()
