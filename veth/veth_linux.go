@@ -8,6 +8,8 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	vnl "github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/ifname"
@@ -33,6 +35,16 @@ type Spec struct {
 	MTU      int              // 0 keeps the kernel default (1500); both ends
 	MAC      net.HardwareAddr // host-side MAC; nil lets the kernel choose
 	PeerMAC  net.HardwareAddr // peer MAC; nil lets the kernel choose
+
+	// PeerAddrGenModeNone keeps the kernel from giving the peer an IPv6
+	// link-local address when it comes up, and with it from sending
+	// duplicate address detection, MLD reports and router solicitations:
+	// what an IPv4-only pod wants, since on a bridge that traffic reaches
+	// every other pod. Addresses added explicitly still work. It is set
+	// before the peer is brought up, and ignored on a kernel without IPv6.
+	//
+	// Equivalent to: ip -n PEERNS link set PEER addrgenmode none
+	PeerAddrGenModeNone bool
 }
 
 // Pair is a veth pair as it exists after Create.
@@ -118,7 +130,7 @@ func Create(ns *netns.NS, spec Spec) (*Pair, error) {
 			return nil, opErr(name, nl.Err(err))
 		}
 	}
-	p, err := setUp(h, ph, name, spec.PeerName)
+	p, err := setUp(h, ph, name, spec)
 	if err != nil {
 		if l, lerr := h.LinkByName(name); lerr == nil {
 			h.LinkDel(l) // removes both ends
@@ -142,7 +154,8 @@ func vethLink(name string, spec Spec) *netlink.Veth {
 	}
 }
 
-func setUp(h, ph *netlink.Handle, name, peerName string) (*Pair, error) {
+func setUp(h, ph *netlink.Handle, name string, spec Spec) (*Pair, error) {
+	peerName := spec.PeerName
 	l, err := h.LinkByName(name)
 	if err != nil {
 		return nil, nl.Err(err)
@@ -150,6 +163,12 @@ func setUp(h, ph *netlink.Handle, name, peerName string) (*Pair, error) {
 	pl, err := ph.LinkByName(peerName)
 	if err != nil {
 		return nil, fmt.Errorf("peer %q: %w", peerName, nl.Err(err))
+	}
+	if spec.PeerAddrGenModeNone {
+		err := ph.LinkSetIP6AddrGenMode(pl, vnl.IN6_ADDR_GEN_MODE_NONE)
+		if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) { // no IPv6 in this kernel
+			return nil, fmt.Errorf("peer %q addrgenmode none: %w", peerName, nl.Err(err))
+		}
 	}
 	if err := ph.LinkSetUp(pl); err != nil {
 		return nil, fmt.Errorf("set peer %q up: %w", peerName, err)

@@ -8,10 +8,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/veth"
@@ -171,5 +173,55 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := veth.Get(node, "nosuch"); !errors.Is(err, veth.ErrNotFound) {
 		t.Errorf("Get(nosuch) = %v, want ErrNotFound", err)
+	}
+}
+
+// TestPeerAddrGenModeNone: with the option, the peer comes up without an
+// IPv6 link-local address; without it, the kernel gives it one.
+func TestPeerAddrGenModeNone(t *testing.T) {
+	node := nstest.New(t)
+	quiet, chatty := nstest.New(t), nstest.New(t)
+	if _, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: quiet, PeerAddrGenModeNone: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: chatty}); err != nil {
+		t.Fatal(err)
+	}
+	v6addrs := func(ns *netns.NS) []netlink.Addr {
+		h, l, err := nl.Link(ns, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Close()
+		as, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return as
+	}
+	operUp := func(ns *netns.NS) bool {
+		h, l, err := nl.Link(ns, "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Close()
+		return l.Attrs().OperState == netlink.OperUp
+	}
+	// The kernel adds the link-local address when the carrier comes up;
+	// once both peers are operationally up and the control has its
+	// address, the other would have had one too.
+	deadline := time.Now().Add(5 * time.Second)
+	for !operUp(quiet) || !operUp(chatty) || len(v6addrs(chatty)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("peers not up with a link-local address on the control within 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if as := v6addrs(quiet); len(as) != 0 {
+		t.Errorf("peer with addrgenmode none has IPv6 addresses %v", as)
+	}
+	mode, err := sysctl.Get(quiet, "net/ipv6/conf/eth0/addr_gen_mode")
+	if err != nil || mode != "1" {
+		t.Errorf("addr_gen_mode = %q, %v; want 1 (none)", mode, err)
 	}
 }

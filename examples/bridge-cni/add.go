@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 
@@ -15,7 +14,6 @@ import (
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
@@ -60,21 +58,16 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	pair, err := veth.Create(host, veth.Spec{PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac})
+	// No IPv6 link-local address on the pod side of an IPv4-only network:
+	// its duplicate address detection, MLD reports and router
+	// solicitations would reach every pod on the bridge. Set over netlink
+	// before the link comes up; a write under /proc/sys/net would cost a
+	// lookup that grows with the namespaces on the node.
+	pair, err := veth.Create(host, veth.Spec{PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac, PeerAddrGenModeNone: n.ipv4Only()})
 	if err != nil {
 		return err
 	}
 	cleanup.push(func() { veth.Delete(host, pair.Name) })
-	if n.ipv4Only() {
-		// No IPv6 on an IPv4-only network's pods (as Docker does): a
-		// link-local address would send DAD, MLD and router solicitations
-		// that the bridge floods to every port, a cost that grows with
-		// the square of the pods on the node.
-		err := sysctl.Set(pod, "net/ipv6/conf/"+args.IfName+"/disable_ipv6", "1")
-		if err != nil && !errors.Is(err, fs.ErrNotExist) { // a kernel without IPv6
-			return err
-		}
-	}
 	if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: n.HairpinMode}); err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/probe"
 	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
@@ -502,6 +503,11 @@ func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 	if as, _ := addr.List(v4, "eth0"); slices.ContainsFunc(as, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
 		t.Errorf("IPv4-only network: eth0 has IPv6 addresses %v", as)
 	}
+	// The address would come with the carrier, later: what prevents it is
+	// the interface's address generation mode.
+	if mode, err := sysctl.Get(v4, "net/ipv6/conf/eth0/addr_gen_mode"); err != nil || mode != "1" {
+		t.Errorf("IPv4-only network: eth0 addr_gen_mode = %q, %v; want 1 (none)", mode, err)
+	}
 	dual := n.conf("1.0.0", map[string]any{"name": "dual", "ipam": map[string]any{
 		"type": "host-local",
 		"ranges": []any{
@@ -520,6 +526,9 @@ func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 		if !slices.Contains(as, nl.Prefix(&want.Address)) {
 			t.Errorf("eth0 addresses %v lack %v", as, want.Address)
 		}
+	}
+	if mode, err := sysctl.Get(pod, "net/ipv6/conf/eth0/addr_gen_mode"); err != nil || mode != "0" {
+		t.Errorf("dual-stack network: eth0 addr_gen_mode = %q, %v; want 0 (eui64)", mode, err)
 	}
 	if _, err := probe.Ping(pod, netip.MustParseAddr("10.201.0.1"), 3*time.Second); err != nil {
 		t.Errorf("dual-stack pod → its IPv4 gateway: %v", err)
