@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/ifname"
@@ -50,7 +51,7 @@ func Ensure(ns *netns.NS, dev string, p netip.Prefix) error {
 	if p.Addr().Is6() {
 		// A pod's address must work at once; duplicate detection would
 		// hold it "tentative" for a second or more.
-		a.Flags = 0x80 // IFA_F_NODAD
+		a.Flags = unix.IFA_F_NODAD
 	}
 	if err := h.AddrAdd(l, a); err != nil && !nl.IsExist(err) {
 		return opErr(err)

@@ -41,6 +41,13 @@ func TestEnsureListDelete(t *testing.T) {
 	if _, err := probe.Ping(p.A, extra.Addr(), 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The IPv6 address skips duplicate address detection: a server can
+	// bind it at once, which a tentative address refuses.
+	srv, err := probe.Serve(p.B, netip.AddrPortFrom(v6.Addr(), 8080), "b")
+	if err != nil {
+		t.Fatalf("bind the new IPv6 address at once: %v", err)
+	}
+	srv.Close()
 	for range 2 {
 		if err := addr.Delete(p.B, "eth0", extra); err != nil {
 			t.Fatal(err)
