@@ -36,14 +36,19 @@ type Spec struct {
 	MAC      net.HardwareAddr // host-side MAC; nil lets the kernel choose
 	PeerMAC  net.HardwareAddr // peer MAC; nil lets the kernel choose
 
-	// PeerAddrGenModeNone keeps the kernel from giving the peer an IPv6
-	// link-local address when it comes up, and with it from sending
-	// duplicate address detection, MLD reports and router solicitations:
-	// what an IPv4-only pod wants, since on a bridge that traffic reaches
-	// every other pod. Addresses added explicitly still work. It is set
-	// before the peer is brought up, and ignored on a kernel without IPv6.
+	// AddrGenModeNone and PeerAddrGenModeNone keep the kernel from giving
+	// the host-side end, or the peer, an IPv6 link-local address when it
+	// comes up, and with it from sending duplicate address detection, MLD
+	// reports and router solicitations and from adding its link-local
+	// routes. A host-side end that becomes a bridge port needs no address
+	// of its own; an IPv4-only pod needs none either, and on a bridge its
+	// IPv6 chatter would reach every other pod. Addresses added explicitly
+	// still work. Each is set before the end is brought up, and ignored on
+	// a kernel without IPv6.
 	//
-	// Equivalent to: ip -n PEERNS link set PEER addrgenmode none
+	// Equivalent to: ip link set NAME addrgenmode none;
+	// ip -n PEERNS link set PEER addrgenmode none
+	AddrGenModeNone     bool
 	PeerAddrGenModeNone bool
 }
 
@@ -164,10 +169,14 @@ func setUp(h, ph *netlink.Handle, name string, spec Spec) (*Pair, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer %q: %w", peerName, nl.Err(err))
 	}
+	if spec.AddrGenModeNone {
+		if err := addrGenModeNone(h, l); err != nil {
+			return nil, err
+		}
+	}
 	if spec.PeerAddrGenModeNone {
-		err := ph.LinkSetIP6AddrGenMode(pl, vnl.IN6_ADDR_GEN_MODE_NONE)
-		if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) { // no IPv6 in this kernel
-			return nil, fmt.Errorf("peer %q addrgenmode none: %w", peerName, nl.Err(err))
+		if err := addrGenModeNone(ph, pl); err != nil {
+			return nil, fmt.Errorf("peer: %w", err)
 		}
 	}
 	if err := ph.LinkSetUp(pl); err != nil {
@@ -181,6 +190,14 @@ func setUp(h, ph *netlink.Handle, name string, spec Spec) (*Pair, error) {
 		Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU,
 		PeerName: pa.Name, PeerIndex: pa.Index, PeerMAC: pa.HardwareAddr,
 	}, nil
+}
+
+func addrGenModeNone(h *netlink.Handle, l netlink.Link) error {
+	err := h.LinkSetIP6AddrGenMode(l, vnl.IN6_ADDR_GEN_MODE_NONE)
+	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) { // no IPv6 in this kernel
+		return fmt.Errorf("%s: addrgenmode none: %w", l.Attrs().Name, nl.Err(err))
+	}
+	return nil
 }
 
 // Delete removes the veth named name in ns, and with it its peer. A missing

@@ -176,19 +176,27 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// TestPeerAddrGenModeNone: with the option, the peer comes up without an
-// IPv6 link-local address; without it, the kernel gives it one.
-func TestPeerAddrGenModeNone(t *testing.T) {
+// TestAddrGenModeNone: with the options, both ends come up without an
+// IPv6 link-local address; without them, the kernel gives each one.
+func TestAddrGenModeNone(t *testing.T) {
 	node := nstest.New(t)
 	quiet, chatty := nstest.New(t), nstest.New(t)
-	if _, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: quiet, PeerAddrGenModeNone: true}); err != nil {
+	q, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: quiet, AddrGenModeNone: true, PeerAddrGenModeNone: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: chatty}); err != nil {
+	c, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: chatty})
+	if err != nil {
 		t.Fatal(err)
 	}
-	v6addrs := func(ns *netns.NS) []netlink.Addr {
-		h, l, err := nl.Link(ns, "eth0")
+	type end struct {
+		ns   *netns.NS
+		name string
+	}
+	quietEnds := []end{{node, q.Name}, {quiet, "eth0"}}
+	chattyEnds := []end{{node, c.Name}, {chatty, "eth0"}}
+	state := func(e end) (up bool, v6 []netlink.Addr) {
+		h, l, err := nl.Link(e.ns, e.name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,31 +205,38 @@ func TestPeerAddrGenModeNone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return as
+		return l.Attrs().OperState == netlink.OperUp, as
 	}
-	operUp := func(ns *netns.NS) bool {
-		h, l, err := nl.Link(ns, "eth0")
-		if err != nil {
-			t.Fatal(err)
+	// The kernel adds a link-local address when the carrier comes up; once
+	// every end is operationally up and the control ends have theirs, the
+	// others would have had one too.
+	ready := func() bool {
+		for _, e := range append(quietEnds, chattyEnds...) {
+			if up, _ := state(e); !up {
+				return false
+			}
 		}
-		h.Close()
-		return l.Attrs().OperState == netlink.OperUp
+		for _, e := range chattyEnds {
+			if _, as := state(e); len(as) == 0 {
+				return false
+			}
+		}
+		return true
 	}
-	// The kernel adds the link-local address when the carrier comes up;
-	// once both peers are operationally up and the control has its
-	// address, the other would have had one too.
 	deadline := time.Now().Add(5 * time.Second)
-	for !operUp(quiet) || !operUp(chatty) || len(v6addrs(chatty)) == 0 {
+	for !ready() {
 		if time.Now().After(deadline) {
-			t.Fatal("peers not up with a link-local address on the control within 5 s")
+			t.Fatal("ends not up, or the control ends without a link-local address, within 5 s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if as := v6addrs(quiet); len(as) != 0 {
-		t.Errorf("peer with addrgenmode none has IPv6 addresses %v", as)
-	}
-	mode, err := sysctl.Get(quiet, "net/ipv6/conf/eth0/addr_gen_mode")
-	if err != nil || mode != "1" {
-		t.Errorf("addr_gen_mode = %q, %v; want 1 (none)", mode, err)
+	for _, e := range quietEnds {
+		if _, as := state(e); len(as) != 0 {
+			t.Errorf("%s with addrgenmode none has IPv6 addresses %v", e.name, as)
+		}
+		mode, err := sysctl.Get(e.ns, "net/ipv6/conf/"+e.name+"/addr_gen_mode")
+		if err != nil || mode != "1" {
+			t.Errorf("%s: addr_gen_mode = %q, %v; want 1 (none)", e.name, mode, err)
+		}
 	}
 }

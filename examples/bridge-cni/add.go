@@ -58,12 +58,18 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	// No IPv6 link-local address on the pod side of an IPv4-only network:
-	// its duplicate address detection, MLD reports and router
-	// solicitations would reach every pod on the bridge. Set over netlink
-	// before the link comes up; a write under /proc/sys/net would cost a
-	// lookup that grows with the namespaces on the node.
-	pair, err := veth.Create(host, veth.Spec{PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac, PeerAddrGenModeNone: n.ipv4Only()})
+	// No IPv6 link-local address on the host side, a bridge port that needs
+	// no address of its own, nor on the pod side of an IPv4-only network,
+	// whose duplicate address detection, MLD reports and router
+	// solicitations would reach every pod on the bridge. Each such address
+	// also adds routes to the node's IPv6 table that the kernel walks on
+	// every link change. Set over netlink before the links come up: a write
+	// under /proc/sys/net costs a path lookup that grows with the
+	// namespaces on the node.
+	pair, err := veth.Create(host, veth.Spec{
+		PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac,
+		AddrGenModeNone: true, PeerAddrGenModeNone: n.ipv4Only(),
+	})
 	if err != nil {
 		return err
 	}

@@ -499,7 +499,7 @@ func TestFailureRollsBack(t *testing.T) {
 func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 	n := newNode(t)
 	v4 := nstest.New(t)
-	mustAdd(t, n, n.conf("1.0.0", nil), v4, "v4")
+	v4res := mustAdd(t, n, n.conf("1.0.0", nil), v4, "v4")
 	if as, _ := addr.List(v4, "eth0"); slices.ContainsFunc(as, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
 		t.Errorf("IPv4-only network: eth0 has IPv6 addresses %v", as)
 	}
@@ -507,6 +507,18 @@ func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 	// the interface's address generation mode.
 	if mode, err := sysctl.Get(v4, "net/ipv6/conf/eth0/addr_gen_mode"); err != nil || mode != "1" {
 		t.Errorf("IPv4-only network: eth0 addr_gen_mode = %q, %v; want 1 (none)", mode, err)
+	}
+	// The host side is a bridge port: no link-local address of its own,
+	// whatever the network's families.
+	hostMode := func(r *current.Result) string {
+		mode, err := sysctl.Get(n.ns, "net/ipv6/conf/"+r.Interfaces[1].Name+"/addr_gen_mode")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mode
+	}
+	if m := hostMode(v4res); m != "1" {
+		t.Errorf("IPv4-only network: host end addr_gen_mode = %q, want 1 (none)", m)
 	}
 	dual := n.conf("1.0.0", map[string]any{"name": "dual", "ipam": map[string]any{
 		"type": "host-local",
@@ -530,7 +542,28 @@ func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 	if mode, err := sysctl.Get(pod, "net/ipv6/conf/eth0/addr_gen_mode"); err != nil || mode != "0" {
 		t.Errorf("dual-stack network: eth0 addr_gen_mode = %q, %v; want 0 (eui64)", mode, err)
 	}
+	if m := hostMode(res); m != "1" {
+		t.Errorf("dual-stack network: host end addr_gen_mode = %q, want 1 (none)", m)
+	}
 	if _, err := probe.Ping(pod, netip.MustParseAddr("10.201.0.1"), 3*time.Second); err != nil {
 		t.Errorf("dual-stack pod → its IPv4 gateway: %v", err)
+	}
+	// IPv6 between two pods crosses the bridge, whose ports have no
+	// IPv6 address of their own.
+	peer := nstest.New(t)
+	peerRes := mustAdd(t, n, dual, peer, "dual2")
+	var v6 netip.Addr
+	for _, ipc := range peerRes.IPs {
+		if a := nl.Addr(ipc.Address.IP); a.Is6() {
+			v6 = a
+		}
+	}
+	srv, err := probe.Serve(peer, netip.AddrPortFrom(v6, 8080), "dual2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if r, err := probe.Ask(pod, "tcp", netip.AddrPortFrom(v6, 8080), 3*time.Second); err != nil || r.Name != "dual2" {
+		t.Errorf("dual-stack pod → other pod over IPv6: %+v, %v", r, err)
 	}
 }
