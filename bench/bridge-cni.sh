@@ -10,6 +10,10 @@
 #
 # Usage: sudo bench/bridge-cni.sh [PODS]   (default 500; needs `make deps`)
 #
+# With PODNET_BENCH_RAW=FILE it also writes every measurement there, one
+# line per pod: "pod add_ref add_podnet add_floor del_ref del_podnet
+# del_floor", in microseconds.
+#
 # The plugins run in the node namespace through nsenter --net (the way a
 # runtime's process sits in a namespace), not ip netns exec, whose private
 # mount namespace copies every netns mount and so slows down as pods are
@@ -91,6 +95,12 @@ for i in $(seq 1 "$PODS"); do
 	del_pod+=("$(run pb-node-pod pod del "pb-p$i")")
 	del_nop+=("$(run pb-node-nop nop del "pb-r$i")")
 done
+
+if [ -n "${PODNET_BENCH_RAW:-}" ]; then
+	for i in $(seq 0 $((PODS - 1))); do
+		echo "$((i + 1)) ${add_ref[$i]} ${add_pod[$i]} ${add_nop[$i]} ${del_ref[$i]} ${del_pod[$i]} ${del_nop[$i]}"
+	done >"$PODNET_BENCH_RAW"
+fi
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 tenth() { # first|last VALUES...

@@ -92,12 +92,38 @@ func checkStore(t *testing.T, dir string) []Lease {
 		t.Fatalf("store does not open: %v", err)
 	}
 	defer s.Unlock()
-	leases, _ := s.Leases()
 	scanned, err := s.scan()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := scanned.leases(); !slices.Equal(leases, got) {
+	want, err := scanned.leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A store opened from its index answers from the journal in place
+	// before it builds anything: check those answers too.
+	if s.idx.lazy {
+		for _, l := range want {
+			s.idx.lookups = 0
+			if !s.idx.has(l.Addr) {
+				t.Errorf("lazy index: %s not leased", l.Addr)
+			}
+			if l.Owner.IfName == "" {
+				continue // found through an owner with an interface name
+			}
+			if got, _ := s.Owned(l.Owner); !slices.Contains(got, l.Addr) {
+				t.Errorf("lazy index: %v owns %v, want %s among them", l.Owner, got, l.Addr)
+			}
+		}
+		if !s.idx.lazy {
+			t.Fatal("lazy index built its maps during the checks")
+		}
+	}
+	leases, err := s.Leases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := want; !slices.Equal(leases, got) {
 		t.Fatalf("index has %d leases, directory %d:\nindex %v\ndir   %v", len(leases), len(got), leases, got)
 	}
 	type key struct {

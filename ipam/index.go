@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -67,9 +69,19 @@ func (j *journal) added(a netip.Addr, o Owner) {
 }
 
 func (j *journal) removed(a netip.Addr) {
-	j.pending = append(j.pending, '-')
-	j.pending = a.AppendTo(j.pending)
-	j.pending = append(j.pending, '\n')
+	j.pending = appendRemoval(j.pending, a)
+}
+
+func appendRemoval(b []byte, a netip.Addr) []byte {
+	b = append(b, '-')
+	b = a.AppendTo(b)
+	return append(b, '\n')
+}
+
+// recordable reports whether o can be written as a journal record, whose
+// fields are separated by tabs and ended by a newline.
+func recordable(o Owner) bool {
+	return !strings.ContainsAny(o.ContainerID, "\t\n") && !strings.ContainsAny(o.IfName, "\t\n")
 }
 
 func appendRecord(b []byte, a netip.Addr, o Owner) []byte {
@@ -110,9 +122,9 @@ func (s *DiskStore) load() error {
 		f.Close()
 		return err
 	}
-	if idx, gen, ok := parseIndex(data, st); ok {
+	if idx, gen, crc, ok := parseIndex(data, st); ok {
 		s.idx = idx
-		*j = journal{f: f, ino: fst.Ino, size: int64(len(data)), crc: crc32.ChecksumIEEE(data), gen: gen, stamp: st, pending: j.pending}
+		*j = journal{f: f, ino: fst.Ino, size: int64(len(data)), crc: crc, gen: gen, stamp: st, pending: j.pending}
 		return nil
 	}
 	idx, err := s.scan()
@@ -152,11 +164,14 @@ func (s *DiskStore) save() error {
 	if !j.rewrite && len(j.pending) == 0 {
 		return nil
 	}
-	live := int64(len(s.idx.byAddr))*48 + 4096
+	live := int64(s.idx.size())*48 + 4096
 	if j.rewrite || j.size > 4*live {
+		if err := s.built(); err != nil {
+			return err
+		}
 		b := []byte(indexHeader)
 		for a, o := range s.idx.byAddr {
-			if strings.ContainsAny(o.ContainerID+o.IfName, "\t\n") {
+			if !recordable(o) {
 				// Cannot be recorded: leave a file that is never trusted.
 				j.rewrite = true
 				_, err := j.f.WriteAt([]byte(indexHeader), 0)
@@ -194,53 +209,127 @@ func (s *DiskStore) save() error {
 	return nil
 }
 
-// parseIndex replays an index file; ok is false unless it ends with a valid
-// checkpoint for the directory state st.
-func parseIndex(data []byte, st dirStamp) (*index, uint64, bool) {
+// parseIndex checks an index file; ok is false unless it ends with a valid
+// checkpoint for the directory state st. It returns a lazy index over the
+// file's records, the checkpoint's generation and the CRC-32 of the whole
+// file.
+func parseIndex(data []byte, st dirStamp) (idx *index, gen uint64, crc uint32, ok bool) {
 	if !bytes.HasPrefix(data, []byte(indexHeader)) || !bytes.HasSuffix(data, []byte("\n")) {
-		return nil, 0, false
+		return nil, 0, 0, false
 	}
 	last := lastLine(data)
 	body := data[:len(data)-len(last)-1]
-	var gen uint64
 	var cp dirStamp
-	var crc uint32
-	if _, err := fmt.Sscanf(string(last), "=%d %d %d %d %d %d %d %d", &gen, &cp.dev, &cp.ino, &cp.size, &cp.mtime, &cp.ctime, &cp.nlink, &crc); err != nil {
-		return nil, 0, false
+	var want uint32
+	if _, err := fmt.Sscanf(string(last), "=%d %d %d %d %d %d %d %d", &gen, &cp.dev, &cp.ino, &cp.size, &cp.mtime, &cp.ctime, &cp.nlink, &want); err != nil {
+		return nil, 0, 0, false
 	}
-	if cp != st || crc != crc32.ChecksumIEEE(body) {
-		return nil, 0, false
+	bodyCRC := crc32.ChecksumIEEE(body)
+	if cp != st || bodyCRC != want {
+		return nil, 0, 0, false
 	}
-	n := bytes.Count(body, []byte("\n"))
-	idx := &index{byAddr: make(map[netip.Addr]Owner, n), byOwner: make(map[Owner][]netip.Addr, n)}
-	rest := body[len(indexHeader):]
+	// The records, from the header's newline on, so that each follows a
+	// '\n'; capped so that appending never writes over data.
+	log := body[len(indexHeader)-1 : len(body) : len(body)]
+	return &index{lazy: true, log: log}, gen, crc32.Update(bodyCRC, crc32.IEEETable, data[len(body):]), true
+}
+
+// errBadRecord reports a journal record that cannot be replayed.
+var errBadRecord = errors.New("malformed index record")
+
+// build turns a lazy index into maps by replaying its records.
+func (x *index) build() error {
+	if !x.lazy {
+		return nil
+	}
+	n := bytes.Count(x.log, []byte("\n"))
+	m := &index{byAddr: make(map[netip.Addr]Owner, n), byOwner: make(map[Owner][]netip.Addr, n)}
+	rest := x.log[1:] // after the leading newline
 	for len(rest) > 0 {
 		line, tail, _ := bytes.Cut(rest, []byte("\n"))
 		rest = tail
 		if len(line) == 0 {
-			return nil, 0, false
+			return errBadRecord
 		}
 		switch line[0] {
 		case '+':
-			f := bytes.SplitN(line[1:], []byte("\t"), 3)
-			if len(f) != 3 {
-				return nil, 0, false
+			as, owner, _ := bytes.Cut(line[1:], []byte("\t"))
+			id, ifname, ok := bytes.Cut(owner, []byte("\t"))
+			a, err := netip.ParseAddr(string(as))
+			if !ok || err != nil {
+				return errBadRecord
 			}
-			a, err := netip.ParseAddr(string(f[0]))
-			if err != nil {
-				return nil, 0, false
-			}
-			idx.add(a, Owner{ContainerID: string(f[1]), IfName: string(f[2])})
+			m.add(a, Owner{ContainerID: string(id), IfName: string(ifname)})
 		case '-':
 			a, err := netip.ParseAddr(string(line[1:]))
 			if err != nil {
-				return nil, 0, false
+				return errBadRecord
 			}
-			idx.remove(a)
-		case '=':
+			m.remove(a)
+		case '=': // checkpoint of an earlier session
 		default:
-			return nil, 0, false
+			return errBadRecord
 		}
 	}
-	return idx, gen, true
+	*x = *m
+	return nil
+}
+
+// lastRecord finds the last record of the address written as as: its
+// offset in x.log and its kind, '+' or '-'; op is 0 when there is none.
+func (x *index) lastRecord(as []byte) (pos int, op byte) {
+	pos = -1
+	for i := 0; ; {
+		j := bytes.Index(x.log[i:], as)
+		if j < 0 {
+			return pos, op
+		}
+		j += i
+		i = j + 1
+		end := j + len(as)
+		if j < 2 || x.log[j-2] != '\n' || end >= len(x.log) {
+			continue // part of a longer address or of an owner
+		}
+		switch {
+		case x.log[j-1] == '+' && x.log[end] == '\t':
+			pos, op = j-1, '+'
+		case x.log[j-1] == '-' && x.log[end] == '\n':
+			pos, op = j-1, '-'
+		}
+	}
+}
+
+// ownedLazy returns the addresses whose current record names exactly o.
+// With limit > 0 it gives up, returning false, when o is named in more
+// than limit records.
+func (x *index) ownedLazy(o Owner, limit int) ([]netip.Addr, bool) {
+	needle := make([]byte, 0, len(o.ContainerID)+len(o.IfName)+3)
+	needle = append(needle, '\t')
+	needle = append(needle, o.ContainerID...)
+	needle = append(needle, '\t')
+	needle = append(needle, o.IfName...)
+	needle = append(needle, '\n')
+	var out []netip.Addr
+	for i, hits := 0, 0; ; hits++ {
+		j := bytes.Index(x.log[i:], needle)
+		if j < 0 {
+			return out, true
+		}
+		if limit > 0 && hits == limit {
+			return nil, false
+		}
+		j += i
+		i = j + 1
+		start := bytes.LastIndexByte(x.log[:j], '\n') + 1
+		if x.log[start] != '+' {
+			continue
+		}
+		as := x.log[start+1 : j]
+		if pos, _ := x.lastRecord(as); pos != start {
+			continue // released or leased again since
+		}
+		if a, err := netip.ParseAddr(string(as)); err == nil && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"net/netip"
 	"slices"
@@ -46,7 +47,17 @@ type Store interface {
 
 // index is the in-memory view both stores use: address → owner and
 // owner → addresses.
+//
+// A DiskStore's index may instead be lazy: it then holds the journal
+// records it would be built from (see index.go), each after a '\n', and
+// answers a lookup by searching them in place. A plugin process that makes
+// one call then reads a few kilobytes and builds nothing, instead of maps of
+// every lease on the node; the maps are built when something needs them
+// all (Leases, a rewrite of the journal, an owner that cannot be recorded).
 type index struct {
+	lazy    bool
+	log     []byte // while lazy: journal records, each after a '\n'
+	lookups int    // while lazy: searches so far; many mean a long-lived user
 	byAddr  map[netip.Addr]Owner
 	byOwner map[Owner][]netip.Addr
 }
@@ -55,18 +66,59 @@ func newIndex() *index {
 	return &index{byAddr: map[netip.Addr]Owner{}, byOwner: map[Owner][]netip.Addr{}}
 }
 
-func (x *index) add(a netip.Addr, o Owner) {
+// lazyLookups is how many searches a lazy index answers before it builds
+// its maps: a plugin process needs a few, a long-lived process many.
+const lazyLookups = 32
+
+// searched counts one search of a lazy index and builds the maps once the
+// index has been searched often enough to pay for them.
+func (x *index) searched() {
+	if x.lookups++; x.lookups > lazyLookups {
+		x.build() // on error it stays lazy; the error shows when every lease is needed
+	}
+}
+
+// has reports whether a is leased.
+func (x *index) has(a netip.Addr) bool {
+	if x.searched(); x.lazy {
+		_, op := x.lastRecord(a.AppendTo(nil))
+		return op == '+'
+	}
+	_, ok := x.byAddr[a]
+	return ok
+}
+
+// add leases a to o, replacing any lease a had.
+func (x *index) add(a netip.Addr, o Owner) error {
+	if x.lazy {
+		if recordable(o) {
+			x.log = appendRecord(x.log, a, o)
+			return nil
+		}
+		if err := x.build(); err != nil {
+			return err
+		}
+	}
 	if _, ok := x.byAddr[a]; ok {
 		x.remove(a)
 	}
 	x.byAddr[a] = o
 	x.byOwner[o] = append(x.byOwner[o], a)
+	return nil
 }
 
-func (x *index) remove(a netip.Addr) {
+// remove drops the lease on a, and reports whether there was one.
+func (x *index) remove(a netip.Addr) bool {
+	if x.lazy {
+		if !x.has(a) {
+			return false
+		}
+		x.log = appendRemoval(x.log, a)
+		return true
+	}
 	o, ok := x.byAddr[a]
 	if !ok {
-		return
+		return false
 	}
 	delete(x.byAddr, a)
 	l := x.byOwner[o]
@@ -78,25 +130,60 @@ func (x *index) remove(a netip.Addr) {
 	} else {
 		x.byOwner[o] = l
 	}
+	return true
 }
 
+// owned returns the addresses leased to o, sorted; like host-local, those
+// of the bare container ID when o.IfName has none.
 func (x *index) owned(o Owner) []netip.Addr {
-	l := x.byOwner[o]
-	if len(l) == 0 && o.IfName != "" {
-		l = x.byOwner[Owner{ContainerID: o.ContainerID}]
+	var l []netip.Addr
+	if x.searched(); x.lazy {
+		// An owner that appears in many records (the journal keeps those
+		// of released leases until it is compacted) is cheaper to answer
+		// from the maps.
+		const maxRecords = 4
+		var ok bool
+		l, ok = x.ownedLazy(o, maxRecords)
+		if ok && len(l) == 0 && o.IfName != "" {
+			l, ok = x.ownedLazy(Owner{ContainerID: o.ContainerID}, maxRecords)
+		}
+		if !ok && x.build() != nil {
+			l, _ = x.ownedLazy(o, 0)
+			if len(l) == 0 && o.IfName != "" {
+				l, _ = x.ownedLazy(Owner{ContainerID: o.ContainerID}, 0)
+			}
+		}
+	}
+	if !x.lazy {
+		l = x.byOwner[o]
+		if len(l) == 0 && o.IfName != "" {
+			l = x.byOwner[Owner{ContainerID: o.ContainerID}]
+		}
 	}
 	out := slices.Clone(l)
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
 }
 
-func (x *index) leases() []Lease {
+// leases returns every lease, sorted by address.
+func (x *index) leases() ([]Lease, error) {
+	if err := x.build(); err != nil {
+		return nil, err
+	}
 	out := make([]Lease, 0, len(x.byAddr))
 	for a, o := range x.byAddr {
 		out = append(out, Lease{Addr: a, Owner: o})
 	}
 	slices.SortFunc(out, func(a, b Lease) int { return a.Addr.Compare(b.Addr) })
-	return out
+	return out, nil
+}
+
+// size estimates the number of leases without building anything.
+func (x *index) size() int {
+	if x.lazy {
+		return max(bytes.Count(x.log, []byte("\n+"))-bytes.Count(x.log, []byte("\n-")), 0)
+	}
+	return len(x.byAddr)
 }
 
 // MemoryStore is a Store in memory, safe for concurrent use, for tests of
@@ -131,10 +218,12 @@ func (m *MemoryStore) Unlock() error {
 
 // Reserve implements Store.
 func (m *MemoryStore) Reserve(a netip.Addr, o Owner, set int) (bool, error) {
-	if _, ok := m.idx.byAddr[a]; ok {
+	if m.idx.has(a) {
 		return false, nil
 	}
-	m.idx.add(a, o)
+	if err := m.idx.add(a, o); err != nil {
+		return false, err
+	}
 	m.last[set] = a
 	return true, nil
 }
@@ -152,4 +241,4 @@ func (m *MemoryStore) LastReserved(set int) (netip.Addr, error) { return m.last[
 func (m *MemoryStore) Owned(o Owner) ([]netip.Addr, error) { return m.idx.owned(o), nil }
 
 // Leases implements Store.
-func (m *MemoryStore) Leases() ([]Lease, error) { return m.idx.leases(), nil }
+func (m *MemoryStore) Leases() ([]Lease, error) { return m.idx.leases() }
