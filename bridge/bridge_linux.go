@@ -212,13 +212,15 @@ func EnsureAddr(ns *netns.NS, name string, addr netip.Prefix, opts AddrOptions) 
 	if addr.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	have, err := nl.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, family) })
+	// Only this link's addresses: AddrList would make the kernel walk every
+	// link of ns, one per pod on a node.
+	have, err := nl.AddrsOf(ns, l.Attrs().Index, family)
 	if err != nil {
 		return opErr(err)
 	}
-	var clash []netlink.Addr
+	var clash []nl.LinkAddr
 	for _, a := range have {
-		p := nl.Prefix(a.IPNet)
+		p := a.Prefix
 		if p == addr {
 			return nil
 		}
@@ -230,11 +232,12 @@ func EnsureAddr(ns *netns.NS, name string, addr netip.Prefix, opts AddrOptions) 
 		}
 	}
 	if len(clash) > 0 && !opts.Replace {
-		return opErr(fmt.Errorf("%w: bridge has %s", ErrConflict, nl.Prefix(clash[0].IPNet)))
+		return opErr(fmt.Errorf("%w: bridge has %s", ErrConflict, clash[0].Prefix))
 	}
 	for _, a := range clash {
-		if err := h.AddrDel(l, &a); err != nil && !nl.IsNotFound(err) {
-			return opErr(fmt.Errorf("remove %s: %w", nl.Prefix(a.IPNet), err))
+		old := &netlink.Addr{IPNet: nl.IPNet(a.Prefix), Peer: nl.IPNet(a.Peer)}
+		if err := h.AddrDel(l, old); err != nil && !nl.IsNotFound(err) {
+			return opErr(fmt.Errorf("remove %s: %w", a.Prefix, err))
 		}
 	}
 	if err := h.AddrAdd(l, &netlink.Addr{IPNet: nl.IPNet(addr)}); err != nil && !nl.IsExist(err) {
@@ -252,14 +255,14 @@ func Addrs(ns *netns.NS, name string) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer h.Close()
-	have, err := nl.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
+	h.Close()
+	have, err := nl.AddrsOf(ns, l.Attrs().Index, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, &podnet.OpError{Op: "list addresses of", Kind: "bridge", Name: name, NetNS: ns.String(), Err: err}
 	}
 	out := make([]netip.Prefix, 0, len(have))
 	for _, a := range have {
-		out = append(out, nl.Prefix(a.IPNet))
+		out = append(out, a.Prefix)
 	}
 	return out, nil
 }

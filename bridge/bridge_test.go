@@ -2,6 +2,7 @@ package bridge_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -235,5 +236,147 @@ func TestBadInput(t *testing.T) {
 	}
 	if err := bridge.Attach(ns, "lo", "br0", bridge.PortOptions{}); !errors.Is(err, bridge.ErrConflict) {
 		t.Errorf("Attach to lo = %v, want ErrConflict", err)
+	}
+}
+
+// TestAddrsOfTheBridgeOnly gives other links of the namespace addresses in
+// the bridge's subnets, and a point-to-point address to the bridge: only the
+// bridge's own addresses count, and only they are replaced.
+func TestAddrsOfTheBridgeOnly(t *testing.T) {
+	ns := nstest.New(t)
+	if _, err := bridge.Ensure(ns, bridge.Spec{Name: "cnio0"}); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel gives a bridge that comes up an IPv6 link-local address of
+	// its own (fe80::/64 from the MAC); the comparisons below leave those out.
+	linkLocal := netip.MustParsePrefix("fe80::1/64")
+	own := func(as []netip.Prefix) []netip.Prefix {
+		return slices.DeleteFunc(slices.Clone(as), func(p netip.Prefix) bool {
+			return p.Addr().IsLinkLocalUnicast() && p != linkLocal
+		})
+	}
+	if addrs, err := bridge.Addrs(ns, "cnio0"); err != nil || addrs == nil || len(own(addrs)) != 0 {
+		t.Fatalf("new bridge: %v, %v; want no address but the kernel's link-local", addrs, err)
+	}
+	if _, err := bridge.Ensure(ns, bridge.Spec{Name: "other0"}); err != nil {
+		t.Fatal(err)
+	}
+	h, err := nl.Handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	add := func(link string, a *netlink.Addr) {
+		t.Helper()
+		if err := h.AddrAdd(kernelLink(t, ns, link), a); err != nil {
+			t.Fatalf("add %v to %s: %v", a, link, err)
+		}
+	}
+	gw := netip.MustParsePrefix("10.200.0.1/24")
+	elsewhere := []netip.Prefix{gw, netip.MustParsePrefix("10.210.0.9/24"), netip.MustParsePrefix("fd00:200::1/64")}
+	for _, p := range elsewhere {
+		add("other0", &netlink.Addr{IPNet: nl.IPNet(p)})
+	}
+	// ip addr add 10.210.0.1 peer 10.210.0.2/24 dev cnio0
+	add("cnio0", &netlink.Addr{IPNet: nl.IPNet(netip.MustParsePrefix("10.210.0.1/32")), Peer: nl.IPNet(netip.MustParsePrefix("10.210.0.2/24"))})
+	add("cnio0", &netlink.Addr{IPNet: nl.IPNet(linkLocal)})
+
+	// The same address on another link is no reason to skip, nor a conflict.
+	if err := bridge.EnsureAddr(ns, "cnio0", gw, bridge.AddrOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	v6 := netip.MustParsePrefix("fd00:200::2/64")
+	if err := bridge.EnsureAddr(ns, "cnio0", v6, bridge.AddrOptions{}); err != nil {
+		t.Fatalf("link-local or other links' addresses conflict: %v", err)
+	}
+	moved := netip.MustParsePrefix("10.210.0.5/24")
+	err = bridge.EnsureAddr(ns, "cnio0", moved, bridge.AddrOptions{})
+	if !errors.Is(err, bridge.ErrConflict) || !strings.Contains(err.Error(), "10.210.0.1/32") {
+		t.Fatalf("over the point-to-point address: %v, want ErrConflict naming 10.210.0.1/32", err)
+	}
+	if err := bridge.EnsureAddr(ns, "cnio0", moved, bridge.AddrOptions{Replace: true}); err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.Prefix{gw, moved, v6, linkLocal}
+	got, err := bridge.Addrs(ns, "cnio0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameSet(own(got), want) {
+		t.Errorf("Addrs = %v, want %v", got, want)
+	}
+	// The kernel agrees, and the other bridge kept all its addresses.
+	for link, want := range map[string][]netip.Prefix{"cnio0": want, "other0": elsewhere} {
+		as, err := h.AddrList(kernelLink(t, ns, link), netlink.FAMILY_ALL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var have []netip.Prefix
+		for _, a := range as {
+			have = append(have, nl.Prefix(a.IPNet))
+		}
+		if !sameSet(own(have), want) {
+			t.Errorf("kernel: %s has %v, want %v", link, have, want)
+		}
+	}
+}
+
+func sameSet(a, b []netip.Prefix) bool {
+	less := func(x, y netip.Prefix) int { return x.Addr().Compare(y.Addr()) }
+	return slices.Equal(slices.SortedFunc(slices.Values(a), less), slices.SortedFunc(slices.Values(b), less))
+}
+
+// BenchmarkEnsureAddr measures the call every CNI ADD makes, EnsureAddr of
+// the gateway that is already there, on a node with 1 or 500 pods: veth
+// ports of the bridge whose peers sit in one other namespace, each host end
+// with an address of its own so that every link has one to dump. It runs
+// from a thread in the node's namespace, as a CNI plugin does.
+func BenchmarkEnsureAddr(b *testing.B) {
+	for _, pods := range []int{1, 500} {
+		b.Run(fmt.Sprintf("ports=%d", pods), func(b *testing.B) {
+			node, podNS := nstest.New(b), nstest.New(b)
+			if _, err := bridge.Ensure(node, bridge.Spec{Name: "cnio0"}); err != nil {
+				b.Fatal(err)
+			}
+			gw := netip.MustParsePrefix("10.200.0.1/16")
+			if err := bridge.EnsureAddr(node, "cnio0", gw, bridge.AddrOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			h, err := nl.Handle(node)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer h.Close()
+			for i := range pods {
+				la := netlink.NewLinkAttrs()
+				la.Name = fmt.Sprintf("veth%d", i)
+				v := &netlink.Veth{LinkAttrs: la, PeerName: fmt.Sprintf("eth%d", i), PeerNamespace: netlink.NsFd(podNS.Fd())}
+				if err := h.LinkAdd(v); err != nil {
+					b.Fatal(err)
+				}
+				if err := bridge.Attach(node, "cnio0", la.Name, bridge.PortOptions{}); err != nil {
+					b.Fatal(err)
+				}
+				l, err := h.LinkByName(la.Name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				a := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 201, byte(i >> 8), byte(i)}), 32)
+				if err := h.AddrAdd(l, &netlink.Addr{IPNet: nl.IPNet(a)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			err = node.Do(func() error {
+				for b.Loop() {
+					if err := bridge.EnsureAddr(node, "cnio0", gw, bridge.AddrOptions{}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
 	}
 }
