@@ -295,13 +295,17 @@ func Attach(ns *netns.NS, name, port string, opts PortOptions) error {
 	if err != nil {
 		return opErr(nl.Err(err))
 	}
-	if pl.Attrs().MasterIndex != br.Attrs().Index {
+	joined := pl.Attrs().MasterIndex != br.Attrs().Index
+	if joined {
 		if err := h.LinkSetMasterByIndex(pl, br.Attrs().Index); err != nil {
 			return opErr(err)
 		}
+		if !opts.Hairpin {
+			return nil // a new port starts with hairpin mode off
+		}
 	}
 	if err := h.LinkSetHairpin(pl, opts.Hairpin); err != nil {
-		if pl.Attrs().MasterIndex != br.Attrs().Index {
+		if joined {
 			h.LinkSetNoMaster(pl)
 		}
 		return opErr(fmt.Errorf("set hairpin: %w", err))

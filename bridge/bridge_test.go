@@ -201,6 +201,16 @@ func TestPodsOnBridge(t *testing.T) {
 		t.Errorf("bridge link shows no hairpin port:\n%s", out)
 	}
 
+	// Attaching an existing port again turns hairpin mode off, and on.
+	for _, on := range []bool{false, true} {
+		if err := bridge.Attach(node, "cnio0", hostEnds[0], bridge.PortOptions{Hairpin: on}); err != nil {
+			t.Fatal(err)
+		}
+		if ports, err := bridge.Ports(node, "cnio0"); err != nil || ports[0].Hairpin != on {
+			t.Fatalf("after Attach with hairpin %v: Ports = %+v, %v", on, ports, err)
+		}
+	}
+
 	for _, dst := range []string{"10.200.0.3", "10.200.0.1"} {
 		if _, err := probe.Ping(pods[0], netip.MustParseAddr(dst), 3*time.Second); err != nil {
 			t.Errorf("pod 0 → %s: %v", dst, err)
