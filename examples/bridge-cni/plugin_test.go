@@ -493,9 +493,9 @@ func TestFailureRollsBack(t *testing.T) {
 }
 
 // TestIPv6LinkLocalOnlyWhenWanted: on an IPv4-only network the pod's eth0
-// has IPv6 off (no link-local address, so no DAD, MLD or router
-// solicitations flooded to every port of the bridge); a dual-stack network
-// keeps it and gets both addresses.
+// gets no IPv6 link-local address (so no DAD, MLD or router solicitations
+// flooded to every port of the bridge), and no bridge port gets one; a
+// dual-stack pod keeps its own and talks IPv6 across the bridge.
 func TestIPv6LinkLocalOnlyWhenWanted(t *testing.T) {
 	n := newNode(t)
 	v4 := nstest.New(t)
