@@ -117,11 +117,15 @@ func (s *DiskStore) load() error {
 		j.f = f
 		return nil
 	}
-	data, err := io.ReadAll(f)
-	if err != nil {
+	// One read of the size fstat gave (only lock holders write the file);
+	// a file that changed size reads short or long and fails its checksum.
+	data := make([]byte, fst.Size)
+	n, err := io.ReadFull(f, data)
+	if err != nil && err != io.ErrUnexpectedEOF {
 		f.Close()
 		return err
 	}
+	data = data[:n]
 	if idx, gen, crc, ok := parseIndex(data, st); ok {
 		s.idx = idx
 		*j = journal{f: f, ino: fst.Ino, size: int64(len(data)), crc: crc, gen: gen, stamp: st, pending: j.pending}
