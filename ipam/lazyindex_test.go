@@ -54,9 +54,23 @@ func TestLazyIndexAgreesWithMaps(t *testing.T) {
 				}
 			}
 			for _, o := range owners {
-				if l, f := lazy.owned(o), full.owned(o); !slices.Equal(l, f) {
+				// owned may build the maps (an owner in many records):
+				// ask a copy, and search the journal itself too.
+				cp := &index{lazy: true, log: slices.Clip(lazy.log)}
+				if l, f := cp.owned(o), full.owned(o); !slices.Equal(l, f) {
 					t.Fatalf("seed %d step %d after %s: owned(%v) lazy %v, built %v\nlog %q", seed, step, what, o, l, f, lazy.log)
 				}
+				l, _ := lazy.ownedLazy(o, 0)
+				slices.SortFunc(l, netip.Addr.Compare)
+				f, _ := full.ownerLeases(o, 0)
+				f = slices.Clone(f)
+				slices.SortFunc(f, netip.Addr.Compare)
+				if !slices.Equal(l, f) {
+					t.Fatalf("seed %d step %d after %s: records of exactly %v: lazy %v, built %v\nlog %q", seed, step, what, o, l, f, lazy.log)
+				}
+			}
+			if !lazy.lazy {
+				t.Fatal("the index under test built its maps")
 			}
 			lazy.lookups = 0
 		}
@@ -106,5 +120,26 @@ func TestLazyIndexBadRecord(t *testing.T) {
 	x := &index{lazy: true, log: []byte("\n+10.0.0.5\tc1\teth0\n?junk\n")}
 	if err := x.build(); err == nil {
 		t.Fatal("build of a malformed journal succeeded")
+	}
+}
+
+// TestLazyIndexOwnerInManyRecords: an owner named in many records (leased
+// and released over and over before a compaction) is answered from the
+// maps, which the index then builds, instead of one search per record.
+func TestLazyIndexOwnerInManyRecords(t *testing.T) {
+	x := &index{lazy: true, log: []byte("\n")}
+	o := Owner{ContainerID: "c1", IfName: "eth0"}
+	a := netip.MustParseAddr("10.0.0.2")
+	for range 5 {
+		x.add(a, o)
+		x.remove(a)
+		a = a.Next()
+	}
+	x.add(a, o)
+	if got := x.owned(o); !slices.Equal(got, []netip.Addr{a}) {
+		t.Errorf("owned = %v, want [%s]", got, a)
+	}
+	if x.lazy {
+		t.Error("still lazy after an owner named in 6 records")
 	}
 }

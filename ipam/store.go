@@ -136,33 +136,33 @@ func (x *index) remove(a netip.Addr) bool {
 // owned returns the addresses leased to o, sorted; like host-local, those
 // of the bare container ID when o.IfName has none.
 func (x *index) owned(o Owner) []netip.Addr {
-	var l []netip.Addr
-	if x.searched(); x.lazy {
-		// An owner that appears in many records (the journal keeps those
-		// of released leases until it is compacted) is cheaper to answer
-		// from the maps.
-		const maxRecords = 4
-		var ok bool
-		l, ok = x.ownedLazy(o, maxRecords)
+	x.searched()
+	// An owner named in many records (the journal keeps those of released
+	// leases until it is compacted) is cheaper to answer from the maps.
+	limit := 4
+	for {
+		l, ok := x.ownerLeases(o, limit)
 		if ok && len(l) == 0 && o.IfName != "" {
-			l, ok = x.ownedLazy(Owner{ContainerID: o.ContainerID}, maxRecords)
+			l, ok = x.ownerLeases(Owner{ContainerID: o.ContainerID}, limit)
 		}
-		if !ok && x.build() != nil {
-			l, _ = x.ownedLazy(o, 0)
-			if len(l) == 0 && o.IfName != "" {
-				l, _ = x.ownedLazy(Owner{ContainerID: o.ContainerID}, 0)
-			}
+		if ok {
+			out := slices.Clone(l)
+			slices.SortFunc(out, netip.Addr.Compare)
+			return out
 		}
-	}
-	if !x.lazy {
-		l = x.byOwner[o]
-		if len(l) == 0 && o.IfName != "" {
-			l = x.byOwner[Owner{ContainerID: o.ContainerID}]
+		if x.build() != nil {
+			limit = 0 // the journal cannot be replayed: search it all
 		}
 	}
-	out := slices.Clone(l)
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out
+}
+
+// ownerLeases returns the addresses leased to exactly o; a lazy index may
+// give up, returning false, when o is named in more than limit records.
+func (x *index) ownerLeases(o Owner, limit int) ([]netip.Addr, bool) {
+	if x.lazy {
+		return x.ownedLazy(o, limit)
+	}
+	return x.byOwner[o], true
 }
 
 // leases returns every lease, sorted by address.
