@@ -59,6 +59,11 @@ export CNI_PATH=$BIN NETCONFPATH=$WORK/conf
 mkdir -p "$NETCONFPATH"
 
 conf() { # NAME TYPE SUBNET DATADIR
+	# The network's lease directory is made now, as on a node that has run
+	# pods before, so every plugin and node gets one made at the same moment:
+	# where ext4 puts a directory, and which inodes near it were deleted
+	# lately, changes what creating a lease file costs.
+	mkdir -p "$4/$1"
 	cat >"$NETCONFPATH/$1.conf" <<JSON
 {"cniVersion":"1.0.0","name":"$1","type":"$2","bridge":"cnio0","isGateway":true,"ipMasq":true,
  "ipam":{"type":"host-local","ranges":[[{"subnet":"$3"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"$4"}}

@@ -501,26 +501,37 @@ func sortedKeys(m map[key]Route) []key {
 	return ks
 }
 
-// Forwarding reports whether ns forwards packets of the given family (4 or 6).
+// Forwarding reports whether ns forwards packets of the given family (4 or
+// 6), as net.ipv4.ip_forward or net.ipv6.conf.all.forwarding say, read over
+// netlink.
 //
-// Equivalent to: sysctl net.ipv4.ip_forward / net.ipv6.conf.all.forwarding
+// Equivalent to: ip -4 netconf show dev all (or -6)
 func Forwarding(ns *netns.NS, family int) (bool, error) {
-	k, err := forwardingKey(family)
-	if err != nil {
+	if _, err := forwardingKey(family); err != nil {
 		return false, err
 	}
-	v, err := sysctl.Get(ns, k)
-	return v == "1", err
+	af := unix.AF_INET
+	if family == 6 {
+		af = unix.AF_INET6
+	}
+	return nl.Forwarding(ns, af)
 }
 
 // SetForwarding turns forwarding of the given family (4 or 6) on or off in
-// ns; a node namespace needs it on to route between pods and nodes.
+// ns; a node namespace needs it on to route between pods and nodes. It
+// reads the setting over netlink first and writes the sysctl only when it
+// must change, so the common call, on a node where it is already on, makes
+// no lookup under /proc/sys (whose cost grows with the namespaces on the
+// machine).
 //
 // Equivalent to: ip netns exec NS sysctl -w net.ipv4.ip_forward=1
 func SetForwarding(ns *netns.NS, family int, on bool) error {
 	k, err := forwardingKey(family)
 	if err != nil {
 		return err
+	}
+	if cur, err := Forwarding(ns, family); err == nil && cur == on {
+		return nil
 	}
 	v := "0"
 	if on {

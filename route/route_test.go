@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"
@@ -175,6 +176,19 @@ func TestForwardingPerNamespace(t *testing.T) {
 	}
 	if got := strings.TrimSpace(ipRoute(t, a, "netconf", "show", "dev", "lo")); !strings.Contains(got, "forwarding on") {
 		t.Errorf("ip netconf: %q", got)
+	}
+	// And off again, as the sysctl shows it.
+	for _, fam := range []int{4, 6} {
+		if err := route.SetForwarding(a, fam, false); err != nil {
+			t.Fatal(err)
+		}
+		key := map[int]string{4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}[fam]
+		if v, err := sysctl.Get(a, key); err != nil || v != "0" {
+			t.Errorf("IPv%d forwarding after SetForwarding off: %s = %q, %v", fam, key, v, err)
+		}
+		if on, err := route.Forwarding(a, fam); err != nil || on {
+			t.Errorf("IPv%d Forwarding after SetForwarding off: %v, %v", fam, on, err)
+		}
 	}
 	if err := route.SetForwarding(a, 5, true); !errors.Is(err, route.ErrInvalid) {
 		t.Errorf("family 5: %v", err)
