@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -311,6 +312,39 @@ func Attach(ns *netns.NS, name, port string, opts PortOptions) error {
 		return opErr(fmt.Errorf("set hairpin: %w", err))
 	}
 	return nil
+}
+
+// WaitForwarding waits until the bridge port named port forwards frames,
+// or timeout passes. A port that joined its bridge while down (see
+// veth.Spec.MasterIndex) starts forwarding only when the kernel has seen
+// its carrier come up, which its link-watch worker does shortly after; a
+// port that joined while up forwards at once, and this returns at the
+// first look. It fails with ErrNotFound if the link does not exist, and
+// with ErrConflict if it is not a bridge port.
+//
+// Equivalent to: bridge link show dev PORT, until "state forwarding"
+func WaitForwarding(ns *netns.NS, port string, timeout time.Duration) error {
+	opErr := func(err error) error {
+		return &podnet.OpError{Op: "wait for forwarding on", Kind: "port", Name: port, NetNS: ns.String(), Err: err}
+	}
+	if err := ifname.Validate(port); err != nil {
+		return opErr(err)
+	}
+	deadline := time.Now().Add(timeout)
+	for pause := 50 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
+		state, isPort, err := nl.PortState(ns, port)
+		switch {
+		case err != nil:
+			return opErr(err)
+		case !isPort:
+			return opErr(fmt.Errorf("%w: not a bridge port", ErrConflict))
+		case state == nl.PortForwarding:
+			return nil
+		case time.Now().After(deadline):
+			return opErr(fmt.Errorf("not forwarding after %v (state %d)", timeout, state))
+		}
+		time.Sleep(pause)
+	}
 }
 
 // Detach removes the link named port from whatever bridge it is attached

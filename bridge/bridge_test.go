@@ -390,3 +390,69 @@ func BenchmarkEnsureAddr(b *testing.B) {
 		})
 	}
 }
+
+// TestWaitForwarding: a port that joined its bridge while down forwards
+// once the kernel has seen its carrier, and WaitForwarding sees it, as
+// iproute2 does; a port without carrier times out; a link that is no port,
+// and a missing one, are errors of their kind.
+func TestWaitForwarding(t *testing.T) {
+	node, pod := nstest.New(t), nstest.New(t)
+	br, err := bridge.Ensure(node, bridge.Spec{Name: "cnio0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod, MasterIndex: br.Index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bridge.WaitForwarding(node, p.Name, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	node.Do(func() error {
+		out, err = exec.Command("bridge", "-d", "link", "show", "dev", p.Name).CombinedOutput()
+		return err
+	})
+	if err != nil || !strings.Contains(string(out), "state forwarding") || !strings.Contains(string(out), "master cnio0") {
+		t.Errorf("bridge link show: %v\n%s", err, out)
+	}
+
+	// Without a carrier (the pod's end down) the port stops forwarding.
+	h, l, err := nl.Link(pod, "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.LinkSetDown(l)
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		state, _, err := nl.PortState(node, p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state == nl.PortDisabled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("port state %d 5 s after its peer went down", state)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := bridge.WaitForwarding(node, p.Name, 20*time.Millisecond); err == nil {
+		t.Error("WaitForwarding on a port without carrier succeeded")
+	}
+
+	lone, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: nstest.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bridge.WaitForwarding(node, lone.Name, time.Second); !errors.Is(err, bridge.ErrConflict) {
+		t.Errorf("WaitForwarding on a link that is no port: %v, want ErrConflict", err)
+	}
+	if err := bridge.WaitForwarding(node, "nosuch0", time.Second); !errors.Is(err, bridge.ErrNotFound) {
+		t.Errorf("WaitForwarding on a missing link: %v, want ErrNotFound", err)
+	}
+}

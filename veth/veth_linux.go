@@ -50,6 +50,16 @@ type Spec struct {
 	// ip -n PEERNS link set PEER addrgenmode none
 	AddrGenModeNone     bool
 	PeerAddrGenModeNone bool
+
+	// MasterIndex, when not 0, is the ifindex of a bridge in ns that the
+	// host-side end joins before it comes up. The kernel then makes the
+	// port forward when it sees the carrier, in its link-watch worker,
+	// instead of in this call: work linear in the bridge's ports moves off
+	// the caller's path. Use bridge.WaitForwarding before relying on the
+	// port.
+	//
+	// Equivalent to: ip link add NAME master BRIDGE type veth peer ...
+	MasterIndex int
 }
 
 // Pair is a veth pair as it exists after Create.
@@ -76,6 +86,9 @@ func (s Spec) Validate() error {
 	}
 	if s.PeerNS == nil {
 		return podnet.Invalid("veth peer namespace is nil")
+	}
+	if s.MasterIndex < 0 {
+		return podnet.Invalid("veth master ifindex %d: negative", s.MasterIndex)
 	}
 	if s.MTU != 0 && (s.MTU < 68 || s.MTU > 65535) {
 		return podnet.Invalid("veth MTU %d: outside 68..65535", s.MTU)
@@ -177,6 +190,11 @@ func setUp(h, ph *netlink.Handle, name string, spec Spec) (*Pair, error) {
 	if spec.PeerAddrGenModeNone {
 		if err := addrGenModeNone(ph, pl); err != nil {
 			return nil, fmt.Errorf("peer: %w", err)
+		}
+	}
+	if spec.MasterIndex != 0 {
+		if err := h.LinkSetMasterByIndex(l, spec.MasterIndex); err != nil {
+			return nil, fmt.Errorf("join master ifindex %d: %w", spec.MasterIndex, nl.Err(err))
 		}
 	}
 	if err := ph.LinkSetUp(pl); err != nil {

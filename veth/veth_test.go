@@ -240,3 +240,45 @@ func TestAddrGenModeNone(t *testing.T) {
 		}
 	}
 }
+
+// TestCreateWithMaster: the host end joins the given master before it
+// comes up; a master that does not exist fails the call and leaves no link
+// in either namespace.
+func TestCreateWithMaster(t *testing.T) {
+	node, pod := nstest.New(t), nstest.New(t)
+	h, err := nl.Handle(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := h.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	brLink, err := h.LinkByName("br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := veth.Create(node, veth.Spec{Name: "vhost0", PeerName: "eth0", PeerNS: pod, MasterIndex: brLink.Attrs().Index})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := veth.Get(node, p.Name); err != nil || l.Master != brLink.Attrs().Index || !l.Up {
+		t.Errorf("host end: %+v, %v; want up with master %d", l, err, brLink.Attrs().Index)
+	}
+
+	other := nstest.New(t)
+	_, err = veth.Create(node, veth.Spec{Name: "vhost1", PeerName: "eth0", PeerNS: other, MasterIndex: 99999})
+	if err == nil {
+		t.Fatal("Create with a missing master succeeded")
+	}
+	if _, ok := links(t, node)["vhost1"]; ok {
+		t.Error("host end left behind after a failed Create")
+	}
+	if _, ok := links(t, other)["eth0"]; ok {
+		t.Error("peer left behind after a failed Create")
+	}
+	if _, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: other, MasterIndex: -1}); !errors.Is(err, veth.ErrInvalid) {
+		t.Errorf("negative master index: %v, want ErrInvalid", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -66,16 +67,24 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// every link change. Set over netlink before the links come up: a write
 	// under /proc/sys/net costs a path lookup that grows with the
 	// namespaces on the node.
+	//
+	// The host side joins the bridge while still down: the kernel then
+	// makes it forward in its link-watch worker, in parallel with the rest
+	// of this ADD, work that grows with the ports of the bridge. ADD waits
+	// for it at the end.
 	pair, err := veth.Create(host, veth.Spec{
 		PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac,
 		AddrGenModeNone: true, PeerAddrGenModeNone: n.ipv4Only(),
+		MasterIndex: br.Index,
 	})
 	if err != nil {
 		return err
 	}
 	cleanup.push(func() { veth.Delete(host, pair.Name) })
-	if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: n.HairpinMode}); err != nil {
-		return err
+	if n.HairpinMode {
+		if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: true}); err != nil {
+			return err
+		}
 	}
 
 	result := &current.Result{
@@ -87,6 +96,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		},
 	}
 	if n.IPAM.Type == "" { // layer 2 only
+		if err := bridge.WaitForwarding(host, pair.Name, portTimeout); err != nil {
+			return err
+		}
 		return printResult(result, n)
 	}
 
@@ -131,8 +143,16 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if dnsSet(n.DNS) {
 		result.DNS = n.DNS
 	}
+	if err := bridge.WaitForwarding(host, pair.Name, portTimeout); err != nil {
+		return err
+	}
 	return printResult(result, n)
 }
+
+// portTimeout bounds the wait for a new bridge port to forward, which
+// takes the kernel well under a millisecond unless the machine is
+// overloaded.
+const portTimeout = 5 * time.Second
 
 func printResult(r *current.Result, n *netConf) error {
 	return types.PrintResult(r, n.CNIVersion)

@@ -134,7 +134,7 @@ func (c conn) dumpAddrs(ifindex, family int) ([]LinkAddr, error) {
 	msg := vnl.NewIfAddrmsg(family)
 	msg.Index = uint32(ifindex)
 	var out []LinkAddr
-	err := c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, msg, func(m syscall.NetlinkMessage) error {
+	err := c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
 		if m.Header.Type != unix.RTM_NEWADDR {
 			return nil
 		}
@@ -143,7 +143,7 @@ func (c conn) dumpAddrs(ifindex, family int) ([]LinkAddr, error) {
 			out = append(out, a)
 		}
 		return err
-	})
+	}, msg)
 	return out, err
 }
 
@@ -151,16 +151,18 @@ func (c conn) dumpAddrs(ifindex, family int) ([]LinkAddr, error) {
 func (c conn) getLink(ifindex int) error {
 	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(ifindex)
-	return c.request(unix.RTM_GETLINK, 0, msg, func(syscall.NetlinkMessage) error { return nil })
+	return c.request(unix.RTM_GETLINK, 0, func(syscall.NetlinkMessage) error { return nil }, msg)
 }
 
 // request sends one request and passes each message of the reply to fn,
 // until the reply ends. A dump the kernel marked inconsistent
 // (NLM_F_DUMP_INTR) gives netlink.ErrDumpInterrupted, after reading it to
 // its end so that the socket can be reused.
-func (c conn) request(typ, flags int, data vnl.NetlinkRequestData, fn func(syscall.NetlinkMessage) error) error {
+func (c conn) request(typ, flags int, fn func(syscall.NetlinkMessage) error, data ...vnl.NetlinkRequestData) error {
 	req := vnl.NewNetlinkRequest(typ, flags)
-	req.AddData(data)
+	for _, d := range data {
+		req.AddData(d)
+	}
 	if err := unix.Sendto(c.fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return err
 	}

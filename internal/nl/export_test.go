@@ -31,11 +31,11 @@ func DumpedIndexes(ns *netns.NS, ifindex, family int) ([]int, error) {
 	msg := vnl.NewIfAddrmsg(family)
 	msg.Index = uint32(ifindex)
 	var idx []int
-	err = c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, msg, func(m syscall.NetlinkMessage) error {
+	err = c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
 		if m.Header.Type == unix.RTM_NEWADDR {
 			idx = append(idx, int(vnl.DeserializeIfAddrmsg(m.Data).Index))
 		}
 		return nil
-	})
+	}, msg)
 	return idx, err
 }

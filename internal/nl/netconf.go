@@ -58,7 +58,7 @@ func Forwarding(ns *netns.NS, family int) (bool, error) {
 	defer recvBufs.Put(buf)
 	c := conn{fd: fd, buf: buf[:]}
 	on, found := false, false
-	err = c.request(unix.RTM_GETNETCONF, 0, netconfRequest{uint8(family), netconfaIfindexAll}, func(m syscall.NetlinkMessage) error {
+	err = c.request(unix.RTM_GETNETCONF, 0, func(m syscall.NetlinkMessage) error {
 		if m.Header.Type != unix.RTM_NEWNETCONF || len(m.Data) < 4 {
 			return nil
 		}
@@ -72,7 +72,7 @@ func Forwarding(ns *netns.NS, family int) (bool, error) {
 			}
 		}
 		return nil
-	})
+	}, netconfRequest{uint8(family), netconfaIfindexAll})
 	if err == nil && !found {
 		err = fmt.Errorf("no NETCONFA_FORWARDING in the reply")
 	}
