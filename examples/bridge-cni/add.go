@@ -95,11 +95,16 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			{Name: args.IfName, Mac: pair.PeerMAC.String(), Sandbox: args.Netns},
 		},
 	}
-	if n.IPAM.Type == "" { // layer 2 only
+	// The answer waits until the port forwards, which the kernel makes it
+	// do in parallel with the rest of ADD.
+	answer := func() error {
 		if err := bridge.WaitForwarding(host, pair.Name, portTimeout); err != nil {
 			return err
 		}
 		return printResult(result, n)
+	}
+	if n.IPAM.Type == "" { // layer 2 only
+		return answer()
 	}
 
 	drv := ipamFor(n)
@@ -143,10 +148,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if dnsSet(n.DNS) {
 		result.DNS = n.DNS
 	}
-	if err := bridge.WaitForwarding(host, pair.Name, portTimeout); err != nil {
-		return err
-	}
-	return printResult(result, n)
+	return answer()
 }
 
 // portTimeout bounds the wait for a new bridge port to forward, which

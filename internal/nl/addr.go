@@ -4,13 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vishvananda/netlink"
 	vnl "github.com/vishvananda/netlink/nl"
 
 	"github.com/podnet/podnet/netns"
@@ -53,78 +50,30 @@ func addrsOf(ns *netns.NS, ifindex, family int, strict bool) ([]LinkAddr, error)
 	default:
 		return nil, fmt.Errorf("list addresses of ifindex %d: address family %d: %w", ifindex, family, syscall.EAFNOSUPPORT)
 	}
-	fd, err := routeSocket(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink socket in netns %q: %w", ns, err)
-	}
-	defer unix.Close(fd)
-	if strict {
-		// Without strict checking the kernel ignores ifa_index and walks
-		// every device; old kernels do not know the option.
-		err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
-		if err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
-			return nil, fmt.Errorf("netlink socket in netns %q: set strict checking: %w", ns, err)
+	var addrs []LinkAddr
+	err := withConn(ns, func(c conn) error {
+		strict := strict
+		if strict {
+			// Without strict checking the kernel ignores ifa_index and
+			// walks every device; old kernels do not know the option.
+			err := unix.SetsockoptInt(c.fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
+			if err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
+				return fmt.Errorf("set strict checking: %w", err)
+			}
+			strict = err == nil
 		}
-		strict = err == nil
-	}
-	buf := recvBufs.Get().(*[recvBufSize]byte)
-	defer recvBufs.Put(buf)
-	c := conn{fd: fd, buf: buf[:]}
-	addrs, err := Dump(func() ([]LinkAddr, error) { return c.dumpAddrs(ifindex, family) })
-	if err == nil && len(addrs) == 0 && !strict {
-		// The full dump cannot tell a link without addresses from none.
-		err = c.getLink(ifindex)
-	}
+		var err error
+		addrs, err = Dump(func() ([]LinkAddr, error) { return c.dumpAddrs(ifindex, family) })
+		if err == nil && len(addrs) == 0 && !strict {
+			// The full dump cannot tell a link without addresses from none.
+			err = c.getLink(ifindex)
+		}
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of ifindex %d: %w", ifindex, Err(err))
 	}
 	return addrs, nil
-}
-
-// routeSocket opens a NETLINK_ROUTE socket in ns. When the calling thread
-// is in ns already (the usual case: the node's namespace, from an unlocked
-// goroutine) it opens it right there, with the thread locked so that the
-// check and the socket see the same thread; otherwise it opens it on a
-// thread switched into ns by ns.Do.
-func routeSocket(ns *netns.NS) (int, error) {
-	open := func() (int, error) {
-		return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	}
-	runtime.LockOSThread()
-	if inThreadNS(ns) {
-		fd, err := open()
-		runtime.UnlockOSThread()
-		return fd, err
-	}
-	runtime.UnlockOSThread()
-	fd := -1
-	err := ns.Do(func() error {
-		var err error
-		fd, err = open()
-		return err
-	})
-	return fd, err
-}
-
-// inThreadNS reports whether the calling thread is in ns.
-func inThreadNS(ns *netns.NS) bool {
-	var cur, want unix.Stat_t
-	if unix.Stat("/proc/thread-self/ns/net", &cur) != nil || unix.Fstat(ns.Fd(), &want) != nil {
-		return false
-	}
-	return cur.Dev == want.Dev && cur.Ino == want.Ino
-}
-
-// recvBufSize holds any message the kernel sends: it sizes dump replies by
-// the reader's buffer, up to 32 KiB.
-const recvBufSize = 32 << 10
-
-var recvBufs = sync.Pool{New: func() any { return new([recvBufSize]byte) }}
-
-// conn is a NETLINK_ROUTE socket used for one request at a time.
-type conn struct {
-	fd  int
-	buf []byte
 }
 
 // dumpAddrs dumps the addresses of ifindex; with strict checking the
@@ -152,73 +101,6 @@ func (c conn) getLink(ifindex int) error {
 	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(ifindex)
 	return c.request(unix.RTM_GETLINK, 0, func(syscall.NetlinkMessage) error { return nil }, msg)
-}
-
-// request sends one request and passes each message of the reply to fn,
-// until the reply ends. A dump the kernel marked inconsistent
-// (NLM_F_DUMP_INTR) gives netlink.ErrDumpInterrupted, after reading it to
-// its end so that the socket can be reused.
-func (c conn) request(typ, flags int, fn func(syscall.NetlinkMessage) error, data ...vnl.NetlinkRequestData) error {
-	req := vnl.NewNetlinkRequest(typ, flags)
-	for _, d := range data {
-		req.AddData(d)
-	}
-	if err := unix.Sendto(c.fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return err
-	}
-	var fnErr error
-	intr := false
-	for {
-		n, _, rflags, from, err := unix.Recvmsg(c.fd, c.buf, nil, 0)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return err
-		}
-		if rflags&unix.MSG_TRUNC != 0 {
-			return fmt.Errorf("netlink reply larger than %d bytes", len(c.buf))
-		}
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-			continue // not from the kernel
-		}
-		msgs, err := syscall.ParseNetlinkMessage(c.buf[:n])
-		if err != nil {
-			return err
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != req.Seq {
-				continue
-			}
-			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
-				intr = true
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				// Both may carry a negative errno: NLMSG_ERROR always
-				// (0 is an ACK), NLMSG_DONE when a dump failed.
-				if len(m.Data) >= 4 {
-					if errno := int32(vnl.NativeEndian().Uint32(m.Data)); errno < 0 {
-						return syscall.Errno(-errno)
-					}
-				}
-				return done(fnErr, intr)
-			}
-			if fnErr == nil {
-				fnErr = fn(m)
-			}
-			if m.Header.Flags&unix.NLM_F_MULTI == 0 {
-				return done(fnErr, intr)
-			}
-		}
-	}
-}
-
-func done(fnErr error, intr bool) error {
-	if fnErr == nil && intr {
-		return netlink.ErrDumpInterrupted
-	}
-	return fnErr
 }
 
 // parseAddr decodes an RTM_NEWADDR message; ok is false for an address of

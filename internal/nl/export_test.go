@@ -19,23 +19,19 @@ func AddrsOfLoose(ns *netns.NS, ifindex, family int) ([]LinkAddr, error) {
 // DumpedIndexes returns the ifindex of every address the kernel sends for a
 // strict-checked dump of the addresses of ifindex, before any filtering here.
 func DumpedIndexes(ns *netns.NS, ifindex, family int) ([]int, error) {
-	fd, err := routeSocket(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
-	if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
-		return nil, err
-	}
-	c := conn{fd: fd, buf: make([]byte, recvBufSize)}
 	msg := vnl.NewIfAddrmsg(family)
 	msg.Index = uint32(ifindex)
 	var idx []int
-	err = c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
-		if m.Header.Type == unix.RTM_NEWADDR {
-			idx = append(idx, int(vnl.DeserializeIfAddrmsg(m.Data).Index))
+	err := withConn(ns, func(c conn) error {
+		if err := unix.SetsockoptInt(c.fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+			return err
 		}
-		return nil
-	}, msg)
+		return c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
+			if m.Header.Type == unix.RTM_NEWADDR {
+				idx = append(idx, int(vnl.DeserializeIfAddrmsg(m.Data).Index))
+			}
+			return nil
+		}, msg)
+	})
 	return idx, err
 }

@@ -6,9 +6,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/netns"
-
 	vnl "github.com/vishvananda/netlink/nl"
+
+	"github.com/podnet/podnet/netns"
 )
 
 // Attributes of RTM_GETNETCONF (linux/netconf.h); x/sys does not name them.
@@ -49,30 +49,22 @@ func Forwarding(ns *netns.NS, family int) (bool, error) {
 	if family != unix.AF_INET && family != unix.AF_INET6 {
 		return false, fmt.Errorf("forwarding: address family %d: %w", family, syscall.EAFNOSUPPORT)
 	}
-	fd, err := routeSocket(ns)
-	if err != nil {
-		return false, fmt.Errorf("netlink socket in netns %q: %w", ns, err)
-	}
-	defer unix.Close(fd)
-	buf := recvBufs.Get().(*[recvBufSize]byte)
-	defer recvBufs.Put(buf)
-	c := conn{fd: fd, buf: buf[:]}
 	on, found := false, false
-	err = c.request(unix.RTM_GETNETCONF, 0, func(m syscall.NetlinkMessage) error {
-		if m.Header.Type != unix.RTM_NEWNETCONF || len(m.Data) < 4 {
-			return nil
-		}
-		attrs, err := vnl.ParseRouteAttr(m.Data[4:])
-		if err != nil {
-			return err
-		}
-		for _, a := range attrs {
-			if a.Attr.Type == netconfaForwarding && len(a.Value) >= 4 {
-				on, found = vnl.NativeEndian().Uint32(a.Value) != 0, true
+	err := withConn(ns, func(c conn) error {
+		return c.request(unix.RTM_GETNETCONF, 0, func(m syscall.NetlinkMessage) error {
+			if m.Header.Type != unix.RTM_NEWNETCONF || len(m.Data) < 4 {
+				return nil
 			}
-		}
-		return nil
-	}, netconfRequest{uint8(family), netconfaIfindexAll})
+			attrs, err := vnl.ParseRouteAttr(m.Data[4:])
+			if err != nil {
+				return err
+			}
+			if v := attr(attrs, netconfaForwarding); len(v) >= 4 {
+				on, found = vnl.NativeEndian().Uint32(v) != 0, true
+			}
+			return nil
+		}, netconfRequest{uint8(family), netconfaIfindexAll})
+	})
 	if err == nil && !found {
 		err = fmt.Errorf("no NETCONFA_FORWARDING in the reply")
 	}

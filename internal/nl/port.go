@@ -6,9 +6,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/netns"
-
 	vnl "github.com/vishvananda/netlink/nl"
+
+	"github.com/podnet/podnet/netns"
 )
 
 // Bridge port states (linux/if_bridge.h, BR_STATE_*).
@@ -28,57 +28,40 @@ const (
 //
 // Equivalent to: ip -d link show dev NAME (bridge_slave state)
 func PortState(ns *netns.NS, name string) (state uint8, isPort bool, err error) {
-	fd, err := routeSocket(ns)
-	if err != nil {
-		return 0, false, fmt.Errorf("netlink socket in netns %q: %w", ns, err)
-	}
-	defer unix.Close(fd)
-	buf := recvBufs.Get().(*[recvBufSize]byte)
-	defer recvBufs.Put(buf)
-	c := conn{fd: fd, buf: buf[:]}
 	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
 	ifname := vnl.NewRtAttr(unix.IFLA_IFNAME, vnl.ZeroTerminated(name))
-	err = c.request(unix.RTM_GETLINK, 0, func(m syscall.NetlinkMessage) error {
-		if m.Header.Type != unix.RTM_NEWLINK || len(m.Data) < unix.SizeofIfInfomsg {
+	err = withConn(ns, func(c conn) error {
+		return c.request(unix.RTM_GETLINK, 0, func(m syscall.NetlinkMessage) error {
+			if m.Header.Type != unix.RTM_NEWLINK || len(m.Data) < unix.SizeofIfInfomsg {
+				return nil
+			}
+			attrs, err := vnl.ParseRouteAttr(m.Data[unix.SizeofIfInfomsg:])
+			if err != nil {
+				return err
+			}
+			info := attr(attrs, unix.IFLA_LINKINFO)
+			if info == nil {
+				return nil
+			}
+			infos, err := vnl.ParseRouteAttr(info)
+			if err != nil {
+				return err
+			}
+			if kind := attr(infos, unix.IFLA_INFO_SLAVE_KIND); string(kind) != "bridge\x00" {
+				return nil
+			}
+			data, err := vnl.ParseRouteAttr(attr(infos, unix.IFLA_INFO_SLAVE_DATA))
+			if err != nil {
+				return err
+			}
+			if st := attr(data, unix.IFLA_BRPORT_STATE); len(st) == 1 {
+				state, isPort = st[0], true
+			}
 			return nil
-		}
-		attrs, err := vnl.ParseRouteAttr(m.Data[unix.SizeofIfInfomsg:])
-		if err != nil {
-			return err
-		}
-		info := attr(attrs, unix.IFLA_LINKINFO)
-		if info == nil {
-			return nil
-		}
-		infos, err := vnl.ParseRouteAttr(info)
-		if err != nil {
-			return err
-		}
-		if kind := attr(infos, unix.IFLA_INFO_SLAVE_KIND); string(kind) != "bridge\x00" {
-			return nil
-		}
-		data, err := vnl.ParseRouteAttr(attr(infos, unix.IFLA_INFO_SLAVE_DATA))
-		if err != nil {
-			return err
-		}
-		if st := attr(data, unix.IFLA_BRPORT_STATE); len(st) == 1 {
-			state, isPort = st[0], true
-		}
-		return nil
-	}, msg, ifname)
+		}, msg, ifname)
+	})
 	if err != nil {
 		return 0, false, fmt.Errorf("port state of %q in netns %q: %w", name, ns, Err(err))
 	}
 	return state, isPort, nil
-}
-
-// attr returns the value of the first attribute of type typ (nested or
-// not), or nil.
-func attr(attrs []syscall.NetlinkRouteAttr, typ uint16) []byte {
-	for _, a := range attrs {
-		if a.Attr.Type&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
-			return a.Value
-		}
-	}
-	return nil
 }
