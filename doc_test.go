@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -108,4 +109,45 @@ func exportedRecv(fl *ast.FieldList) bool {
 	}
 	id, ok := t.(*ast.Ident)
 	return ok && id.IsExported()
+}
+
+// TestExamplesImportOnlyPublicPackages fails when a program under
+// examples/ imports an internal package: what the programs build, an
+// importer of the SDK must be able to build too. Test files may use
+// internal test support. The one exception is internal/testenv/probe in
+// the demo programs (cluster, podpair): it is the echo server and client
+// they use to prove claims with traffic, test tooling rather than pod
+// networking an SDK user would program.
+func TestExamplesImportOnlyPublicPackages(t *testing.T) {
+	allowed := map[string][]string{
+		"github.com/podnet/podnet/internal/testenv/probe": {"examples/cluster", "examples/podpair"},
+	}
+	n := 0
+	err := filepath.WalkDir("examples", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), p, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		n++
+		for _, imp := range f.Imports {
+			path := strings.Trim(imp.Path.Value, `"`)
+			if !strings.Contains(path+"/", "/internal/") || !strings.HasPrefix(path, "github.com/podnet/podnet/") {
+				continue
+			}
+			if dirs, ok := allowed[path]; ok && slices.Contains(dirs, filepath.ToSlash(filepath.Dir(p))) {
+				continue
+			}
+			t.Errorf("%s imports %s: programs must be built from public packages", p, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no program files found under examples/")
+	}
 }

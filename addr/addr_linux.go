@@ -9,8 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -21,7 +21,7 @@ var (
 )
 
 func validate(dev string, p netip.Prefix) error {
-	if err := ifname.Validate(dev); err != nil {
+	if err := link.ValidateName(dev); err != nil {
 		return err
 	}
 	if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().IsUnspecified() || p.Addr().IsMulticast() {
@@ -90,7 +90,7 @@ func List(ns *netns.NS, dev string) ([]netip.Prefix, error) {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "list addresses of", Kind: "link", Name: dev, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(dev); err != nil {
+	if err := link.ValidateName(dev); err != nil {
 		return nil, opErr(err)
 	}
 	h, l, err := nl.Link(ns, dev)

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns/nstest"
 )
 

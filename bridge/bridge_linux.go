@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,8 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -42,7 +43,7 @@ type Bridge struct {
 
 // Validate reports the first problem with s as an error matching ErrInvalid.
 func (s Spec) Validate() error {
-	if err := ifname.Validate(s.Name); err != nil {
+	if err := link.ValidateName(s.Name); err != nil {
 		return err
 	}
 	if s.MTU != 0 && (s.MTU < 68 || s.MTU > 65535) {
@@ -284,7 +285,7 @@ func Attach(ns *netns.NS, name, port string, opts PortOptions) error {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "attach " + fmt.Sprintf("%q", port) + " to", Kind: "bridge", Name: name, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(port); err != nil {
+	if err := link.ValidateName(port); err != nil {
 		return opErr(err)
 	}
 	h, br, err := lookup(ns, "attach to", name)
@@ -315,22 +316,23 @@ func Attach(ns *netns.NS, name, port string, opts PortOptions) error {
 }
 
 // WaitForwarding waits until the bridge port named port forwards frames,
-// or timeout passes. A port that joined its bridge while down (see
+// or ctx is done. A port that joined its bridge while down (see
 // veth.Spec.MasterIndex) starts forwarding only when the kernel has seen
 // its carrier come up, which its link-watch worker does shortly after; a
 // port that joined while up forwards at once, and this returns at the
-// first look. It fails with ErrNotFound if the link does not exist, and
-// with ErrConflict if it is not a bridge port.
+// first look. It fails with ErrNotFound if the link does not exist, with
+// ErrConflict if it is not a bridge port, and with ctx's error (and the
+// port's state) if ctx ends first.
 //
 // Equivalent to: bridge link show dev PORT, until "state forwarding"
-func WaitForwarding(ns *netns.NS, port string, timeout time.Duration) error {
+func WaitForwarding(ctx context.Context, ns *netns.NS, port string) error {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "wait for forwarding on", Kind: "port", Name: port, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(port); err != nil {
+	if err := link.ValidateName(port); err != nil {
 		return opErr(err)
 	}
-	deadline := time.Now().Add(timeout)
+	var timer *time.Timer
 	for pause := 50 * time.Microsecond; ; pause = min(2*pause, 10*time.Millisecond) {
 		state, isPort, err := nl.PortState(ns, port)
 		switch {
@@ -340,10 +342,18 @@ func WaitForwarding(ns *netns.NS, port string, timeout time.Duration) error {
 			return opErr(fmt.Errorf("%w: not a bridge port", ErrConflict))
 		case state == nl.PortForwarding:
 			return nil
-		case time.Now().After(deadline):
-			return opErr(fmt.Errorf("not forwarding after %v (state %d)", timeout, state))
 		}
-		time.Sleep(pause)
+		if timer == nil {
+			timer = time.NewTimer(pause)
+			defer timer.Stop()
+		} else {
+			timer.Reset(pause)
+		}
+		select {
+		case <-ctx.Done():
+			return opErr(fmt.Errorf("port state %d: %w", state, ctx.Err()))
+		case <-timer.C:
+		}
 	}
 }
 
@@ -355,7 +365,7 @@ func Detach(ns *netns.NS, port string) error {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "detach", Kind: "port", Name: port, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(port); err != nil {
+	if err := link.ValidateName(port); err != nil {
 		return opErr(err)
 	}
 	h, pl, err := nl.Link(ns, port)
@@ -420,7 +430,7 @@ func lookup(ns *netns.NS, op, name string) (*netlink.Handle, netlink.Link, error
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: op, Kind: "bridge", Name: name, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(name); err != nil {
+	if err := link.ValidateName(name); err != nil {
 		return nil, nil, opErr(err)
 	}
 	h, l, err := nl.Link(ns, name)

@@ -1,6 +1,7 @@
 package bridge_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,7 +15,7 @@ import (
 
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/veth"
@@ -405,7 +406,7 @@ func TestWaitForwarding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bridge.WaitForwarding(node, p.Name, 5*time.Second); err != nil {
+	if err := bridge.WaitForwarding(timeout(t, 5*time.Second), node, p.Name); err != nil {
 		t.Fatal(err)
 	}
 	var out []byte
@@ -441,18 +442,25 @@ func TestWaitForwarding(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if err := bridge.WaitForwarding(node, p.Name, 20*time.Millisecond); err == nil {
-		t.Error("WaitForwarding on a port without carrier succeeded")
+	if err := bridge.WaitForwarding(timeout(t, 20*time.Millisecond), node, p.Name); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitForwarding on a port without carrier: %v, want the context's deadline", err)
 	}
 
 	lone, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: nstest.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := bridge.WaitForwarding(node, lone.Name, time.Second); !errors.Is(err, bridge.ErrConflict) {
+	if err := bridge.WaitForwarding(timeout(t, time.Second), node, lone.Name); !errors.Is(err, bridge.ErrConflict) {
 		t.Errorf("WaitForwarding on a link that is no port: %v, want ErrConflict", err)
 	}
-	if err := bridge.WaitForwarding(node, "nosuch0", time.Second); !errors.Is(err, bridge.ErrNotFound) {
+	if err := bridge.WaitForwarding(timeout(t, time.Second), node, "nosuch0"); !errors.Is(err, bridge.ErrNotFound) {
 		t.Errorf("WaitForwarding on a missing link: %v, want ErrNotFound", err)
 	}
+}
+
+// timeout returns a context that ends after d or with the test.
+func timeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }

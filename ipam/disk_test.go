@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/internal/testenv/refbin"
 )
 
 // TestMain lets the test binary serve as the child process of the

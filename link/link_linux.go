@@ -3,9 +3,9 @@ package link
 import (
 	"net"
 	"slices"
+	"strconv"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/netns"
 )
@@ -34,7 +34,7 @@ func set(ns *netns.NS, name string, up bool) error {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: op, Kind: "link", Name: name, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(name); err != nil {
+	if err := ValidateName(name); err != nil {
 		return opErr(err)
 	}
 	h, l, err := nl.Link(ns, name)
@@ -48,6 +48,31 @@ func set(ns *netns.NS, name string, up bool) error {
 		err = h.LinkSetDown(l)
 	}
 	if err != nil {
+		return opErr(nl.Err(err))
+	}
+	return nil
+}
+
+// Rename gives the link name the name newName. The kernel refuses to
+// rename a link that is up (EBUSY); set it down first.
+//
+// Equivalent to: ip link set NAME name NEWNAME
+func Rename(ns *netns.NS, name, newName string) error {
+	opErr := func(err error) error {
+		return &podnet.OpError{Op: "rename to " + strconv.Quote(newName), Kind: "link", Name: name, NetNS: ns.String(), Err: err}
+	}
+	if err := ValidateName(name); err != nil {
+		return opErr(err)
+	}
+	if err := ValidateName(newName); err != nil {
+		return opErr(err)
+	}
+	h, l, err := nl.Link(ns, name)
+	if err != nil {
+		return opErr(err)
+	}
+	defer h.Close()
+	if err := h.LinkSetName(l, newName); err != nil {
 		return opErr(nl.Err(err))
 	}
 	return nil

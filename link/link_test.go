@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"

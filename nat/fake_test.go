@@ -2,53 +2,16 @@ package nat
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"testing"
-)
 
-// TestFakeAtomic: a failing transaction leaves the Fake unchanged; foreign
-// chains survive; Prune and references work as in the kernel.
-func TestFakeAtomic(t *testing.T) {
-	ctx := context.Background()
-	fk := NewFake()
-	if err := fk.Load(IPv4, "*nat\n:POSTROUTING ACCEPT [0:0]\n:FOREIGN - [0:0]\n-A POSTROUTING -j FOREIGN\n-A FOREIGN -m foo --bar -j ACCEPT\nCOMMIT\n"); err != nil {
-		t.Fatal(err)
-	}
-	a := Chain{IPv4, TableNAT, "PODNET-A"}
-	post := Chain{IPv4, TableNAT, "POSTROUTING"}
-	if err := fk.Run(ctx, NewTransaction().Declare(a, Rule{Target: Return}).EnsureRule(post, true, Rule{Target: Jump(a.Name)})); err != nil {
-		t.Fatal(err)
-	}
-	before := fk.Dump(IPv4)
-	for name, tx := range map[string]*Transaction{
-		"jump to missing chain": NewTransaction().Declare(Chain{IPv4, TableNAT, "PODNET-B"}, Rule{Target: Jump("PODNET-NOWHERE")}),
-		"delete missing rule":   NewTransaction().Declare(Chain{IPv4, TableNAT, "PODNET-B"}).Delete(post, Rule{Target: Drop}),
-		"delete referenced":     NewTransaction().DeleteChain(a),
-	} {
-		if err := fk.Run(ctx, tx); err == nil {
-			t.Errorf("%s: succeeded", name)
-		}
-		if got := fk.Dump(IPv4); got != before {
-			t.Errorf("%s: changed the tables:\n%s", name, got)
-		}
-	}
-	if err := fk.Run(ctx, NewTransaction().Prune(IPv4, TableNAT, "PODNET-")); err != nil {
-		t.Fatal(err)
-	}
-	want := "*nat\n:POSTROUTING ACCEPT\n:FOREIGN -\n-A POSTROUTING -j FOREIGN\n-A FOREIGN -m foo --bar -j ACCEPT\nCOMMIT\n"
-	if got := fk.Dump(IPv4); got != want {
-		t.Errorf("after prune:\n%s\nwant\n%s", got, want)
-	}
-	if _, err := fk.Check(ctx, Chain{IPv4, TableNAT, "PODNET-GONE"}, Rule{}); !errors.Is(err, ErrNotFound) {
-		t.Errorf("Check in missing chain: %v", err)
-	}
-}
+	"github.com/podnet/podnet/iptables"
+)
 
 // TestFakeMasqueradeIdempotent: Ensure writes once, then only reads.
 func TestFakeMasqueradeIdempotent(t *testing.T) {
 	ctx := context.Background()
-	fk := NewFake()
+	fk := iptables.NewFake()
 	m := NetworkMasquerade{Network: "n", Subnets: []netip.Prefix{p4("10.1.0.0/16"), p4("fd01::/64")}}
 	for range 3 {
 		if err := m.Ensure(ctx, fk); err != nil {
@@ -64,8 +27,8 @@ func TestFakeMasqueradeIdempotent(t *testing.T) {
 	if err := m.Delete(ctx, fk); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []Family{IPv4, IPv6} {
-		if tr, _ := fk.Save(ctx, f, TableNAT); len(tr.Chains) != 4 || len(tr.Chain("POSTROUTING").Rules) != 0 {
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		if tr, _ := fk.Save(ctx, f, iptables.TableNAT); len(tr.Chains) != 4 || len(tr.Chain("POSTROUTING").Rules) != 0 {
 			t.Errorf("%v after Delete: %v", f, chainNames(tr))
 		}
 	}

@@ -2,27 +2,21 @@ package nat
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/base32"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/netns"
 )
 
-// DefaultPrefix starts the names of the chains podnet's helpers own.
-const DefaultPrefix = "PODNET-"
-
-// NetworkMasquerade describes the masquerade rule set of one network: traffic from
-// its subnets to anywhere else leaves with the node's address. The rule set
-// is one chain per network and family plus one jump in nat POSTROUTING, so
-// its size does not depend on how many pods the network has:
+// NetworkMasquerade describes the masquerade rule set of one network:
+// traffic from its subnets to anywhere else leaves with the node's address.
+// The rule set is one chain per network and family plus one jump in nat
+// POSTROUTING per subnet, so its size does not depend on how many pods the
+// network has:
 //
 //	-A POSTROUTING -s 10.200.0.0/24 -m comment --comment "podnet masquerade: net" -j PODNET-MASQ-XXXX
 //	-A PODNET-MASQ-XXXX -d 224.0.0.0/4 -j RETURN
@@ -38,39 +32,22 @@ type NetworkMasquerade struct {
 }
 
 // Chain returns the name of the network's masquerade chain:
-// PREFIX + "MASQ-" + a hash of the network name.
+// PREFIX-MASQ- and a hash of the network name.
 func (m NetworkMasquerade) Chain() string {
-	p := m.Prefix
-	if p == "" {
-		p = DefaultPrefix
-	}
-	return p + "MASQ-" + hashName(m.Network, 28-len(p)-5)
+	p := prefixOr(m.Prefix) + "-MASQ-"
+	return p + iptables.ChainHash(m.Network, iptables.MaxChainName-len(p))
 }
 
-// hashName returns n characters of a base32 hash of s (as kube-proxy does).
-func hashName(s string, n int) string {
-	h := sha256.Sum256([]byte(s))
-	e := base32.StdEncoding.EncodeToString(h[:])
-	if n > len(e) {
-		n = len(e)
-	}
-	if n < 8 {
-		n = 8
-	}
-	return e[:n]
+func (m NetworkMasquerade) comment() iptables.Comment {
+	return iptables.Comment("podnet masquerade: " + m.Network)
 }
-
-func (m NetworkMasquerade) comment() Comment { return Comment("podnet masquerade: " + m.Network) }
 
 func (m NetworkMasquerade) validate() error {
 	if m.Network == "" {
 		return podnet.Invalid("masquerade: network name is empty")
 	}
-	if len(m.Chain()) > 28 {
-		return podnet.Invalid("masquerade: prefix %q too long", m.Prefix)
-	}
-	if err := ValidateChainName(m.Chain()); err != nil {
-		return err
+	if err := validatePrefix(m.Prefix); err != nil {
+		return fmt.Errorf("masquerade %q: %w", m.Network, err)
 	}
 	if len(m.Subnets) == 0 {
 		return podnet.Invalid("masquerade %q: no subnets", m.Network)
@@ -83,10 +60,10 @@ func (m NetworkMasquerade) validate() error {
 	return nil
 }
 
-func (m NetworkMasquerade) families() []Family {
-	var fs []Family
+func (m NetworkMasquerade) families() []iptables.Family {
+	var fs []iptables.Family
 	for _, s := range m.Subnets {
-		if f := FamilyOf(s.Addr()); !slices.Contains(fs, f) {
+		if f := iptables.FamilyOf(s.Addr()); !slices.Contains(fs, f) {
 			fs = append(fs, f)
 		}
 	}
@@ -96,60 +73,46 @@ func (m NetworkMasquerade) families() []Family {
 
 // Rules returns the rules of the network's chain and the jump rules for
 // POSTROUTING, for family f.
-func (m NetworkMasquerade) Rules(f Family) (chain []Rule, jumps []Rule) {
+func (m NetworkMasquerade) Rules(f iptables.Family) (chain []iptables.Rule, jumps []iptables.Rule) {
 	mcast := netip.MustParsePrefix("224.0.0.0/4")
-	if f == IPv6 {
+	if f == iptables.IPv6 {
 		mcast = netip.MustParsePrefix("ff00::/8")
 	}
-	chain = append(chain, Rule{Destination: Addr{Prefix: mcast}, Target: Return})
+	chain = append(chain, iptables.Rule{Destination: iptables.Addr{Prefix: mcast}, Target: iptables.Return})
 	for _, s := range m.Subnets {
-		if FamilyOf(s.Addr()) != f {
+		if iptables.FamilyOf(s.Addr()) != f {
 			continue
 		}
 		s = s.Masked()
-		chain = append(chain, Rule{Destination: Addr{Prefix: s, Not: true}, Target: Masquerade{RandomFully: m.RandomFully}})
-		jumps = append(jumps, Rule{Source: Addr{Prefix: s}, Matches: []Match{m.comment()}, Target: Jump(m.Chain())})
+		chain = append(chain, iptables.Rule{Destination: iptables.Addr{Prefix: s, Not: true}, Target: iptables.Masquerade{RandomFully: m.RandomFully}})
+		jumps = append(jumps, iptables.Rule{Source: iptables.Addr{Prefix: s}, Matches: []iptables.Match{m.comment()}, Target: iptables.Jump(m.Chain())})
 	}
 	return chain, jumps
 }
 
 // Ensure makes the network's masquerade rules present and exactly as
-// specified, in one transaction per call. When they already are, it reads
-// the nat table once per family and writes nothing.
+// specified. On a Kernel backend whose iptables keeps its rules in
+// nf_tables, the common case (the rule set is complete) is recognised by
+// reading nf_tables over netlink, without running iptables; otherwise, or
+// when something is missing or different, it reads the nat table once per
+// family and applies what differs in one transaction.
 //
 // Equivalent to: iptables -t nat -N CHAIN; iptables -t nat -A CHAIN ...;
-// iptables -t nat -C POSTROUTING ... || iptables -t nat -I POSTROUTING ...
-func (m NetworkMasquerade) Ensure(ctx context.Context, b Backend) error {
+// iptables -t nat -C POSTROUTING ... || iptables -t nat -A POSTROUTING ...
+func (m NetworkMasquerade) Ensure(ctx context.Context, b iptables.Backend) error {
 	if err := m.validate(); err != nil {
 		return err
 	}
-	tx := NewTransaction()
+	if k, ok := b.(*iptables.Kernel); ok && m.present(k.NetNS()) {
+		return nil
+	}
+	tx := iptables.NewTransaction()
 	for _, f := range m.families() {
-		rules, jumps := m.Rules(f)
-		cur, err := b.Save(ctx, f, TableNAT)
+		cur, err := b.Save(ctx, f, iptables.TableNAT)
 		if err != nil {
 			return err
 		}
-		c := Chain{f, TableNAT, m.Chain()}
-		if !sameRules(cur.Chain(c.Name), rules, f) {
-			tx.Declare(c, rules...)
-		}
-		post := cur.Chain("POSTROUTING")
-		for _, j := range jumps {
-			if s, _ := j.Spec(f); post == nil || !slices.Contains(post.Rules, s) {
-				tx.EnsureRule(Chain{f, TableNAT, "POSTROUTING"}, false, j) // appended, as the reference plugin does: exemptions inserted at the top by node agents keep precedence
-			}
-		}
-		// Jumps of this network for subnets no longer listed.
-		if post != nil {
-			for _, r := range post.Rules {
-				if ruleTarget(r) == c.Name && !slices.ContainsFunc(jumps, func(j Rule) bool { s, _ := j.Spec(f); return s == r }) {
-					if pr, err := ParseRule(f, r); err == nil {
-						tx.RemoveRule(Chain{f, TableNAT, "POSTROUTING"}, pr)
-					}
-				}
-			}
-		}
+		m.converge(tx, f, cur)
 	}
 	if tx.Len() == 0 {
 		return nil
@@ -160,7 +123,108 @@ func (m NetworkMasquerade) Ensure(ctx context.Context, b Backend) error {
 	return nil
 }
 
-func sameRules(c *ChainRules, rules []Rule, f Family) bool {
+// converge adds to tx what turns cur, the nat table of family f, into one
+// holding the network's rules.
+func (m NetworkMasquerade) converge(tx *iptables.Transaction, f iptables.Family, cur *iptables.TableRules) {
+	rules, jumps := m.Rules(f)
+	c := iptables.Chain{Family: f, Table: iptables.TableNAT, Name: m.Chain()}
+	if !sameRules(cur.Chain(c.Name), rules, f) {
+		tx.Declare(c, rules...)
+	}
+	postrouting := iptables.Chain{Family: f, Table: iptables.TableNAT, Name: "POSTROUTING"}
+	post := cur.Chain(postrouting.Name)
+	for _, j := range jumps {
+		if s, _ := j.Spec(f); post == nil || !slices.Contains(post.Rules, s) {
+			// Appended, as the reference plugin does: exemptions that node
+			// agents insert at the top keep precedence.
+			tx.EnsureRule(postrouting, false, j)
+		}
+	}
+	if post == nil {
+		return
+	}
+	// Jumps of this network for subnets no longer listed.
+	for _, r := range post.Rules {
+		if iptables.TargetOf(r) != c.Name || slices.ContainsFunc(jumps, func(j iptables.Rule) bool { s, _ := j.Spec(f); return s == r }) {
+			continue
+		}
+		if pr, err := iptables.ParseRule(f, r); err == nil {
+			tx.RemoveRule(postrouting, pr)
+		}
+	}
+}
+
+// present reports whether iptables-nft in ns holds, for every family of
+// m, the network's chain with its expected number of rules and one
+// commented jump per subnet from POSTROUTING. False means "ask iptables":
+// it is also the answer when iptables uses the legacy backend.
+//
+// It exists because a CNI ADD ensures these rules for every pod: reading
+// nf_tables over netlink takes tens of microseconds, where one
+// iptables-save costs milliseconds (docs/performance.md).
+func (m NetworkMasquerade) present(ns *netns.NS) bool {
+	c, ok := nft.DialIPTables(ns)
+	if !ok {
+		return false
+	}
+	defer c.Close()
+	for _, f := range m.families() {
+		chain, jumps := m.Rules(f)
+		have, err := c.Rules(f, "nat", m.Chain())
+		if err != nil || len(have) != len(chain) {
+			return false
+		}
+		post, err := c.Rules(f, "nat", "POSTROUTING")
+		if err != nil {
+			return false
+		}
+		found := 0
+		for _, r := range post {
+			if r.Jump == m.Chain() && r.Comment == string(m.comment()) {
+				found++
+			}
+		}
+		if found != len(jumps) {
+			return false
+		}
+	}
+	return true
+}
+
+// Check verifies the network's rule set rule for rule and returns an error
+// matching ErrNotFound that names the first rule missing or different.
+//
+// Equivalent to: iptables -t nat -S CHAIN; iptables -t nat -C POSTROUTING ...
+func (m NetworkMasquerade) Check(ctx context.Context, b iptables.Backend) error {
+	if err := m.validate(); err != nil {
+		return err
+	}
+	for _, f := range m.families() {
+		chain, jumps := m.Rules(f)
+		t, err := b.Save(ctx, f, iptables.TableNAT)
+		if err != nil {
+			return err
+		}
+		have := t.Chain(m.Chain())
+		if have == nil || len(have.Rules) != len(chain) {
+			return fmt.Errorf("check masquerade of network %q: %v chain %s missing or incomplete: %w", m.Network, f, m.Chain(), podnet.ErrNotFound)
+		}
+		for i, r := range chain {
+			if s, _ := r.Spec(f); s != have.Rules[i] {
+				return fmt.Errorf("check masquerade of network %q: %v chain %s has %q, want %q: %w", m.Network, f, m.Chain(), have.Rules[i], s, podnet.ErrNotFound)
+			}
+		}
+		post := t.Chain("POSTROUTING")
+		for _, j := range jumps {
+			if s, _ := j.Spec(f); post == nil || !slices.Contains(post.Rules, s) {
+				return fmt.Errorf("check masquerade of network %q: %v nat POSTROUTING lacks %q: %w", m.Network, f, s, podnet.ErrNotFound)
+			}
+		}
+	}
+	return nil
+}
+
+func sameRules(c *iptables.ChainRules, rules []iptables.Rule, f iptables.Family) bool {
 	if c == nil || len(c.Rules) != len(rules) {
 		return false
 	}
@@ -172,37 +236,32 @@ func sameRules(c *ChainRules, rules []Rule, f Family) bool {
 	return true
 }
 
-// Delete removes the network's chain and every POSTROUTING rule jumping to
-// it, in both families; it succeeds when they are already gone. Only
-// Network and Prefix are used.
+// Delete removes the network's chain and every rule jumping to it, in both
+// families; it succeeds when they are already gone. Only Network and Prefix
+// are used.
 //
 // Equivalent to: iptables -t nat -D POSTROUTING ... -j CHAIN; iptables -t nat -F CHAIN; iptables -t nat -X CHAIN
-func (m NetworkMasquerade) Delete(ctx context.Context, b Backend) error {
+func (m NetworkMasquerade) Delete(ctx context.Context, b iptables.Backend) error {
 	if m.Network == "" {
 		return podnet.Invalid("masquerade: network name is empty")
 	}
-	tx := NewTransaction()
-	for _, f := range []Family{IPv4, IPv6} {
-		cur, err := b.Save(ctx, f, TableNAT)
+	if err := validatePrefix(m.Prefix); err != nil {
+		return fmt.Errorf("masquerade %q: %w", m.Network, err)
+	}
+	tx := iptables.NewTransaction()
+	name := m.Chain()
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+		cur, err := b.Save(ctx, f, iptables.TableNAT)
 		if err != nil {
 			return err
 		}
-		name := m.Chain()
 		if cur.Chain(name) == nil {
 			continue
 		}
-		for _, c := range cur.Chains {
-			for _, r := range c.Rules {
-				if ruleTarget(r) == name {
-					pr, err := ParseRule(f, r)
-					if err != nil {
-						return fmt.Errorf("delete masquerade for network %q: %w", m.Network, err)
-					}
-					tx.RemoveRule(Chain{f, TableNAT, c.Name}, pr)
-				}
-			}
+		if err := removeJumpsTo(tx, f, cur, name); err != nil {
+			return fmt.Errorf("delete masquerade for network %q: %w", m.Network, err)
 		}
-		tx.DeleteChain(Chain{f, TableNAT, name})
+		tx.DeleteChain(iptables.Chain{Family: f, Table: iptables.TableNAT, Name: name})
 	}
 	if tx.Len() == 0 {
 		return nil
@@ -213,129 +272,20 @@ func (m NetworkMasquerade) Delete(ctx context.Context, b Backend) error {
 	return nil
 }
 
-// ---- the reference bridge plugin's per-container chains ----
-
-// RefChain is a per-container masquerade chain made by the reference CNI
-// bridge plugin (containernetworking/plugins, ipMasq: true): a nat chain
-// "CNI-" + 24 hex digits of sha512(network + containerID), holding
-//
-//	-A CNI-xxx -d SUBNET -m comment --comment "name: \"NET\" id: \"ID\"" -j ACCEPT
-//	-A CNI-xxx ! -d 224.0.0.0/4 -m comment --comment "name: \"NET\" id: \"ID\"" -j MASQUERADE
-//
-// and reached by "-A POSTROUTING -s POD_IP/32 -m comment --comment ... -j CNI-xxx".
-type RefChain struct {
-	Chain       Chain
-	Network     string
-	ContainerID string
-	Jumps       []string // POSTROUTING rules (as saved) that jump to it
-}
-
-// RefChainName returns the chain name the reference plugin uses for a
-// container of a network.
-func RefChainName(network, containerID string) string {
-	h := sha512.Sum512([]byte(network + containerID))
-	return "CNI-" + hex.EncodeToString(h[:])[:24]
-}
-
-// RefComment returns the comment the reference plugin puts on those rules.
-func RefComment(network, containerID string) string {
-	return fmt.Sprintf("name: %q id: %q", network, containerID)
-}
-
-var refCommentRE = regexp.MustCompile(`^name: ("(?:[^"\\]|\\.)*") id: ("(?:[^"\\]|\\.)*")$`)
-
-func parseRefComment(c string) (network, id string, ok bool) {
-	m := refCommentRE.FindStringSubmatch(c)
-	if m == nil {
-		return "", "", false
-	}
-	n, err1 := strconv.Unquote(m[1])
-	i, err2 := strconv.Unquote(m[2])
-	return n, i, err1 == nil && err2 == nil
-}
-
-// FindRefChains lists the reference plugin's per-container masquerade
-// chains of network (all of them when containerID is ""), in both
-// families. A chain is recognised by its name prefix "CNI-" and the
-// reference comment on its rules or on the POSTROUTING jump to it; other
-// CNI- chains (portmap's, for example) are not reported.
-func FindRefChains(ctx context.Context, b Backend, network, containerID string) ([]RefChain, error) {
-	var out []RefChain
-	for _, f := range []Family{IPv4, IPv6} {
-		t, err := b.Save(ctx, f, TableNAT)
-		if err != nil {
-			return nil, err
-		}
-		found := map[string]*RefChain{}
-		var order []string
-		note := func(chain, comment, jump string) {
-			n, id, ok := parseRefComment(comment)
-			if !ok || n != network || containerID != "" && id != containerID || !strings.HasPrefix(chain, "CNI-") || t.Chain(chain) == nil {
-				return
+// removeJumpsTo adds to tx the removal of every rule of cur that jumps to
+// chain.
+func removeJumpsTo(tx *iptables.Transaction, f iptables.Family, cur *iptables.TableRules, chain string) error {
+	for _, c := range cur.Chains {
+		for _, r := range c.Rules {
+			if iptables.TargetOf(r) != chain {
+				continue
 			}
-			rc := found[chain]
-			if rc == nil {
-				rc = &RefChain{Chain: Chain{f, TableNAT, chain}, Network: n, ContainerID: id}
-				found[chain] = rc
-				order = append(order, chain)
-			}
-			if jump != "" && !slices.Contains(rc.Jumps, jump) {
-				rc.Jumps = append(rc.Jumps, jump)
-			}
-		}
-		for _, c := range t.Chains {
-			for _, r := range c.Rules {
-				pr, err := ParseRule(f, r)
-				if err != nil {
-					continue // foreign rule of a shape we do not model
-				}
-				var comment string
-				for _, m := range pr.Matches {
-					if cm, ok := m.(Comment); ok {
-						comment = string(cm)
-					}
-				}
-				if comment == "" {
-					continue
-				}
-				if j, ok := pr.Target.(Jump); ok && c.Name == "POSTROUTING" {
-					note(string(j), comment, r)
-				} else if strings.HasPrefix(c.Name, "CNI-") {
-					note(c.Name, comment, "")
-				}
-			}
-		}
-		for _, name := range order {
-			out = append(out, *found[name])
-		}
-	}
-	return out, nil
-}
-
-// DeleteRefChains removes the reference plugin's per-container masquerade
-// chains of network (of one container, or all when containerID is "") and
-// their POSTROUTING jumps, in one transaction per call; it returns how
-// many chains it removed. Nothing else in the nat table is touched.
-//
-// Equivalent to: iptables -t nat -D POSTROUTING -s IP -m comment ... -j CNI-xxx; iptables -t nat -F CNI-xxx; iptables -t nat -X CNI-xxx
-func DeleteRefChains(ctx context.Context, b Backend, network, containerID string) (int, error) {
-	chains, err := FindRefChains(ctx, b, network, containerID)
-	if err != nil || len(chains) == 0 {
-		return 0, err
-	}
-	tx := NewTransaction()
-	for _, rc := range chains {
-		for _, j := range rc.Jumps {
-			pr, err := ParseRule(rc.Chain.Family, j)
+			pr, err := iptables.ParseRule(f, r)
 			if err != nil {
-				return 0, err
+				return err
 			}
-			tx.RemoveRule(Chain{rc.Chain.Family, TableNAT, "POSTROUTING"}, pr)
+			tx.RemoveRule(iptables.Chain{Family: f, Table: cur.Name, Name: c.Name}, pr)
 		}
-		tx.DeleteChain(rc.Chain)
 	}
-	if err := b.Run(ctx, tx); err != nil {
-		return 0, fmt.Errorf("delete reference masquerade chains of network %q: %w", network, err)
-	}
-	return len(chains), nil
+	return nil
 }

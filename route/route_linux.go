@@ -10,9 +10,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/sysctl"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -128,7 +128,7 @@ func (r Route) Validate() error {
 		return podnet.Invalid("route %s: negative metric or table", r.Dst)
 	}
 	if r.Dev != "" {
-		if err := ifname.Validate(r.Dev); err != nil {
+		if err := link.ValidateName(r.Dev); err != nil {
 			return fmt.Errorf("route %s: %w", r.Dst, err)
 		}
 	}
@@ -501,36 +501,46 @@ func sortedKeys(m map[key]Route) []key {
 	return ks
 }
 
-// Forwarding reports whether ns forwards packets of the given family (4 or
-// 6), as net.ipv4.ip_forward or net.ipv6.conf.all.forwarding say, read over
-// netlink.
+// Family is an IP family (podnet.Family).
+type Family = podnet.Family
+
+// The two families.
+const (
+	IPv4 = podnet.IPv4
+	IPv6 = podnet.IPv6
+)
+
+// Forwarding reports whether ns forwards packets of family f, as
+// net.ipv4.ip_forward or net.ipv6.conf.all.forwarding say. It asks over
+// netlink (RTM_GETNETCONF) rather than reading /proc/sys/net, whose path
+// lookup grows with the namespaces on the machine that have used it
+// (docs/performance.md).
 //
 // Equivalent to: ip -4 netconf show dev all (or -6)
-func Forwarding(ns *netns.NS, family int) (bool, error) {
-	if _, err := forwardingKey(family); err != nil {
+func Forwarding(ns *netns.NS, f Family) (bool, error) {
+	if _, err := forwardingKey(f); err != nil {
 		return false, err
 	}
 	af := unix.AF_INET
-	if family == 6 {
+	if f == IPv6 {
 		af = unix.AF_INET6
 	}
 	return nl.Forwarding(ns, af)
 }
 
-// SetForwarding turns forwarding of the given family (4 or 6) on or off in
-// ns; a node namespace needs it on to route between pods and nodes. It
-// reads the setting over netlink first and writes the sysctl only when it
-// must change, so the common call, on a node where it is already on, makes
-// no lookup under /proc/sys (whose cost grows with the namespaces on the
-// machine).
+// SetForwarding turns forwarding of family f on or off in ns; a node
+// namespace needs it on to route between pods and nodes. It reads the
+// setting with Forwarding first and writes the sysctl only when it must
+// change, so the common call, on a node where it is already on, writes
+// nothing.
 //
 // Equivalent to: ip netns exec NS sysctl -w net.ipv4.ip_forward=1
-func SetForwarding(ns *netns.NS, family int, on bool) error {
-	k, err := forwardingKey(family)
+func SetForwarding(ns *netns.NS, f Family, on bool) error {
+	k, err := forwardingKey(f)
 	if err != nil {
 		return err
 	}
-	if cur, err := Forwarding(ns, family); err == nil && cur == on {
+	if cur, err := Forwarding(ns, f); err == nil && cur == on {
 		return nil
 	}
 	v := "0"
@@ -540,14 +550,14 @@ func SetForwarding(ns *netns.NS, family int, on bool) error {
 	return sysctl.Set(ns, k, v)
 }
 
-func forwardingKey(family int) (string, error) {
-	switch family {
-	case 4:
+func forwardingKey(f Family) (string, error) {
+	switch f {
+	case IPv4:
 		return "net.ipv4.ip_forward", nil
-	case 6:
+	case IPv6:
 		return "net.ipv6.conf.all.forwarding", nil
 	}
-	return "", podnet.Invalid("address family %d: want 4 or 6", family)
+	return "", podnet.Invalid("forwarding: %v: want IPv4 or IPv6", f)
 }
 
 // Get returns the route ns would use to send a packet to dst, as the

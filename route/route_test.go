@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/probe"
 	"github.com/podnet/podnet/internal/sysctl"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"
@@ -162,32 +162,32 @@ func TestSync(t *testing.T) {
 
 func TestForwardingPerNamespace(t *testing.T) {
 	a, b := nstest.New(t), nstest.New(t)
-	for _, fam := range []int{4, 6} {
+	for _, fam := range []route.Family{route.IPv4, route.IPv6} {
 		if err := route.SetForwarding(a, fam, true); err != nil {
 			t.Fatal(err)
 		}
 		on, err := route.Forwarding(a, fam)
 		if err != nil || !on {
-			t.Fatalf("IPv%d forwarding in a: %v, %v", fam, on, err)
+			t.Fatalf("%v forwarding in a: %v, %v", fam, on, err)
 		}
 		if on, _ := route.Forwarding(b, fam); on {
-			t.Fatalf("IPv%d forwarding leaked into another namespace", fam)
+			t.Fatalf("%v forwarding leaked into another namespace", fam)
 		}
 	}
 	if got := strings.TrimSpace(ipRoute(t, a, "netconf", "show", "dev", "lo")); !strings.Contains(got, "forwarding on") {
 		t.Errorf("ip netconf: %q", got)
 	}
 	// And off again, as the sysctl shows it.
-	for _, fam := range []int{4, 6} {
+	for _, fam := range []route.Family{route.IPv4, route.IPv6} {
 		if err := route.SetForwarding(a, fam, false); err != nil {
 			t.Fatal(err)
 		}
-		key := map[int]string{4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}[fam]
+		key := map[route.Family]string{route.IPv4: "net/ipv4/ip_forward", route.IPv6: "net/ipv6/conf/all/forwarding"}[fam]
 		if v, err := sysctl.Get(a, key); err != nil || v != "0" {
-			t.Errorf("IPv%d forwarding after SetForwarding off: %s = %q, %v", fam, key, v, err)
+			t.Errorf("%v forwarding after SetForwarding off: %s = %q, %v", fam, key, v, err)
 		}
 		if on, err := route.Forwarding(a, fam); err != nil || on {
-			t.Errorf("IPv%d Forwarding after SetForwarding off: %v, %v", fam, on, err)
+			t.Errorf("%v Forwarding after SetForwarding off: %v, %v", fam, on, err)
 		}
 	}
 	if err := route.SetForwarding(a, 5, true); !errors.Is(err, route.ErrInvalid) {

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns/nstest"
 )
 
@@ -104,17 +104,19 @@ func fullText(b *testing.B, svcs []Service) string {
 // slow for the 10k benchmark).
 type textBackend struct{ text string }
 
-func (tb *textBackend) Run(_ context.Context, tx *nat.Transaction) (err error) {
-	tb.text, err = tx.Text(nat.IPv4)
+func (tb *textBackend) Run(_ context.Context, tx *iptables.Transaction) (err error) {
+	tb.text, err = tx.Text(iptables.IPv4)
 	return err
 }
 
-func (tb *textBackend) Save(_ context.Context, _ nat.Family, t nat.Table) (*nat.TableRules, error) {
-	return &nat.TableRules{Name: t}, nil
+func (tb *textBackend) Save(_ context.Context, _ iptables.Family, t iptables.Table) (*iptables.TableRules, error) {
+	return &iptables.TableRules{Name: t}, nil
 }
 
-func (tb *textBackend) Check(context.Context, nat.Chain, nat.Rule) (bool, error) { return false, nil }
+func (tb *textBackend) Check(iptables.Chain, iptables.Rule) (bool, error) { return false, nil }
 
-func (tb *textBackend) EnsureRule(context.Context, nat.Chain, bool, nat.Rule) error { return nil }
+func (tb *textBackend) EnsureRule(context.Context, iptables.Chain, bool, iptables.Rule) error {
+	return nil
+}
 
-func (tb *textBackend) DeleteRule(context.Context, nat.Chain, nat.Rule) error { return nil }
+func (tb *textBackend) DeleteRule(context.Context, iptables.Chain, iptables.Rule) error { return nil }

@@ -1,13 +1,11 @@
 package service
 
 import (
-	"crypto/sha256"
-	"encoding/base32"
 	"net/netip"
 	"strings"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 )
 
 // DefaultChainPrefix starts the names of the proxy's chains unless
@@ -43,7 +41,7 @@ func NewChains(prefix string) (Chains, error) {
 	if len(prefix) > 7 {
 		return Chains{}, podnet.Invalid("chain prefix %q: longer than 7 bytes (PREFIX-SVC-<16 characters> must fit in 28)", prefix)
 	}
-	if err := nat.ValidateChainName(c.ExternalServices()); err != nil {
+	if err := iptables.ValidateChainName(c.ExternalServices()); err != nil {
 		return Chains{}, podnet.Invalid("chain prefix %q: %v", prefix, err)
 	}
 	if strings.Contains(prefix, "-") {
@@ -97,17 +95,14 @@ func (c Chains) Canary() string { return c.prefix + "-PROXY-CANARY" }
 // unnamed port, as the article's "default/nginx:" shows).
 func portName(n Name, port string) string { return n.Namespace + "/" + n.Name + ":" + port }
 
-func hash16(s string) string {
-	h := sha256.Sum256([]byte(s))
-	return base32.StdEncoding.EncodeToString(h[:])[:16]
-}
+func hash16(s string) string { return iptables.ChainHash(s, 16) }
 
 // Service returns the chain that load-balances a Service port over all
 // its endpoints.
 //
 // Equivalent to: KUBE-SVC-<hash of "ns/name:port" + protocol>
 func (c Chains) Service(n Name, port string, p Protocol) string {
-	return c.prefix + "-SVC-" + hash16(portName(n, port)+string(p.nat()))
+	return c.prefix + "-SVC-" + hash16(portName(n, port)+string(p.rule()))
 }
 
 // Local returns the chain that load-balances a Service port over the
@@ -115,7 +110,7 @@ func (c Chains) Service(n Name, port string, p Protocol) string {
 //
 // Equivalent to: KUBE-SVL-<hash>
 func (c Chains) Local(n Name, port string, p Protocol) string {
-	return c.prefix + "-SVL-" + hash16(portName(n, port)+string(p.nat()))
+	return c.prefix + "-SVL-" + hash16(portName(n, port)+string(p.rule()))
 }
 
 // External returns the chain for traffic to a Service port's NodePort and
@@ -123,14 +118,14 @@ func (c Chains) Local(n Name, port string, p Protocol) string {
 //
 // Equivalent to: KUBE-EXT-<hash>
 func (c Chains) External(n Name, port string, p Protocol) string {
-	return c.prefix + "-EXT-" + hash16(portName(n, port)+string(p.nat()))
+	return c.prefix + "-EXT-" + hash16(portName(n, port)+string(p.rule()))
 }
 
 // Endpoint returns the chain that DNATs to one endpoint of a Service port.
 //
 // Equivalent to: KUBE-SEP-<hash of "ns/name:port" + protocol + "ip:port">
 func (c Chains) Endpoint(n Name, port string, p Protocol, ep netip.AddrPort) string {
-	return c.prefix + "-SEP-" + hash16(portName(n, port)+string(p.nat())+ep.String())
+	return c.prefix + "-SEP-" + hash16(portName(n, port)+string(p.rule())+ep.String())
 }
 
 // Owns reports whether chain name belongs to the proxy: one of its fixed

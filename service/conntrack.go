@@ -5,7 +5,8 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -14,9 +15,9 @@ import (
 // an endpoint no longer used, and every flow to a port that had no
 // endpoints and now has some (its packets were rejected; a stale entry
 // would keep them going nowhere — the DNS black hole).
-func flowFilters(old, new *rendering) []nat.FlowFilter {
+func flowFilters(old, new *rendering) []conntrack.Filter {
 	type key struct {
-		f    nat.Family
+		f    iptables.Family
 		port uint16
 	}
 	var before map[key]udpPort
@@ -26,13 +27,13 @@ func flowFilters(old, new *rendering) []nat.FlowFilter {
 			before[key{u.fam, u.port}] = u
 		}
 	}
-	var out []nat.FlowFilter
+	var out []conntrack.Filter
 	add := func(u udpPort, ep netip.Addr) {
 		for _, ip := range u.ips {
-			out = append(out, nat.FlowFilter{Protocol: nat.UDP, OrigDst: ip, DstPort: u.port, ReplySrc: ep})
+			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, OrigDst: ip, DstPort: u.port, ReplySrc: ep})
 		}
 		if u.nodePort != 0 {
-			out = append(out, nat.FlowFilter{Protocol: nat.UDP, DstPort: u.nodePort, ReplySrc: ep})
+			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, DstPort: u.nodePort, ReplySrc: ep})
 		}
 	}
 	seen := map[key]bool{}
@@ -65,22 +66,6 @@ func flowFilters(old, new *rendering) []nat.FlowFilter {
 // reading the table once.
 //
 // Equivalent to: conntrack -D -p udp --orig-dst IP --dport PORT [--reply-src EP]
-func deleteFlows(ctx context.Context, ns *netns.NS, filters []nat.FlowFilter) (int, error) {
-	flows, err := nat.ListFlows(ctx, ns, nat.FlowFilter{Protocol: nat.UDP})
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, fl := range flows {
-		if !slices.ContainsFunc(filters, func(f nat.FlowFilter) bool { return f.Match(fl) }) {
-			continue
-		}
-		d, err := nat.DeleteFlows(ctx, ns, nat.FlowFilter{Protocol: nat.UDP, OrigSrc: fl.Orig.Src, OrigDst: fl.Orig.Dst,
-			DstPort: fl.Orig.DstPort, ReplySrc: fl.Reply.Src, ReplySrcPort: fl.Reply.SrcPort})
-		n += d
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+func deleteFlows(ctx context.Context, ns *netns.NS, filters []conntrack.Filter) (int, error) {
+	return conntrack.Delete(ctx, ns, conntrack.Any(filters...))
 }

@@ -36,7 +36,7 @@
 // # Sync
 //
 // Proxy.Update, Delete and Replace change the model; Proxy.Sync writes the
-// changes in one nat.Transaction (one iptables-restore --noflush per
+// changes in one iptables.Transaction (one iptables-restore --noflush per
 // family). A partial sync rewrites only the chains of changed Services and
 // edits the shared chains (SERVICES, NODEPORTS, EXTERNAL-SERVICES) with
 // full-spec -I and -D lines, from the proxy's own record of what it wrote:
@@ -64,7 +64,7 @@
 // sync takes about 0.2 s. Two effects set these numbers. iptables-nft
 // resolves the chains of a --noflush restore in quadratic time unless the
 // section has a chain-less command, so big full syncs start with -Z (see
-// nat.Transaction.ZeroCounters). And the kernel re-validates every rule
+// iptables.Transaction.ZeroCounters). And the kernel re-validates every rule
 // reachable from a base chain on each commit that adds a rule, once per
 // base chain: with the table hooked into PREROUTING and OUTPUT, appending
 // a single RETURN rule anywhere in the nat table costs ≈ 170 ms, whatever
@@ -73,7 +73,7 @@
 //
 // # Network namespaces
 //
-// The proxy acts in Config.NetNS (through nat.Kernel and a conntrack socket
+// The proxy acts in Config.NetNS (through iptables.Kernel and a conntrack socket
 // opened there); the caller's thread never changes namespace. Tests use a
-// nat.Fake as Config.Backend.
+// iptables.Fake as Config.Backend.
 package service

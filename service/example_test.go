@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
 )
@@ -15,7 +15,7 @@ import (
 // Render a NodePort Service into a fake backend and show the dispatch
 // rules; the same code with Config.NetNS programs a namespace.
 func Example() {
-	fake := nat.NewFake()
+	fake := iptables.NewFake()
 	p, err := service.New(service.Config{Backend: fake, NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		log.Fatal(err)
@@ -34,7 +34,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	fmt.Println("full:", res.Full, res.Reason)
-	for _, l := range strings.Split(fake.Dump(nat.IPv4), "\n") {
+	for _, l := range strings.Split(fake.Dump(iptables.IPv4), "\n") {
 		if strings.HasPrefix(l, "-A PODNET-SERVICES") || strings.HasPrefix(l, "-A PODNET-NODEPORTS") || strings.Contains(l, "DNAT") {
 			fmt.Println(l)
 		}

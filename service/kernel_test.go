@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/probe"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -203,7 +203,7 @@ func TestUDPEndpointRemoval(t *testing.T) {
 	if got := query(); got != keep {
 		t.Errorf("after removing %s: answered by %s", first, got)
 	}
-	flows, err := nat.ListFlows(context.Background(), c.node0, nat.FlowFilter{Protocol: nat.UDP, ReplySrc: c.pods[first].addr})
+	flows, err := conntrack.List(context.Background(), c.node0, conntrack.Filter{Protocol: conntrack.UDP, ReplySrc: c.pods[first].addr}.Match)
 	must(t, err)
 	if len(flows) != 0 {
 		t.Errorf("flows to the removed endpoint remain: %v", flows)

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 )
 
 // Re-exported sentinels; see package podnet.
@@ -26,7 +26,7 @@ const (
 	SCTP Protocol = "SCTP" // iptables -p sctp
 )
 
-func (p Protocol) nat() nat.Protocol { return nat.Protocol(strings.ToLower(string(p))) }
+func (p Protocol) rule() iptables.Protocol { return iptables.Protocol(strings.ToLower(string(p))) }
 
 // Affinity is a Service's session affinity.
 type Affinity string
@@ -126,12 +126,12 @@ func (s *Service) Validate() error {
 	if len(s.ClusterIPs) == 0 && len(s.ExternalIPs) == 0 && !s.hasNodePort() {
 		return bad("no cluster IP, external IP or node port")
 	}
-	fams := map[nat.Family]bool{}
+	fams := map[iptables.Family]bool{}
 	for _, ip := range s.ClusterIPs {
 		if !ip.IsValid() || ip.IsUnspecified() || ip.Zone() != "" {
 			return bad("cluster IP %q is not a unicast address", ip)
 		}
-		f := nat.FamilyOf(ip)
+		f := iptables.FamilyOf(ip)
 		if fams[f] {
 			return bad("two %v cluster IPs", f)
 		}

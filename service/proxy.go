@@ -10,7 +10,8 @@ import (
 	"time"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -21,9 +22,9 @@ type Config struct {
 	// programs. Required unless Backend is set; without it, conntrack
 	// cleanup is skipped.
 	NetNS *netns.NS
-	// Backend applies the rules; nil means nat.NewKernel(NetNS). Tests
-	// pass a *nat.Fake.
-	Backend nat.Backend
+	// Backend applies the rules; nil means iptables.NewKernel(NetNS). Tests
+	// pass a *iptables.Fake.
+	Backend iptables.Backend
 	// ChainPrefix names the chains; "" means DefaultChainPrefix,
 	// KubeChainPrefix gives kube-proxy's names.
 	ChainPrefix string
@@ -33,7 +34,7 @@ type Config struct {
 	// to a cluster IP from outside them is masqueraded.
 	ClusterCIDRs []netip.Prefix
 	// Families the proxy programs; nil means IPv4 only.
-	Families []nat.Family
+	Families []iptables.Family
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
 	// 0 means DefaultMasqueradeBit.
 	MasqueradeBit int
@@ -46,7 +47,7 @@ type Config struct {
 // for concurrent use; syncs are serialised.
 type Proxy struct {
 	cfg    Config
-	be     nat.Backend
+	be     iptables.Backend
 	r      renderer
 	ch     Chains
 	log    *slog.Logger
@@ -78,14 +79,14 @@ func New(cfg Config) (*Proxy, error) {
 		if cfg.NetNS == nil {
 			return nil, podnet.Invalid("service proxy: neither NetNS nor Backend is set")
 		}
-		be = nat.NewKernel(cfg.NetNS)
+		be = iptables.NewKernel(cfg.NetNS)
 	}
 	fams := cfg.Families
 	if len(fams) == 0 {
-		fams = []nat.Family{nat.IPv4}
+		fams = []iptables.Family{iptables.IPv4}
 	}
 	for _, f := range fams {
-		if f != nat.IPv4 && f != nat.IPv6 {
+		if f != iptables.IPv4 && f != iptables.IPv6 {
 			return nil, podnet.Invalid("service proxy: family %v", f)
 		}
 	}
@@ -96,12 +97,12 @@ func New(cfg Config) (*Proxy, error) {
 	if bit < 0 || bit > 31 {
 		return nil, podnet.Invalid("service proxy: masquerade bit %d outside 0-31", bit)
 	}
-	cidr := map[nat.Family]netip.Prefix{}
+	cidr := map[iptables.Family]netip.Prefix{}
 	for _, c := range cfg.ClusterCIDRs {
 		if !c.IsValid() {
 			return nil, podnet.Invalid("service proxy: invalid cluster CIDR")
 		}
-		f := nat.FamilyOf(c.Addr())
+		f := iptables.FamilyOf(c.Addr())
 		if _, dup := cidr[f]; dup {
 			return nil, podnet.Invalid("service proxy: two %v cluster CIDRs", f)
 		}
@@ -132,8 +133,8 @@ func (p *Proxy) Update(s Service) error {
 		return err
 	}
 	for _, ip := range slices.Concat(s.ClusterIPs, s.ExternalIPs) {
-		if !slices.Contains(p.r.families, nat.FamilyOf(ip)) {
-			return podnet.Invalid("service %q: %s is %v, which the proxy does not program", s.Name.String(), ip, nat.FamilyOf(ip))
+		if !slices.Contains(p.r.families, iptables.FamilyOf(ip)) {
+			return podnet.Invalid("service %q: %s is %v, which the proxy does not program", s.Name.String(), ip, iptables.FamilyOf(ip))
 		}
 	}
 	p.mu.Lock()
@@ -224,7 +225,7 @@ type SyncResult struct {
 //
 // A full sync of 1000 chains or more starts each table with -Z, resetting
 // the packet counters of the namespace's nat and filter rules: it keeps
-// iptables-nft's restore linear (see nat.Transaction.ZeroCounters).
+// iptables-nft's restore linear (see iptables.Transaction.ZeroCounters).
 //
 // Equivalent to: iptables-restore --noflush (kube-proxy's syncProxyRules)
 func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
@@ -265,7 +266,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	p.mu.Unlock()
 	var res SyncResult
 	var err error
-	var cleanup []nat.FlowFilter
+	var cleanup []conntrack.Filter
 	if full {
 		res, cleanup, err = p.syncFull(ctx, want)
 		res.Reason = reason

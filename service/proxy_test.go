@@ -10,7 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/iptables"
 )
 
 var (
@@ -36,9 +37,9 @@ func web() Service {
 	}
 }
 
-func fakeProxy(t *testing.T, prefix string, svcs ...Service) (*Proxy, *nat.Fake) {
+func fakeProxy(t *testing.T, prefix string, svcs ...Service) (*Proxy, *iptables.Fake) {
 	t.Helper()
-	fk := nat.NewFake()
+	fk := iptables.NewFake()
 	p, err := New(Config{Backend: fk, ChainPrefix: prefix, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
@@ -139,13 +140,13 @@ func TestValidate(t *testing.T) {
 // cluster) packet is masqueraded.
 func TestTraceClusterIP(t *testing.T) {
 	_, fk := fakeProxy(t, "", web())
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
 	for _, tc := range []struct {
 		chain string
 		src   netip.Addr
 		masq  bool
 	}{{"PREROUTING", clientPod, false}, {"OUTPUT", ip(nodeAddr), true}} {
-		d, m := dnats(t, tr.outcomes(tc.chain, pkt{src: tc.src, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}))
+		d, m := dnats(t, tr.outcomes(tc.chain, pkt{src: tc.src, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}))
 		if len(d) != 3 {
 			t.Fatalf("%s: %v", tc.chain, d)
 		}
@@ -156,7 +157,7 @@ func TestTraceClusterIP(t *testing.T) {
 		}
 	}
 	// Another port of the cluster IP is not a Service.
-	if out := tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 81}); len(out) != 1 || slices.Collect(mapKeys(out))[0].verdict != "" {
+	if out := tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 81}); len(out) != 1 || slices.Collect(mapKeys(out))[0].verdict != "" {
 		t.Errorf("port 81: %v", out)
 	}
 }
@@ -182,8 +183,8 @@ func TestTraceNodePort(t *testing.T) {
 			s.ExternalTrafficPolicy = PolicyLocal
 		}
 		_, fk := fakeProxy(t, "", s)
-		tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
-		d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: outside, dst: ip(nodeAddr), proto: nat.TCP, dport: 31088}))
+		tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+		d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: outside, dst: ip(nodeAddr), proto: iptables.TCP, dport: 31088}))
 		want := 3
 		if local {
 			want = 2
@@ -197,7 +198,7 @@ func TestTraceNodePort(t *testing.T) {
 			}
 		}
 		// The NodePort on a non-local address is not served.
-		if out := tr.outcomes("PREROUTING", pkt{src: outside, dst: ip("10.240.0.99"), proto: nat.TCP, dport: 31088}); len(out) != 1 {
+		if out := tr.outcomes("PREROUTING", pkt{src: outside, dst: ip("10.240.0.99"), proto: iptables.TCP, dport: 31088}); len(out) != 1 {
 			t.Errorf("non-local: %v", out)
 		}
 	}
@@ -209,8 +210,8 @@ func TestTraceHairpin(t *testing.T) {
 	s := web()
 	s.Endpoints = s.Endpoints[:1]
 	_, fk := fakeProxy(t, "", s)
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
-	d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: ip("10.200.0.2"), dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}))
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: ip("10.200.0.2"), dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}))
 	a := netip.MustParseAddrPort("10.200.0.2:8080")
 	if !near(d[a], 1) || !m[a] {
 		t.Errorf("%v %v", d, m)
@@ -226,14 +227,14 @@ func TestTraceAffinity(t *testing.T) {
 	s := web()
 	s.Affinity = AffinityClientIP
 	p, fk := fakeProxy(t, "", s)
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
 	second := netip.MustParseAddrPort("10.200.0.3:8080")
 	tr.recent[p.Chains().Endpoint(s.Name, "http", TCP, second)] = map[netip.Addr]bool{clientPod: true}
-	d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}))
+	d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}))
 	if len(d) != 1 || !near(d[second], 1) {
 		t.Errorf("%v", d)
 	}
-	if !strings.Contains(fk.Dump(nat.IPv4), "--rcheck --seconds 10800 --reap --name PODNET-SEP-") {
+	if !strings.Contains(fk.Dump(iptables.IPv4), "--rcheck --seconds 10800 --reap --name PODNET-SEP-") {
 		t.Error("no recent check with the default timeout")
 	}
 }
@@ -244,20 +245,20 @@ func TestTraceNoEndpoints(t *testing.T) {
 	s := web()
 	s.Endpoints = nil
 	_, fk := fakeProxy(t, "", s)
-	natT := newTracer(t, fk, nat.TableNAT, nodeAddr)
-	for k := range natT.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}) {
+	natT := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	for k := range natT.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}) {
 		if k.verdict != "" {
 			t.Errorf("nat: %+v", k)
 		}
 	}
-	filT := newTracer(t, fk, nat.TableFilter, nodeAddr)
+	filT := newTracer(t, fk, iptables.TableFilter, nodeAddr)
 	for _, tc := range []struct {
 		chain string
 		p     pkt
 	}{
-		{"FORWARD", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}},
-		{"OUTPUT", pkt{src: ip(nodeAddr), dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}},
-		{"INPUT", pkt{src: ip("192.168.50.2"), dst: ip(nodeAddr), proto: nat.TCP, dport: 31088}},
+		{"FORWARD", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}},
+		{"OUTPUT", pkt{src: ip(nodeAddr), dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}},
+		{"INPUT", pkt{src: ip("192.168.50.2"), dst: ip(nodeAddr), proto: iptables.TCP, dport: 31088}},
 	} {
 		out := filT.outcomes(tc.chain, tc.p)
 		if len(out) != 1 || slices.Collect(mapKeys(out))[0].verdict != "REJECT" {
@@ -272,8 +273,8 @@ func TestTraceTerminatingFallback(t *testing.T) {
 	s := web()
 	s.Endpoints[0] = Endpoint{Addr: ip("10.200.0.2"), Serving: true, Terminating: true, NodeName: "node0"}
 	_, fk := fakeProxy(t, "", s)
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
-	d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}))
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}))
 	if len(d) != 2 || d[netip.MustParseAddrPort("10.200.0.2:8080")] != 0 {
 		t.Errorf("with ready endpoints: %v", d)
 	}
@@ -282,8 +283,8 @@ func TestTraceTerminatingFallback(t *testing.T) {
 	}
 	s.Endpoints[2].Serving = false
 	_, fk = fakeProxy(t, "", s)
-	tr = newTracer(t, fk, nat.TableNAT, nodeAddr)
-	d, _ = dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80}))
+	tr = newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	d, _ = dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80}))
 	if len(d) != 2 || !near(d[netip.MustParseAddrPort("10.200.0.2:8080")], 0.5) {
 		t.Errorf("terminating only: %v", d)
 	}
@@ -333,7 +334,7 @@ func TestPartialSync(t *testing.T) {
 		if res.Full {
 			t.Errorf("%s: full sync (%s)", what, res.Reason)
 		}
-		text := fk.LastText(nat.IPv4)
+		text := fk.LastText(iptables.IPv4)
 		for _, s := range mustMention {
 			if !strings.Contains(text, s) {
 				t.Errorf("%s: restore input lacks %q:\n%s", what, s, text)
@@ -345,7 +346,7 @@ func TestPartialSync(t *testing.T) {
 			}
 		}
 		_, ref := fakeProxy(t, "", wantSvcs...)
-		if got, want := normalise(fk.Dump(nat.IPv4)), normalise(ref.Dump(nat.IPv4)); got != want {
+		if got, want := normalise(fk.Dump(iptables.IPv4)), normalise(ref.Dump(iptables.IPv4)); got != want {
 			t.Errorf("%s: tables differ from a full sync:\n%s\nwant\n%s", what, got, want)
 		}
 	}
@@ -381,9 +382,9 @@ func TestPartialSync(t *testing.T) {
 // sync a full one; chains of a previous run are removed, foreign ones kept.
 func TestFullSyncTriggers(t *testing.T) {
 	ctx := context.Background()
-	fk := nat.NewFake()
+	fk := iptables.NewFake()
 	// A previous run's chain, another component's PODNET chain, a foreign rule.
-	if err := fk.Load(nat.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n"+
+	if err := fk.Load(iptables.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n"+
 		"-A POSTROUTING -s 10.200.0.0/24 -j PODNET-MASQ-KT4DQWV2HPXJMLKJ\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\n-A FOREIGN -j RETURN\nCOMMIT\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +397,7 @@ func TestFullSyncTriggers(t *testing.T) {
 	if err != nil || !res.Full || res.Reason != "start" {
 		t.Fatalf("first sync: %+v %v", res, err)
 	}
-	dump := fk.Dump(nat.IPv4)
+	dump := fk.Dump(iptables.IPv4)
 	if strings.Contains(dump, "PODNET-SVC-AAAAAAAAAAAAAAAA") || !strings.Contains(dump, "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") || !strings.Contains(dump, "FOREIGN -j RETURN") {
 		t.Errorf("after first sync:\n%s", dump)
 	}
@@ -404,21 +405,21 @@ func TestFullSyncTriggers(t *testing.T) {
 		t.Errorf("second sync: %+v %v", res, err)
 	}
 	// Someone flushes the nat table: the canary is gone.
-	if err := fk.Load(nat.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\nCOMMIT\n"); err != nil {
+	if err := fk.Load(iptables.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\nCOMMIT\n"); err != nil {
 		t.Fatal(err)
 	}
 	res, err = p.Sync(ctx)
 	if err != nil || !res.Full || res.Reason != "canary chain missing" {
 		t.Fatalf("after flush: %+v %v", res, err)
 	}
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
-	if d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: nat.TCP, dport: 80})); len(d) != 3 {
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	if d, _ := dnats(t, tr.outcomes("PREROUTING", pkt{src: clientPod, dst: ip("10.96.0.20"), proto: iptables.TCP, dport: 80})); len(d) != 3 {
 		t.Errorf("after resync: %v", d)
 	}
 	// A foreign rule referencing an endpoint chain makes its removal fail.
 	s := web()
 	sep := p.Chains().Endpoint(s.Name, "http", TCP, netip.MustParseAddrPort("10.200.0.2:8080"))
-	if err := fk.Run(ctx, nat.NewTransaction().Declare(nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "FOREIGN"}, nat.Rule{Target: nat.Jump(sep)})); err != nil {
+	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"}, iptables.Rule{Target: iptables.Jump(sep)})); err != nil {
 		t.Fatal(err)
 	}
 	s.Endpoints = s.Endpoints[1:]
@@ -426,19 +427,19 @@ func TestFullSyncTriggers(t *testing.T) {
 	if _, err := p.Sync(ctx); err == nil {
 		t.Fatal("sync deleting a referenced chain succeeded")
 	}
-	if err := fk.Run(ctx, nat.NewTransaction().Declare(nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "FOREIGN"})); err != nil {
+	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"})); err != nil {
 		t.Fatal(err)
 	}
 	res, err = p.Sync(ctx)
-	if err != nil || !res.Full || res.Reason != "previous sync failed" || strings.Contains(fk.Dump(nat.IPv4), sep) {
+	if err != nil || !res.Full || res.Reason != "previous sync failed" || strings.Contains(fk.Dump(iptables.IPv4), sep) {
 		t.Errorf("retry: %+v %v", res, err)
 	}
 	// Cleanup leaves only what others own.
 	if err := p.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []nat.Table{nat.TableNAT, nat.TableFilter} {
-		tbl, _ := fk.Save(ctx, nat.IPv4, f)
+	for _, f := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+		tbl, _ := fk.Save(ctx, iptables.IPv4, f)
 		for _, c := range tbl.Chains {
 			if p.Chains().Owns(c.Name) {
 				t.Errorf("cleanup left %s", c.Name)
@@ -450,14 +451,14 @@ func TestFullSyncTriggers(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(fk.Dump(nat.IPv4), "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") {
+	if !strings.Contains(fk.Dump(iptables.IPv4), "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") {
 		t.Error("cleanup removed another component's chain")
 	}
 }
 
 // TestFlowFilters: which UDP flows a change deletes.
 func TestFlowFilters(t *testing.T) {
-	r := renderer{chains: Chains{prefix: "PODNET"}, families: []nat.Family{nat.IPv4}, node: "node0"}
+	r := renderer{chains: Chains{prefix: "PODNET"}, families: []iptables.Family{iptables.IPv4}, node: "node0"}
 	s := web()
 	s.Ports[0].Protocol = UDP
 	two, _ := r.render(&s)
@@ -469,15 +470,15 @@ func TestFlowFilters(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		old, new *rendering
-		want     []nat.FlowFilter
+		want     []conntrack.Filter
 	}{
-		{"endpoint removed", two, one, []nat.FlowFilter{
-			{Protocol: nat.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: gone},
-			{Protocol: nat.UDP, DstPort: 31088, ReplySrc: gone}}},
-		{"0 to 2 endpoints", none, two, []nat.FlowFilter{
-			{Protocol: nat.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80}, {Protocol: nat.UDP, DstPort: 31088}}},
-		{"new service", nil, one, []nat.FlowFilter{
-			{Protocol: nat.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80}, {Protocol: nat.UDP, DstPort: 31088}}},
+		{"endpoint removed", two, one, []conntrack.Filter{
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: gone},
+			{Protocol: conntrack.UDP, DstPort: 31088, ReplySrc: gone}}},
+		{"0 to 2 endpoints", none, two, []conntrack.Filter{
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80}, {Protocol: conntrack.UDP, DstPort: 31088}}},
+		{"new service", nil, one, []conntrack.Filter{
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80}, {Protocol: conntrack.UDP, DstPort: 31088}}},
 		{"unchanged", one, one, nil},
 	} {
 		if got := flowFilters(tc.old, tc.new); !slices.Equal(got, tc.want) {
@@ -496,8 +497,8 @@ func TestTraceExternalIP(t *testing.T) {
 	s := web()
 	s.ExternalIPs = []netip.Addr{ip("203.0.113.7")}
 	_, fk := fakeProxy(t, "", s)
-	tr := newTracer(t, fk, nat.TableNAT, nodeAddr)
-	d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: nat.TCP, dport: 80}))
+	tr := newTracer(t, fk, iptables.TableNAT, nodeAddr)
+	d, m := dnats(t, tr.outcomes("PREROUTING", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: iptables.TCP, dport: 80}))
 	if len(d) != 3 {
 		t.Fatalf("%v", d)
 	}
@@ -508,7 +509,7 @@ func TestTraceExternalIP(t *testing.T) {
 	}
 	s.Endpoints = nil
 	_, fk = fakeProxy(t, "", s)
-	out := newTracer(t, fk, nat.TableFilter, nodeAddr).outcomes("FORWARD", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: nat.TCP, dport: 80})
+	out := newTracer(t, fk, iptables.TableFilter, nodeAddr).outcomes("FORWARD", pkt{src: ip("192.168.50.2"), dst: ip("203.0.113.7"), proto: iptables.TCP, dport: 80})
 	if len(out) != 1 || slices.Collect(mapKeys(out))[0].verdict != "REJECT" {
 		t.Errorf("no endpoints: %v", out)
 	}
@@ -517,8 +518,8 @@ func TestTraceExternalIP(t *testing.T) {
 // TestDualStack: a dual-stack Service gets rules in both families, each
 // with the endpoints of its family.
 func TestDualStack(t *testing.T) {
-	fk := nat.NewFake()
-	p, err := New(Config{Backend: fk, Families: []nat.Family{nat.IPv4, nat.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/56")}})
+	fk := iptables.NewFake()
+	p, err := New(Config{Backend: fk, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/56")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +532,7 @@ func TestDualStack(t *testing.T) {
 	if _, err := p.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	v4, v6 := fk.Dump(nat.IPv4), fk.Dump(nat.IPv6)
+	v4, v6 := fk.Dump(iptables.IPv4), fk.Dump(iptables.IPv6)
 	if strings.Count(v4, "-j DNAT") != 3 || strings.Contains(v4, "fd00") {
 		t.Errorf("IPv4:\n%s", v4)
 	}
@@ -543,7 +544,7 @@ func TestDualStack(t *testing.T) {
 	if strings.Count(v6, "-j DNAT") != 1 {
 		t.Errorf("IPv6:\n%s", v6)
 	}
-	only4, _ := New(Config{Backend: nat.NewFake()})
+	only4, _ := New(Config{Backend: iptables.NewFake()})
 	if err := only4.Update(s); !errors.Is(err, ErrInvalid) {
 		t.Errorf("IPv6 Service on an IPv4-only proxy: %v", err)
 	}

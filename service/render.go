@@ -4,36 +4,36 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 )
 
 // renderer turns a Service into rules for one proxy configuration.
 type renderer struct {
 	chains   Chains
-	families []nat.Family
-	cidr     map[nat.Family]netip.Prefix // cluster CIDR per family
+	families []iptables.Family
+	cidr     map[iptables.Family]netip.Prefix // cluster CIDR per family
 	node     string
 	mark     uint32
 }
 
 // ownedChain is one per-Service chain with its full contents.
 type ownedChain struct {
-	chain nat.Chain
-	rules []nat.Rule
+	chain iptables.Chain
+	rules []iptables.Rule
 }
 
 // placed is one rule of a Service in a chain shared by all Services
 // (nat and filter SERVICES, NODEPORTS, EXTERNAL-SERVICES), edited in place
 // with -I and -D.
 type placed struct {
-	chain nat.Chain
-	rule  nat.Rule
+	chain iptables.Chain
+	rule  iptables.Rule
 	spec  string
 }
 
 // udpPort is what conntrack cleanup needs to know of one UDP port.
 type udpPort struct {
-	fam      nat.Family
+	fam      iptables.Family
 	ips      []netip.Addr // cluster and external IPs
 	port     uint16
 	nodePort uint16
@@ -80,19 +80,19 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 	for _, f := range r.families {
 		var cip netip.Addr
 		for _, ip := range s.ClusterIPs {
-			if nat.FamilyOf(ip) == f {
+			if iptables.FamilyOf(ip) == f {
 				cip = ip.Unmap()
 			}
 		}
 		var eips []netip.Addr
 		for _, ip := range s.ExternalIPs {
-			if nat.FamilyOf(ip) == f {
+			if iptables.FamilyOf(ip) == f {
 				eips = append(eips, ip.Unmap())
 			}
 		}
 		var eps []Endpoint
 		for _, e := range s.Endpoints {
-			if nat.FamilyOf(e.Addr) == f {
+			if iptables.FamilyOf(e.Addr) == f {
 				eps = append(eps, e)
 			}
 		}
@@ -107,9 +107,13 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 		intLocal := s.InternalTrafficPolicy == PolicyLocal
 		extLocal := s.ExternalTrafficPolicy == PolicyLocal
 		cidr, hasCIDR := r.cidr[f]
-		natC := func(name string) nat.Chain { return nat.Chain{Family: f, Table: nat.TableNAT, Name: name} }
-		filC := func(name string) nat.Chain { return nat.Chain{Family: f, Table: nat.TableFilter, Name: name} }
-		place := func(c nat.Chain, rule nat.Rule) error {
+		natC := func(name string) iptables.Chain {
+			return iptables.Chain{Family: f, Table: iptables.TableNAT, Name: name}
+		}
+		filC := func(name string) iptables.Chain {
+			return iptables.Chain{Family: f, Table: iptables.TableFilter, Name: name}
+		}
+		place := func(c iptables.Chain, rule iptables.Rule) error {
 			spec, err := rule.Spec(f)
 			if err != nil {
 				return err
@@ -119,9 +123,9 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 		}
 		for _, p := range s.Ports {
 			proto := p.protocol()
-			np := proto.nat()
+			np := proto.rule()
 			spn := portName(s.Name, p.Name)
-			comment := nat.Comment(spn)
+			comment := iptables.Comment(spn)
 			target := func(e Endpoint) netip.AddrPort {
 				port := p.TargetPort
 				if v, ok := e.Ports[p.Name]; ok {
@@ -144,7 +148,7 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 			svc := r.chains.Service(s.Name, p.Name, proto)
 			svl := r.chains.Local(s.Name, p.Name, proto)
 			ext := r.chains.External(s.Name, p.Name, proto)
-			portMatch := nat.Ports{Dst: nat.Port(p.Port)}
+			portMatch := iptables.Ports{Dst: iptables.Port(p.Port)}
 			// SEP chains for every endpoint either chain uses.
 			seps := map[string]bool{}
 			for _, c := range slices.Concat(svcEps, svlEps) {
@@ -152,39 +156,39 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 					continue
 				}
 				seps[c.chain] = true
-				dnat := nat.Rule{Protocol: np, Matches: []nat.Match{comment}, Target: nat.DNATTo(c.ap)}
+				dnat := iptables.Rule{Protocol: np, Matches: []iptables.Match{comment}, Target: iptables.DNATTo(c.ap)}
 				if aff > 0 {
-					dnat.Matches = append(dnat.Matches, nat.Recent{Mode: nat.RecentSet, Name: c.chain})
+					dnat.Matches = append(dnat.Matches, iptables.Recent{Mode: iptables.RecentSet, Name: c.chain})
 				}
-				out.chains = append(out.chains, ownedChain{natC(c.chain), []nat.Rule{
-					{Source: nat.Addr{Prefix: hostPrefix(c.ap.Addr())}, Matches: []nat.Match{comment}, Target: nat.Jump(r.chains.MarkMasq())},
+				out.chains = append(out.chains, ownedChain{natC(c.chain), []iptables.Rule{
+					{Source: iptables.Addr{Prefix: hostPrefix(c.ap.Addr())}, Matches: []iptables.Match{comment}, Target: iptables.Jump(r.chains.MarkMasq())},
 					dnat,
 				}})
 			}
 			out.endpoints += len(seps)
-			balance := func(cs []epChoice) []nat.Rule {
-				var rules []nat.Rule
+			balance := func(cs []epChoice) []iptables.Rule {
+				var rules []iptables.Rule
 				if aff > 0 {
 					for _, c := range cs {
-						rules = append(rules, nat.Rule{Matches: []nat.Match{comment, nat.Recent{Mode: nat.RecentCheck, Name: c.chain, Seconds: aff, Reap: true}}, Target: nat.Jump(c.chain)})
+						rules = append(rules, iptables.Rule{Matches: []iptables.Match{comment, iptables.Recent{Mode: iptables.RecentCheck, Name: c.chain, Seconds: aff, Reap: true}}, Target: iptables.Jump(c.chain)})
 					}
 				}
 				for i, c := range cs {
-					rule := nat.Rule{Matches: []nat.Match{nat.Comment(spn + " -> " + c.ap.String())}, Target: nat.Jump(c.chain)}
+					rule := iptables.Rule{Matches: []iptables.Match{iptables.Comment(spn + " -> " + c.ap.String())}, Target: iptables.Jump(c.chain)}
 					if left := len(cs) - i; left > 1 {
-						rule.Matches = append(rule.Matches, nat.Statistic{Probability: 1 / float64(left)})
+						rule.Matches = append(rule.Matches, iptables.Statistic{Probability: 1 / float64(left)})
 					}
 					rules = append(rules, rule)
 				}
 				return rules
 			}
 			if len(svcEps) > 0 {
-				var rules []nat.Rule
+				var rules []iptables.Rule
 				if hasCIDR && cip.IsValid() {
 					// Off-cluster clients of the cluster IP (the node itself,
 					// other hosts) are masqueraded so replies come back here.
-					rules = append(rules, nat.Rule{Source: nat.Addr{Prefix: cidr, Not: true}, Destination: nat.Addr{Prefix: hostPrefix(cip)},
-						Protocol: np, Matches: []nat.Match{nat.Comment(spn + " cluster IP"), portMatch}, Target: nat.Jump(r.chains.MarkMasq())})
+					rules = append(rules, iptables.Rule{Source: iptables.Addr{Prefix: cidr, Not: true}, Destination: iptables.Addr{Prefix: hostPrefix(cip)},
+						Protocol: np, Matches: []iptables.Match{iptables.Comment(spn + " cluster IP"), portMatch}, Target: iptables.Jump(r.chains.MarkMasq())})
 				}
 				out.chains = append(out.chains, ownedChain{natC(svc), append(rules, balance(svcEps)...)})
 			}
@@ -201,62 +205,62 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 			}
 			// No (local) endpoints: REJECT when there are none at all,
 			// DROP when only other nodes have some (kube-proxy does the same).
-			var extVerdict nat.Target = nat.Reject{}
+			var extVerdict iptables.Target = iptables.Reject{}
 			if len(svcEps) > 0 {
-				extVerdict = nat.Drop
+				extVerdict = iptables.Drop
 			}
 			if cip.IsValid() {
 				if len(intEps) > 0 {
-					if err := place(natC(r.chains.Services()), nat.Rule{Destination: nat.Addr{Prefix: hostPrefix(cip)}, Protocol: np,
-						Matches: []nat.Match{nat.Comment(spn + " cluster IP"), portMatch}, Target: nat.Jump(intTarget)}); err != nil {
+					if err := place(natC(r.chains.Services()), iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(cip)}, Protocol: np,
+						Matches: []iptables.Match{iptables.Comment(spn + " cluster IP"), portMatch}, Target: iptables.Jump(intTarget)}); err != nil {
 						return nil, err
 					}
 				} else {
-					if err := place(filC(r.chains.Services()), nat.Rule{Destination: nat.Addr{Prefix: hostPrefix(cip)}, Protocol: np,
-						Matches: []nat.Match{nat.Comment(spn + " has no endpoints"), portMatch}, Target: nat.Reject{}}); err != nil {
+					if err := place(filC(r.chains.Services()), iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(cip)}, Protocol: np,
+						Matches: []iptables.Match{iptables.Comment(spn + " has no endpoints"), portMatch}, Target: iptables.Reject{}}); err != nil {
 						return nil, err
 					}
 				}
 			}
 			hasExt := len(eips) > 0 || (nodePorts && p.NodePort != 0)
 			if hasExt && len(extEps) > 0 {
-				var rules []nat.Rule
+				var rules []iptables.Rule
 				if extLocal {
 					if hasCIDR {
-						rules = append(rules, nat.Rule{Source: nat.Addr{Prefix: cidr}, Matches: []nat.Match{nat.Comment("pod traffic for " + spn + " external destinations")}, Target: nat.Jump(svc)})
+						rules = append(rules, iptables.Rule{Source: iptables.Addr{Prefix: cidr}, Matches: []iptables.Match{iptables.Comment("pod traffic for " + spn + " external destinations")}, Target: iptables.Jump(svc)})
 					}
 					rules = append(rules,
-						nat.Rule{Matches: []nat.Match{nat.Comment("masquerade LOCAL traffic for " + spn + " external destinations"), nat.AddrType{Src: "LOCAL"}}, Target: nat.Jump(r.chains.MarkMasq())},
-						nat.Rule{Matches: []nat.Match{nat.Comment("route LOCAL traffic for " + spn + " external destinations"), nat.AddrType{Src: "LOCAL"}}, Target: nat.Jump(svc)},
-						nat.Rule{Target: nat.Jump(svl)})
+						iptables.Rule{Matches: []iptables.Match{iptables.Comment("masquerade LOCAL traffic for " + spn + " external destinations"), iptables.AddrType{Src: "LOCAL"}}, Target: iptables.Jump(r.chains.MarkMasq())},
+						iptables.Rule{Matches: []iptables.Match{iptables.Comment("route LOCAL traffic for " + spn + " external destinations"), iptables.AddrType{Src: "LOCAL"}}, Target: iptables.Jump(svc)},
+						iptables.Rule{Target: iptables.Jump(svl)})
 				} else {
 					rules = append(rules,
-						nat.Rule{Matches: []nat.Match{nat.Comment("masquerade traffic for " + spn + " external destinations")}, Target: nat.Jump(r.chains.MarkMasq())},
-						nat.Rule{Target: nat.Jump(svc)})
+						iptables.Rule{Matches: []iptables.Match{iptables.Comment("masquerade traffic for " + spn + " external destinations")}, Target: iptables.Jump(r.chains.MarkMasq())},
+						iptables.Rule{Target: iptables.Jump(svc)})
 				}
 				out.chains = append(out.chains, ownedChain{natC(ext), rules})
 			}
 			for _, eip := range eips {
-				rule := nat.Rule{Destination: nat.Addr{Prefix: hostPrefix(eip)}, Protocol: np, Matches: []nat.Match{nat.Comment(spn + " external IP"), portMatch}}
+				rule := iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(eip)}, Protocol: np, Matches: []iptables.Match{iptables.Comment(spn + " external IP"), portMatch}}
 				c := natC(r.chains.Services())
 				if len(extEps) > 0 {
-					rule.Target = nat.Jump(ext)
+					rule.Target = iptables.Jump(ext)
 				} else {
 					c, rule.Target = filC(r.chains.ExternalServices()), extVerdict
-					rule.Matches[0] = nat.Comment(spn + " has no local endpoints")
+					rule.Matches[0] = iptables.Comment(spn + " has no local endpoints")
 				}
 				if err := place(c, rule); err != nil {
 					return nil, err
 				}
 			}
 			if nodePorts && p.NodePort != 0 {
-				npMatch := nat.Ports{Dst: nat.Port(p.NodePort)}
+				npMatch := iptables.Ports{Dst: iptables.Port(p.NodePort)}
 				var err error
 				if len(extEps) > 0 {
-					err = place(natC(r.chains.NodePorts()), nat.Rule{Protocol: np, Matches: []nat.Match{comment, npMatch}, Target: nat.Jump(ext)})
+					err = place(natC(r.chains.NodePorts()), iptables.Rule{Protocol: np, Matches: []iptables.Match{comment, npMatch}, Target: iptables.Jump(ext)})
 				} else {
-					err = place(filC(r.chains.ExternalServices()), nat.Rule{Protocol: np,
-						Matches: []nat.Match{nat.Comment(spn + " has no local endpoints"), nat.DstLocal, npMatch}, Target: extVerdict})
+					err = place(filC(r.chains.ExternalServices()), iptables.Rule{Protocol: np,
+						Matches: []iptables.Match{iptables.Comment(spn + " has no local endpoints"), iptables.DstLocal, npMatch}, Target: extVerdict})
 				}
 				if err != nil {
 					return nil, err

@@ -6,19 +6,20 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
 
 // canaryRule is the one rule of the canary chains: checking it is how the
 // proxy sees the chain when nf_tables cannot be read directly.
-var canaryRule = nat.Rule{Matches: []nat.Match{nat.Comment("podnet service proxy canary")}, Target: nat.Return}
+var canaryRule = iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet service proxy canary")}, Target: iptables.Return}
 
 // jump is a rule in a built-in chain that leads into the proxy's chains.
 type jump struct {
 	table, chain string
-	rule         nat.Rule
+	rule         iptables.Rule
 }
 
 // jumps returns the rules the proxy places in built-in chains.
@@ -30,11 +31,11 @@ type jump struct {
 //	-A INPUT -m conntrack --ctstate NEW -m comment --comment "podnet service portals" -j PREFIX-SERVICES (filter; also FORWARD, OUTPUT)
 //	-A INPUT -m conntrack --ctstate NEW -m comment --comment "podnet externally-visible service portals" -j PREFIX-EXTERNAL-SERVICES (filter; also FORWARD)
 func (c Chains) jumps() []jump {
-	portals := nat.Rule{Matches: []nat.Match{nat.Comment("podnet service portals")}, Target: nat.Jump(c.Services())}
-	post := nat.Rule{Matches: []nat.Match{nat.Comment("podnet postrouting rules")}, Target: nat.Jump(c.Postrouting())}
-	newConn := nat.Conntrack{States: []string{"NEW"}}
-	fPortals := nat.Rule{Matches: []nat.Match{newConn, nat.Comment("podnet service portals")}, Target: nat.Jump(c.Services())}
-	fExt := nat.Rule{Matches: []nat.Match{newConn, nat.Comment("podnet externally-visible service portals")}, Target: nat.Jump(c.ExternalServices())}
+	portals := iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet service portals")}, Target: iptables.Jump(c.Services())}
+	post := iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet postrouting rules")}, Target: iptables.Jump(c.Postrouting())}
+	newConn := iptables.Conntrack{States: []string{"NEW"}}
+	fPortals := iptables.Rule{Matches: []iptables.Match{newConn, iptables.Comment("podnet service portals")}, Target: iptables.Jump(c.Services())}
+	fExt := iptables.Rule{Matches: []iptables.Match{newConn, iptables.Comment("podnet externally-visible service portals")}, Target: iptables.Jump(c.ExternalServices())}
 	return []jump{
 		{"nat", "PREROUTING", portals}, {"nat", "OUTPUT", portals}, {"nat", "POSTROUTING", post},
 		{"filter", "INPUT", fPortals}, {"filter", "FORWARD", fPortals}, {"filter", "OUTPUT", fPortals},
@@ -44,26 +45,26 @@ func (c Chains) jumps() []jump {
 
 // fixedChains returns the proxy's shared chains of family f with their
 // full contents for a full sync, given every Service's shared rules.
-func (p *Proxy) fixedChains(f nat.Family, shared map[nat.Chain][]nat.Rule) []ownedChain {
+func (p *Proxy) fixedChains(f iptables.Family, shared map[iptables.Chain][]iptables.Rule) []ownedChain {
 	c := p.ch
-	natC := func(n string) nat.Chain { return nat.Chain{Family: f, Table: nat.TableNAT, Name: n} }
-	filC := func(n string) nat.Chain { return nat.Chain{Family: f, Table: nat.TableFilter, Name: n} }
+	natC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableNAT, Name: n} }
+	filC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableFilter, Name: n} }
 	mark := p.r.mark
-	services := append(slices.Clone(shared[natC(c.Services())]), nat.Rule{
-		Matches: []nat.Match{nat.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), nat.DstLocal},
-		Target:  nat.Jump(c.NodePorts()),
+	services := append(slices.Clone(shared[natC(c.Services())]), iptables.Rule{
+		Matches: []iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), iptables.DstLocal},
+		Target:  iptables.Jump(c.NodePorts()),
 	})
 	return []ownedChain{
-		{natC(c.MarkMasq()), []nat.Rule{{Target: nat.OrMark(mark)}}},
-		{natC(c.Postrouting()), []nat.Rule{
-			{Matches: []nat.Match{nat.Mark{Value: mark, Mask: mark, Not: true}}, Target: nat.Return},
-			{Target: nat.XorMark(mark)},
-			{Matches: []nat.Match{nat.Comment("podnet service traffic requiring SNAT")}, Target: nat.Masquerade{RandomFully: true}},
+		{natC(c.MarkMasq()), []iptables.Rule{{Target: iptables.OrMark(mark)}}},
+		{natC(c.Postrouting()), []iptables.Rule{
+			{Matches: []iptables.Match{iptables.Mark{Value: mark, Mask: mark, Not: true}}, Target: iptables.Return},
+			{Target: iptables.XorMark(mark)},
+			{Matches: []iptables.Match{iptables.Comment("podnet service traffic requiring SNAT")}, Target: iptables.Masquerade{RandomFully: true}},
 		}},
-		{natC(c.Canary()), []nat.Rule{canaryRule}},
+		{natC(c.Canary()), []iptables.Rule{canaryRule}},
 		{natC(c.NodePorts()), shared[natC(c.NodePorts())]},
 		{natC(c.Services()), services},
-		{filC(c.Canary()), []nat.Rule{canaryRule}},
+		{filC(c.Canary()), []iptables.Rule{canaryRule}},
 		{filC(c.Services()), shared[filC(c.Services())]},
 		{filC(c.ExternalServices()), shared[filC(c.ExternalServices())]},
 	}
@@ -85,19 +86,20 @@ func sortedNames[T any](m map[Name]T) []Name {
 
 // zeroCountersChains is the size from which a full sync starts each table
 // with -Z: without it iptables-nft 1.8 resolves the chains of a --noflush
-// restore in quadratic time (see nat.Transaction.ZeroCounters). Smaller
+// restore in quadratic time (see iptables.Transaction.ZeroCounters). Smaller
 // syncs leave other components' counters alone.
 const zeroCountersChains = 1000
 
-// syncFull rewrites every owned chain, removes stale ones and ensures the
-// jumps from the built-in chains. It reads the nat and filter tables once
-// (to find chains a previous run left and the jumps already in place).
-func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResult, []nat.FlowFilter, error) {
+// syncFull rewrites every owned chain, removes stale ones (Prune with the
+// proxy's Owner) and ensures the jumps from the built-in chains. Applying
+// it reads the nat and filter tables once, to find chains a previous run
+// left and the jumps already in place.
+func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
 	res := SyncResult{Full: true}
 	renders := make(map[Name]*rendering, len(want))
-	shared := map[nat.Chain][]nat.Rule{}
-	tx := nat.NewTransaction()
-	declared := map[nat.Chain]bool{}
+	shared := map[iptables.Chain][]iptables.Rule{}
+	tx := iptables.NewTransaction()
+	declared := map[iptables.Chain]bool{}
 	for _, n := range sortedNames(want) {
 		r, err := p.r.render(want[n])
 		if err != nil {
@@ -119,42 +121,11 @@ func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResul
 			declared[oc.chain] = true
 			res.Rules += len(oc.rules)
 		}
-		for _, t := range []nat.Table{nat.TableNAT, nat.TableFilter} {
-			cur, err := p.be.Save(ctx, f, t)
-			if err != nil {
-				return res, nil, err
-			}
-			for _, c := range cur.Chains {
-				ch := nat.Chain{Family: f, Table: t, Name: c.Name}
-				if p.ch.Owns(c.Name) && !declared[ch] {
-					tx.DeleteChain(ch)
-				}
-			}
-			for _, j := range p.ch.jumps() {
-				if nat.Table(j.table) != t {
-					continue
-				}
-				spec, err := j.rule.Spec(f)
-				if err != nil {
-					return res, nil, err
-				}
-				n := 0
-				if c := cur.Chain(j.chain); c != nil {
-					for _, r := range c.Rules {
-						if r == spec {
-							n++
-						}
-					}
-				}
-				ch := nat.Chain{Family: f, Table: t, Name: j.chain}
-				if n == 0 {
-					tx.Insert(ch, 1, j.rule)
-					res.Rules++
-				}
-				for ; n > 1; n-- {
-					tx.Delete(ch, j.rule)
-				}
-			}
+		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+			tx.Prune(f, t, p.ch.Owns)
+		}
+		for _, j := range p.ch.jumps() {
+			tx.EnsureRule(iptables.Chain{Family: f, Table: iptables.Table(j.table), Name: j.chain}, true, j.rule)
 		}
 	}
 	if len(declared) >= zeroCountersChains {
@@ -163,7 +134,7 @@ func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResul
 	if err := p.be.Run(ctx, tx); err != nil {
 		return res, nil, err
 	}
-	var filters []nat.FlowFilter
+	var filters []conntrack.Filter
 	for n, old := range p.written {
 		if renders[n] == nil {
 			filters = append(filters, flowFilters(old.r, nil)...)
@@ -186,12 +157,12 @@ func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResul
 // syncPartial rewrites the chains of the dirty Services and edits the
 // shared chains with -D and -I of those Services' rules only. It reads
 // nothing back.
-func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[Name]*Service) (SyncResult, []nat.FlowFilter, error) {
+func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
 	var res SyncResult
 	if len(dirty) == 0 {
 		return res, nil, nil
 	}
-	tx := nat.NewTransaction()
+	tx := iptables.NewTransaction()
 	renders := map[Name]*rendering{}
 	for _, n := range sortedNames(dirty) {
 		var nr *rendering
@@ -206,7 +177,7 @@ func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[N
 		if rec := p.written[n]; rec != nil {
 			or = rec.r
 		}
-		keep := map[nat.Chain]bool{}
+		keep := map[iptables.Chain]bool{}
 		if nr != nil {
 			for _, oc := range nr.chains {
 				tx.Declare(oc.chain, oc.rules...)
@@ -222,7 +193,7 @@ func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[N
 			}
 		}
 		type key struct {
-			c    nat.Chain
+			c    iptables.Chain
 			spec string
 		}
 		have := map[key]int{}
@@ -255,7 +226,7 @@ func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[N
 	if err := p.be.Run(ctx, tx); err != nil {
 		return res, nil, err
 	}
-	var filters []nat.FlowFilter
+	var filters []conntrack.Filter
 	for n, nr := range renders {
 		var or *rendering
 		if rec := p.written[n]; rec != nil {
@@ -282,7 +253,7 @@ func (p *Proxy) canaryOK(ctx context.Context) (bool, error) {
 			all := true
 			for _, f := range p.r.families {
 				for _, t := range []string{"nat", "filter"} {
-					if ok, err := c.ChainExists(int(f), t, p.ch.Canary()); err != nil || !ok {
+					if ok, err := c.ChainExists(f, t, p.ch.Canary()); err != nil || !ok {
 						all = false
 					}
 				}
@@ -294,8 +265,8 @@ func (p *Proxy) canaryOK(ctx context.Context) (bool, error) {
 		}
 	}
 	for _, f := range p.r.families {
-		for _, t := range []nat.Table{nat.TableNAT, nat.TableFilter} {
-			ok, err := p.be.Check(ctx, nat.Chain{Family: f, Table: t, Name: p.ch.Canary()}, canaryRule)
+		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+			ok, err := p.be.Check(iptables.Chain{Family: f, Table: t, Name: p.ch.Canary()}, canaryRule)
 			if errors.Is(err, ErrNotFound) || err == nil && !ok {
 				return false, nil
 			}
@@ -307,8 +278,8 @@ func (p *Proxy) canaryOK(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// Cleanup removes every rule and chain the proxy owns (its jumps from the
-// built-in chains, then its chains, found by reading the tables) in one
+// Cleanup removes every rule and chain the proxy owns (its chains, found by
+// reading the tables, and every rule that jumps to them) in one
 // transaction, and forgets what it wrote: the next Sync is a full one.
 // Services stay in the model.
 //
@@ -317,28 +288,10 @@ func (p *Proxy) canaryOK(ctx context.Context) (bool, error) {
 func (p *Proxy) Cleanup(ctx context.Context) error {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	tx := nat.NewTransaction()
+	tx := iptables.NewTransaction()
 	for _, f := range p.r.families {
-		for _, t := range []nat.Table{nat.TableNAT, nat.TableFilter} {
-			cur, err := p.be.Save(ctx, f, t)
-			if err != nil {
-				return err
-			}
-			for _, c := range cur.Chains {
-				if p.ch.Owns(c.Name) {
-					tx.DeleteChain(nat.Chain{Family: f, Table: t, Name: c.Name})
-					continue
-				}
-				for _, spec := range c.Rules {
-					r, err := nat.ParseRule(f, spec)
-					if err != nil {
-						continue
-					}
-					if j, ok := r.Target.(nat.Jump); ok && p.ch.Owns(string(j)) {
-						tx.Delete(nat.Chain{Family: f, Table: t, Name: c.Name}, r)
-					}
-				}
-			}
+		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+			tx.Prune(f, t, p.ch.Owns)
 		}
 	}
 	if err := p.be.Run(ctx, tx); err != nil {

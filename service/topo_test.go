@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"

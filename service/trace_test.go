@@ -4,23 +4,23 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 )
 
-// tracer follows a packet through the rules of a nat.Fake, the way the
+// tracer follows a packet through the rules of a iptables.Fake, the way the
 // kernel would: it evaluates each rule's matches and targets and splits
 // the packet at statistic matches, so a trace returns every outcome with
 // its probability.
 type tracer struct {
 	t      *testing.T
-	chains map[string][]nat.Rule
+	chains map[string][]iptables.Rule
 	local  map[netip.Addr]bool            // the node's addresses (addrtype LOCAL)
 	recent map[string]map[netip.Addr]bool // recent lists
 }
 
 type pkt struct {
 	src, dst netip.Addr
-	proto    nat.Protocol
+	proto    iptables.Protocol
 	dport    uint16
 	mark     uint32
 	dnat     netip.AddrPort
@@ -33,19 +33,19 @@ type branch struct {
 	done bool
 }
 
-func newTracer(t *testing.T, fk *nat.Fake, table nat.Table, local ...string) *tracer {
+func newTracer(t *testing.T, fk *iptables.Fake, table iptables.Table, local ...string) *tracer {
 	t.Helper()
-	rs, err := nat.ParseSave(nat.IPv4, fk.Dump(nat.IPv4))
+	rs, err := iptables.ParseSave(iptables.IPv4, fk.Dump(iptables.IPv4))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &tracer{t: t, chains: map[string][]nat.Rule{}, local: map[netip.Addr]bool{}, recent: map[string]map[netip.Addr]bool{}}
+	tr := &tracer{t: t, chains: map[string][]iptables.Rule{}, local: map[netip.Addr]bool{}, recent: map[string]map[netip.Addr]bool{}}
 	for _, a := range local {
 		tr.local[netip.MustParseAddr(a)] = true
 	}
 	for _, c := range rs.Table(table).Chains {
 		for _, spec := range c.Rules {
-			r, err := nat.ParseRule(nat.IPv4, spec)
+			r, err := iptables.ParseRule(iptables.IPv4, spec)
 			if err != nil {
 				t.Fatalf("parse %q: %v", spec, err)
 			}
@@ -69,7 +69,7 @@ func (tr *tracer) run(chain string, b branch) []branch {
 	return tr.from(tr.chains[chain], 0, b)
 }
 
-func (tr *tracer) from(rules []nat.Rule, i int, b branch) []branch {
+func (tr *tracer) from(rules []iptables.Rule, i int, b branch) []branch {
 	for ; i < len(rules); i++ {
 		m := tr.match(rules[i], b.p)
 		if m == 0 {
@@ -84,11 +84,11 @@ func (tr *tracer) from(rules []nat.Rule, i int, b branch) []branch {
 	return []branch{b}
 }
 
-func (tr *tracer) apply(rules []nat.Rule, i int, b branch) []branch {
+func (tr *tracer) apply(rules []iptables.Rule, i int, b branch) []branch {
 	switch tg := rules[i].Target.(type) {
 	case nil:
 		return tr.from(rules, i+1, b)
-	case nat.Jump:
+	case iptables.Jump:
 		var out []branch
 		for _, s := range tr.run(string(tg), b) {
 			if s.done {
@@ -98,26 +98,26 @@ func (tr *tracer) apply(rules []nat.Rule, i int, b branch) []branch {
 			}
 		}
 		return out
-	case nat.DNAT:
+	case iptables.DNAT:
 		b.p.dnat = netip.AddrPortFrom(tg.To, tg.Ports.First)
 		b.p.verdict, b.done = "DNAT", true
 		return []branch{b}
-	case nat.SetMark:
+	case iptables.SetMark:
 		b.p.mark = (b.p.mark &^ tg.Mask) ^ tg.Value
 		return tr.from(rules, i+1, b)
-	case nat.Reject:
+	case iptables.Reject:
 		b.p.verdict, b.done = "REJECT", true
 		return []branch{b}
-	case nat.Masquerade:
+	case iptables.Masquerade:
 		b.p.verdict, b.done = "MASQUERADE", true
 		return []branch{b}
 	}
 	switch rules[i].Target {
-	case nat.Return:
+	case iptables.Return:
 		return []branch{b}
-	case nat.Drop:
+	case iptables.Drop:
 		b.p.verdict, b.done = "DROP", true
-	case nat.Accept:
+	case iptables.Accept:
 		b.p.verdict, b.done = "ACCEPT", true
 	default:
 		tr.t.Fatalf("tracer: target %T", rules[i].Target)
@@ -127,8 +127,8 @@ func (tr *tracer) apply(rules []nat.Rule, i int, b branch) []branch {
 
 // match returns the probability that r matches p: 0, 1, or a statistic
 // match's probability.
-func (tr *tracer) match(r nat.Rule, p pkt) float64 {
-	addr := func(a nat.Addr, x netip.Addr) bool {
+func (tr *tracer) match(r iptables.Rule, p pkt) float64 {
+	addr := func(a iptables.Addr, x netip.Addr) bool {
 		return !a.Prefix.IsValid() || a.Prefix.Contains(x) != a.Not
 	}
 	if !addr(r.Source, p.src) || !addr(r.Destination, p.dst) || r.Protocol != "" && r.Protocol != p.proto {
@@ -137,16 +137,16 @@ func (tr *tracer) match(r nat.Rule, p pkt) float64 {
 	prob := 1.0
 	for _, m := range r.Matches {
 		switch m := m.(type) {
-		case nat.Comment, nat.Conntrack: // every traced packet is NEW
-		case nat.Ports:
+		case iptables.Comment, iptables.Conntrack: // every traced packet is NEW
+		case iptables.Ports:
 			if !m.Dst.IsZero() && (m.Dst.First != p.dport) != m.NotDst {
 				return 0
 			}
-		case nat.AddrType:
+		case iptables.AddrType:
 			if m.Src == "LOCAL" && !tr.local[p.src] || m.Dst == "LOCAL" && !tr.local[p.dst] {
 				return 0
 			}
-		case nat.Mark:
+		case iptables.Mark:
 			mask := m.Mask
 			if mask == 0 {
 				mask = ^uint32(0)
@@ -154,15 +154,15 @@ func (tr *tracer) match(r nat.Rule, p pkt) float64 {
 			if (p.mark&mask == m.Value) == m.Not {
 				return 0
 			}
-		case nat.Statistic:
+		case iptables.Statistic:
 			prob *= m.Probability
-		case nat.Recent:
+		case iptables.Recent:
 			switch m.Mode {
-			case nat.RecentCheck:
+			case iptables.RecentCheck:
 				if !tr.recent[m.Name][p.src] {
 					return 0
 				}
-			case nat.RecentSet: // matches; recording is up to the test
+			case iptables.RecentSet: // matches; recording is up to the test
 			}
 		default:
 			tr.t.Fatalf("tracer: match %T", m)

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
-	"github.com/podnet/podnet/internal/ifname"
 	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -77,11 +77,11 @@ type Pair struct {
 // ErrInvalid, without touching the kernel.
 func (s Spec) Validate() error {
 	if s.Name != "" {
-		if err := ifname.Validate(s.Name); err != nil {
+		if err := link.ValidateName(s.Name); err != nil {
 			return err
 		}
 	}
-	if err := ifname.Validate(s.PeerName); err != nil {
+	if err := link.ValidateName(s.PeerName); err != nil {
 		return fmt.Errorf("peer: %w", err)
 	}
 	if s.PeerNS == nil {
@@ -226,7 +226,7 @@ func Delete(ns *netns.NS, name string) error {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "delete", Kind: "veth", Name: name, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(name); err != nil {
+	if err := link.ValidateName(name); err != nil {
 		return opErr(err)
 	}
 	h, l, err := nl.Link(ns, name)
@@ -265,7 +265,7 @@ func Get(ns *netns.NS, name string) (*Link, error) {
 	opErr := func(err error) error {
 		return &podnet.OpError{Op: "get", Kind: "veth", Name: name, NetNS: ns.String(), Err: err}
 	}
-	if err := ifname.Validate(name); err != nil {
+	if err := link.ValidateName(name); err != nil {
 		return nil, opErr(err)
 	}
 	h, l, err := nl.Link(ns, name)

@@ -12,9 +12,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/cni"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
@@ -98,7 +98,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// The answer waits until the port forwards, which the kernel makes it
 	// do in parallel with the rest of ADD.
 	answer := func() error {
-		if err := bridge.WaitForwarding(host, pair.Name, portTimeout); err != nil {
+		ctx, cancel := context.WithTimeout(ctx, portTimeout)
+		defer cancel()
+		if err := bridge.WaitForwarding(ctx, host, pair.Name); err != nil {
 			return err
 		}
 		return printResult(result, n)
@@ -122,7 +124,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := configurePod(pod, args.IfName, result); err != nil {
+	if err := cni.ConfigureIface(pod, args.IfName, result); err != nil {
 		return err
 	}
 	if n.IsGateway {
@@ -166,74 +168,38 @@ func printResult(r *current.Result, n *netConf) error {
 // addresses the bridge must carry.
 func gatewaysOf(r *current.Result, n *netConf) ([]netip.Prefix, error) {
 	var gws []netip.Prefix
-	hasDefault := map[int]bool{}
+	hasDefault := map[route.Family]bool{}
 	for _, rt := range r.Routes {
 		if ones, _ := rt.Dst.Mask.Size(); ones == 0 && rt.GW != nil {
-			hasDefault[familyOf(nl.Addr(rt.Dst.IP))] = true
+			hasDefault[familyOf(cni.Addr(rt.Dst.IP))] = true
 		}
 	}
 	for _, ipc := range r.IPs {
 		ipc.Interface = current.Int(2)
-		p := nl.Prefix(&ipc.Address)
+		p := cni.Prefix(ipc.Address)
 		if !p.IsValid() {
 			return nil, fmt.Errorf("IPAM returned an invalid address %v", ipc.Address)
 		}
 		if ipc.Gateway == nil && n.IsGateway {
-			ipc.Gateway = nl.IP(p.Masked().Addr().Next())
+			ipc.Gateway = cni.IP(p.Masked().Addr().Next())
 		}
 		fam := familyOf(p.Addr())
 		if n.IsDefaultGateway && !hasDefault[fam] && ipc.Gateway != nil {
 			dst := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
-			if fam == 6 {
+			if fam == route.IPv6 {
 				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
 			}
 			r.Routes = append(r.Routes, &types.Route{Dst: dst, GW: ipc.Gateway})
 			hasDefault[fam] = true
 		}
 		if n.IsGateway && ipc.Gateway != nil {
-			gws = append(gws, netip.PrefixFrom(nl.Addr(ipc.Gateway), p.Bits()))
+			gws = append(gws, netip.PrefixFrom(cni.Addr(ipc.Gateway), p.Bits()))
 		}
 	}
 	return gws, nil
 }
 
-// configurePod puts the addresses and routes of r on ifName inside pod.
-func configurePod(pod *netns.NS, ifName string, r *current.Result) error {
-	for _, ipc := range r.IPs {
-		if err := addr.Ensure(pod, ifName, nl.Prefix(&ipc.Address)); err != nil {
-			return err
-		}
-	}
-	for _, rt := range r.Routes {
-		dst := nl.Prefix(&rt.Dst)
-		gw := nl.Addr(rt.GW)
-		if !gw.IsValid() {
-			// A route without a gateway goes through the gateway of the
-			// first address of its family, as the reference does.
-			for _, ipc := range r.IPs {
-				if a := nl.Addr(ipc.Gateway); a.IsValid() && a.Is4() == dst.Addr().Is4() {
-					gw = a
-					break
-				}
-			}
-		}
-		rr := route.Route{Dst: dst.Masked(), Gateway: gw, Dev: ifName}
-		if rt.Priority != 0 {
-			rr.Metric = rt.Priority
-		}
-		if err := route.Replace(pod, rr); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func familyOf(a netip.Addr) int {
-	if a.Is4() {
-		return 4
-	}
-	return 6
-}
+func familyOf(a netip.Addr) route.Family { return podnet.FamilyOf(a) }
 
 func dnsSet(d types.DNS) bool {
 	return d.Nameservers != nil || d.Search != nil || d.Options != nil || d.Domain != ""

@@ -3,17 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/nl"
+	"github.com/podnet/podnet/cni"
 	"github.com/podnet/podnet/netns"
-	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )
 
@@ -79,28 +76,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 		}
 	}
 
-	have, err := addr.List(pod, args.IfName)
-	if err != nil {
-		return err
-	}
-	for _, ipc := range prev.IPs {
-		if want := nl.Prefix(&ipc.Address); !slices.Contains(have, want) {
-			return fmt.Errorf("check: %s in netns %q lacks address %s", args.IfName, args.Netns, want)
-		}
-	}
-	routes, err := route.List(pod, route.Filter{})
-	if err != nil {
-		return err
-	}
-	for _, rt := range prev.Routes {
-		dst := nl.Prefix(&rt.Dst).Masked()
-		gw := nl.Addr(rt.GW)
-		found := slices.ContainsFunc(routes, func(r route.Route) bool {
-			return r.Dst == dst && (!gw.IsValid() || r.Gateway == gw)
-		})
-		if !found {
-			return fmt.Errorf("check: netns %q lacks route %s via %v", args.Netns, dst, rt.GW)
-		}
+	if err := cni.CheckIface(pod, args.IfName, prev); err != nil {
+		return fmt.Errorf("check: %w", err)
 	}
 	if n.IPMasq {
 		if err := checkMasquerade(host, n, prev.IPs); err != nil {

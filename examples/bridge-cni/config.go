@@ -10,7 +10,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/podnet/podnet/internal/ifname"
+	"github.com/podnet/podnet/link"
 )
 
 // netConf is the reference bridge plugin's configuration, key for key.
@@ -115,7 +115,7 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 	if n.Name == "" {
 		return nil, configError(types.ErrInvalidNetworkConfig, "network configuration has no name")
 	}
-	if err := ifname.Validate(n.Bridge); err != nil {
+	if err := link.ValidateName(n.Bridge); err != nil {
 		return nil, configError(types.ErrInvalidNetworkConfig, "bridge: %v", err)
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {

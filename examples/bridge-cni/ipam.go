@@ -7,7 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/podnet/podnet/internal/hostlocal"
+	"github.com/podnet/podnet/ipam/hostlocal"
 )
 
 // ipamDriver allocates addresses for one attachment.

@@ -10,7 +10,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/veth"
@@ -71,16 +70,7 @@ func downAndRename(ns *netns.NS, name, newName string) error {
 	if err := link.SetDown(ns, name); err != nil {
 		return err
 	}
-	h, err := nl.Handle(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return nl.Err(err)
-	}
-	return h.LinkSetName(l, newName)
+	return link.Rename(ns, name, newName)
 }
 
 // spawnReaper starts a detached copy of this program that deletes the

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/internal/testenv/probe"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/veth"
@@ -35,8 +37,8 @@ func (r *report) check(claim string, ok bool, evidence ...string) {
 func (r *report) fail(claim string, err error) { r.check(claim, false, "error: "+err.Error()) }
 
 // flowsOf returns conntrack -L lines of ns for flows touching addr.
-func flowsOf(ctx context.Context, ns *netns.NS, filter nat.FlowFilter) []string {
-	flows, err := nat.ListFlows(ctx, ns, filter)
+func flowsOf(ctx context.Context, ns *netns.NS, filter conntrack.Filter) []string {
+	flows, err := conntrack.List(ctx, ns, filter.Match)
 	if err != nil {
 		return []string{"conntrack: " + err.Error()}
 	}
@@ -120,7 +122,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 		if err != nil {
 			return rep, nil, err
 		}
-		flows := flowsOf(ctx, w.ns, nat.FlowFilter{OrigSrc: p.ip, OrigDst: c.outIP, Protocol: "tcp"})
+		flows := flowsOf(ctx, w.ns, conntrack.Filter{OrigSrc: p.ip, OrigDst: c.outIP, Protocol: conntrack.TCP})
 		return rep, flows, nil
 	}
 	m := nat.NetworkMasquerade{Network: "bridge", Subnets: []netip.Prefix{w.podCIDR}}
@@ -135,11 +137,11 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 			rep.Source.Addr() == w.ip && containsAll(flows, "src="+p.ip.String(), "dst="+w.ip.String()),
 			append([]string{fmt.Sprintf("outside saw %s", rep.Source), w.name + ": conntrack -L"}, indent(flows)...)...)
 		// The experiment: take the network's masquerade away.
-		if err := m.Delete(ctx, nat.NewKernel(w.ns)); err != nil {
+		if err := m.Delete(ctx, iptables.NewKernel(w.ns)); err != nil {
 			r.fail("remove the masquerade rules", err)
 			return
 		}
-		nat.DeleteFlows(ctx, w.ns, nat.FlowFilter{OrigSrc: p.ip})
+		conntrack.Delete(ctx, w.ns, conntrack.Filter{OrigSrc: p.ip}.Match)
 	}
 	rep, flows, err := ask()
 	if err != nil {
@@ -151,7 +153,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 		append([]string{fmt.Sprintf("outside saw %s (the VPC router knows the pod routes)", rep.Source), w.name + ": conntrack -L (no translation)"}, indent(flows)...)...)
 	if c.cfg.masq {
 		// Put it back as the next CNI ADD would.
-		if err := m.Ensure(ctx, nat.NewKernel(w.ns)); err != nil {
+		if err := m.Ensure(ctx, iptables.NewKernel(w.ns)); err != nil {
 			r.fail("restore the masquerade rules", err)
 		}
 	}

@@ -7,7 +7,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/podnet/podnet/internal/gobuild"
+	"github.com/podnet/podnet/internal/testenv/gobuild"
 	"github.com/podnet/podnet/netns/nstest"
 )
 

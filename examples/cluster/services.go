@@ -7,8 +7,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podnet/podnet/internal/probe"
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/internal/testenv/probe"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/service"
 )
 
@@ -163,8 +164,8 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 		r.fail(fmt.Sprintf("NodePort %d reached from outside via %s", nodePort, entry.name), err)
 		return
 	}
-	in := flowsOf(ctx, entry.ns, nat.FlowFilter{Protocol: nat.TCP, OrigSrc: c.outIP, DstPort: nodePort})
-	there := flowsOf(ctx, ng.worker.ns, nat.FlowFilter{Protocol: nat.TCP, OrigDst: ng.ip, DstPort: 80})
+	in := flowsOf(ctx, entry.ns, conntrack.Filter{Protocol: conntrack.TCP, OrigSrc: c.outIP, DstPort: nodePort})
+	there := flowsOf(ctx, ng.worker.ns, conntrack.Filter{Protocol: conntrack.TCP, OrigDst: ng.ip, DstPort: 80})
 	remote := ng.worker != entry
 	ok := rep.Name == ng.name && containsAll(in, fmt.Sprintf("dport=%d", nodePort), "src="+ng.ip.String())
 	if remote {
@@ -187,7 +188,7 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 // iptables-save prints them: the article's KUBE-SERVICES → KUBE-SVC →
 // KUBE-SEP → DNAT path.
 func (c *cluster) rulesMentioning(ctx context.Context, w *worker, s string) []string {
-	t, err := nat.NewKernel(w.ns).Save(ctx, nat.IPv4, nat.TableNAT)
+	t, err := iptables.NewKernel(w.ns).Save(ctx, iptables.IPv4, iptables.TableNAT)
 	if err != nil {
 		return []string{"iptables-save: " + err.Error()}
 	}

@@ -15,10 +15,9 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/sysctl"
+	"github.com/podnet/podnet/cni"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/link"
-	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
@@ -187,12 +186,12 @@ func (c *cluster) build() error {
 		if err := c.plug(w.ns, "ens0", fmt.Sprintf("port-w%d", i), w.ip); err != nil {
 			return err
 		}
-		if err := route.SetForwarding(w.ns, 4, true); err != nil {
+		if err := route.SetForwarding(w.ns, route.IPv4, true); err != nil {
 			return err
 		}
 		// Kubernetes requires bridged pod traffic to pass iptables, so
 		// that a Service whose endpoint is on the same bridge works.
-		if err := sysctl.Set(w.ns, "net.bridge.bridge-nf-call-iptables", "1"); err != nil {
+		if err := bridge.SetNetfilter(w.ns, true); err != nil {
 			return err
 		}
 		w.dataDir = filepath.Join(stateDir, "ipam", w.name)
@@ -246,24 +245,24 @@ func (c *cluster) routeNodes() error {
 // plugin's masquerade jump), and kube-proxy's drop of conntrack-INVALID
 // forwarded packets, which also keeps connection tracking on in the node.
 func (c *cluster) nodeRules(ctx context.Context) error {
-	noMasq := nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "PODNET-CLUSTER-NOMASQ"}
-	fwd := nat.Chain{Family: nat.IPv4, Table: nat.TableFilter, Name: "PODNET-CLUSTER-FORWARD"}
+	noMasq := iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "PODNET-CLUSTER-NOMASQ"}
+	fwd := iptables.Chain{Family: iptables.IPv4, Table: iptables.TableFilter, Name: "PODNET-CLUSTER-FORWARD"}
 	for _, w := range c.workers {
-		tx := nat.NewTransaction().
-			Declare(noMasq, nat.Rule{
-				Destination: nat.Addr{Prefix: c.cfg.clusterCIDR},
-				Matches:     []nat.Match{nat.Comment("pod to pod: no NAT")},
-				Target:      nat.Accept,
+		tx := iptables.NewTransaction().
+			Declare(noMasq, iptables.Rule{
+				Destination: iptables.Addr{Prefix: c.cfg.clusterCIDR},
+				Matches:     []iptables.Match{iptables.Comment("pod to pod: no NAT")},
+				Target:      iptables.Accept,
 			}).
-			EnsureRule(nat.Chain{Family: nat.IPv4, Table: nat.TableNAT, Name: "POSTROUTING"}, true,
-				nat.Rule{Source: nat.Addr{Prefix: c.cfg.clusterCIDR}, Target: nat.Jump(noMasq.Name)}).
-			Declare(fwd, nat.Rule{
-				Matches: []nat.Match{nat.Conntrack{States: []string{"INVALID"}}},
-				Target:  nat.Drop,
+			EnsureRule(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "POSTROUTING"}, true,
+				iptables.Rule{Source: iptables.Addr{Prefix: c.cfg.clusterCIDR}, Target: iptables.Jump(noMasq.Name)}).
+			Declare(fwd, iptables.Rule{
+				Matches: []iptables.Match{iptables.Conntrack{States: []string{"INVALID"}}},
+				Target:  iptables.Drop,
 			}).
-			EnsureRule(nat.Chain{Family: nat.IPv4, Table: nat.TableFilter, Name: "FORWARD"}, true,
-				nat.Rule{Target: nat.Jump(fwd.Name)})
-		if err := nat.NewKernel(w.ns).Run(ctx, tx); err != nil {
+			EnsureRule(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableFilter, Name: "FORWARD"}, true,
+				iptables.Rule{Target: iptables.Jump(fwd.Name)})
+		if err := iptables.NewKernel(w.ns).Run(ctx, tx); err != nil {
 			return err
 		}
 	}
@@ -324,7 +323,7 @@ func (c *cluster) addPods(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("CNI ADD %s on %s: %w", p.name, w.name, err)
 			}
-			p.ip = nl.Addr(res.IPs[0].Address.IP)
+			p.ip = cni.Addr(res.IPs[0].Address.IP)
 			w.pods = append(w.pods, p)
 		}
 	}

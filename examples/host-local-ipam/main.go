@@ -18,7 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podnet/podnet/internal/hostlocal"
+	"github.com/podnet/podnet/ipam/hostlocal"
 )
 
 func main() {

@@ -10,7 +10,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/internal/testenv/refbin"
 )
 
 var plugin string // path of the built podnet-host-local

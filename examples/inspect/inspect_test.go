@@ -16,9 +16,9 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/gobuild"
-	"github.com/podnet/podnet/internal/probe"
-	"github.com/podnet/podnet/internal/refbin"
+	"github.com/podnet/podnet/internal/testenv/gobuild"
+	"github.com/podnet/podnet/internal/testenv/probe"
+	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/veth"

@@ -11,8 +11,9 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/link"
-	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
@@ -165,7 +166,7 @@ func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
 	if err != nil {
 		r.Warnings = append(r.Warnings, "read iptables: "+err.Error())
 	}
-	flows, err := nat.ListFlows(ctx, node, nat.FlowFilter{})
+	flows, err := conntrack.List(ctx, node, conntrack.Filter{}.Match)
 	if err != nil {
 		r.Warnings = append(r.Warnings, "read conntrack: "+err.Error())
 	}
@@ -244,7 +245,7 @@ func podSubnets(links []link.Info, pod *netns.NS) []netip.Prefix {
 // natRules returns the node's rules in every table that name one of the
 // pod's addresses (as a source, destination or DNAT target) or its subnet.
 func natRules(ctx context.Context, node *netns.NS, addrs []netip.Addr, subnets []netip.Prefix) ([]NATRule, error) {
-	k := nat.NewKernel(node)
+	k := iptables.NewKernel(node)
 	var needles []string
 	for _, a := range addrs {
 		bits := a.BitLen()
@@ -254,7 +255,7 @@ func natRules(ctx context.Context, node *netns.NS, addrs []netip.Addr, subnets [
 		needles = append(needles, s.String()+" ", s.String()+"\n")
 	}
 	var out []NATRule
-	for _, f := range []nat.Family{nat.IPv4, nat.IPv6} {
+	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
 		rs, err := k.SaveAll(ctx, f)
 		if err != nil {
 			return out, err

@@ -23,7 +23,7 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
@@ -68,7 +68,7 @@ func run(ctx context.Context, keep bool) (err error) {
 	if err := bridge.EnsureAddr(node, "cnio0", gateway, bridge.AddrOptions{}); err != nil {
 		return err
 	}
-	if err := route.SetForwarding(node, 4, true); err != nil {
+	if err := route.SetForwarding(node, route.IPv4, true); err != nil {
 		return err
 	}
 

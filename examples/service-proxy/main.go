@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podnet/podnet/nat"
+	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
 )
@@ -83,10 +83,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		cidrs = append(cidrs, p)
 	}
-	fams := []nat.Family{nat.IPv4}
+	fams := []iptables.Family{iptables.IPv4}
 	for _, c := range cidrs {
 		if c.Addr().Is6() {
-			fams = append(fams, nat.IPv6)
+			fams = append(fams, iptables.IPv6)
 			break
 		}
 	}

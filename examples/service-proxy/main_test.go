@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/gobuild"
+	"github.com/podnet/podnet/internal/testenv/gobuild"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 )

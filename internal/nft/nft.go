@@ -14,11 +14,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/netns"
 )
 
@@ -55,8 +58,26 @@ func Dial(ns *netns.NS) (*Conn, error) {
 // Close closes the socket.
 func (c *Conn) Close() error { return c.c.Close() }
 
-func proto(family int) netfilter.ProtoFamily {
-	if family == 6 {
+// DialIPTables opens a Conn in ns when that is where iptables keeps its
+// rules; ok is false when the legacy x_tables nat table is in use there
+// (nf_tables cannot see it) or the socket cannot be opened, and the caller
+// must then ask iptables itself.
+func DialIPTables(ns *netns.NS) (c *Conn, ok bool) {
+	legacy := false
+	ns.Do(func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/ip_tables_names")
+		legacy = err == nil && strings.Contains(string(b), "nat")
+		return nil
+	})
+	if legacy {
+		return nil, false
+	}
+	c, err := Dial(ns)
+	return c, err == nil
+}
+
+func proto(family podnet.Family) netfilter.ProtoFamily {
+	if family == podnet.IPv6 {
 		return netfilter.ProtoIPv6
 	}
 	return netfilter.ProtoIPv4
@@ -75,10 +96,10 @@ func (c *Conn) query(h netfilter.Header, attrs []netfilter.Attribute) ([]netlink
 }
 
 // ChainExists reports whether chain exists in table of the iptables
-// (family 4) or ip6tables (family 6) nf_tables backend.
+// (IPv4) or ip6tables (IPv6) nf_tables backend.
 //
 // Equivalent to: iptables -t TABLE -S CHAIN >/dev/null
-func (c *Conn) ChainExists(family int, table, chain string) (bool, error) {
+func (c *Conn) ChainExists(family podnet.Family, table, chain string) (bool, error) {
 	_, err := c.query(netfilter.Header{
 		SubsystemID: subsysNFTables, MessageType: msgGetChain,
 		Family: proto(family), Flags: netlink.Request,
@@ -102,7 +123,7 @@ type Rule struct {
 // or does not exist.
 //
 // Equivalent to: iptables -t TABLE -S CHAIN (comments and jump targets only)
-func (c *Conn) Rules(family int, table, chain string) ([]Rule, error) {
+func (c *Conn) Rules(family podnet.Family, table, chain string) ([]Rule, error) {
 	msgs, err := c.query(netfilter.Header{
 		SubsystemID: subsysNFTables, MessageType: msgGetRule,
 		Family: proto(family), Flags: netlink.Request | netlink.Dump,

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
@@ -43,13 +44,13 @@ func TestChainsAndComments(t *testing.T) {
 	iptables(t, ns, "ip6tables", "-t", "nat", "-N", "PODNET-6")
 
 	for _, tc := range []struct {
-		family int
+		family podnet.Family
 		chain  string
 		want   bool
 	}{{4, "PODNET-X", true}, {4, "POSTROUTING", true}, {4, "PODNET-Y", false}, {6, "PODNET-6", true}, {6, "PODNET-X", false}} {
 		ok, err := c.ChainExists(tc.family, "nat", tc.chain)
 		if err != nil || ok != tc.want {
-			t.Errorf("ChainExists(%d, %s) = %v, %v; want %v", tc.family, tc.chain, ok, err, tc.want)
+			t.Errorf("ChainExists(%v, %s) = %v, %v; want %v", tc.family, tc.chain, ok, err, tc.want)
 		}
 	}
 	got, err := c.Rules(4, "nat", "PODNET-X")

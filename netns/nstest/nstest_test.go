@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 )
 

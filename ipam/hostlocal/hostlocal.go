@@ -1,9 +1,12 @@
 // Package hostlocal is host-local IPAM as a CNI plugin sees it: the ADD,
 // DEL, CHECK, GC and STATUS verbs over the ipam package's disk store, with
 // host-local's configuration keys, routes and resolvConf, and CNI error
-// codes. podnet-host-local is a thin main around it, and podnet-bridge calls
-// it in-process when its "ipam" type is "host-local", so both read and write
-// the same files as the reference host-local.
+// codes. It reads and writes the same files under dataDir as the reference
+// host-local plugin, so a node can switch between the two.
+//
+// A plugin that allocates addresses calls it in-process (no IPAM binary to
+// exec); a standalone IPAM plugin is skel.PluginMainFuncs around Add, Del,
+// Check, GC and Status (examples/host-local-ipam).
 package hostlocal
 
 import (
@@ -116,9 +119,9 @@ func Add(args *skel.CmdArgs) (*current.Result, string, error) {
 		return nil, "", Error(err)
 	}
 	for _, l := range leases {
-		ipc := &current.IPConfig{Address: prefixToIPNet(l.Address)}
+		ipc := &current.IPConfig{Address: ipNet(l.Address)}
 		if l.Gateway.IsValid() {
-			ipc.Gateway = net.IP(l.Gateway.AsSlice())
+			ipc.Gateway = l.Gateway.AsSlice()
 		}
 		result.IPs = append(result.IPs, ipc)
 	}
@@ -172,7 +175,7 @@ func Check(args *skel.CmdArgs) error {
 		return Error(err)
 	}
 	if len(held) == 0 {
-		return fmt.Errorf("podnet-host-local: no address leased to container %s interface %s", o.ContainerID, o.IfName)
+		return fmt.Errorf("host-local: no address leased to container %s interface %s", o.ContainerID, o.IfName)
 	}
 	if n.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&n.NetConf); err != nil {
@@ -184,8 +187,8 @@ func Check(args *skel.CmdArgs) error {
 		}
 		for _, ipc := range prev.IPs {
 			a, ok := netip.AddrFromSlice(ipc.Address.IP)
-			if ok && !slices.Contains(held, a.Unmap()) {
-				return fmt.Errorf("podnet-host-local: address %s of the previous result is not leased to container %s interface %s", a.Unmap(), o.ContainerID, o.IfName)
+			if a = a.Unmap(); ok && !slices.Contains(held, a) {
+				return fmt.Errorf("host-local: address %s of the previous result is not leased to container %s interface %s", a, o.ContainerID, o.IfName)
 			}
 		}
 	}
@@ -207,7 +210,7 @@ func GC(args *skel.CmdArgs) error {
 	defer cancel()
 	gone, err := ipam.GC(ctx, store, valid)
 	for _, l := range gone {
-		fmt.Fprintf(os.Stderr, "podnet-host-local: GC released %s of %s\n", l.Addr, l.Owner)
+		fmt.Fprintf(os.Stderr, "host-local: GC released %s of %s\n", l.Addr, l.Owner)
 	}
 	if err != nil {
 		return Error(err)
@@ -233,8 +236,11 @@ func Status(args *skel.CmdArgs) error {
 	return nil
 }
 
-func prefixToIPNet(p netip.Prefix) net.IPNet {
-	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+// ipNet converts an address for a CNI result. (Package cni has the same
+// conversion; this package does not import it, to keep IPAM free of
+// netlink.)
+func ipNet(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 // parseResolvConf reads nameserver, domain, search and options lines, as

@@ -1,4 +1,4 @@
-package ifname
+package link
 
 import (
 	"errors"
@@ -8,15 +8,15 @@ import (
 	"github.com/podnet/podnet"
 )
 
-func TestValidate(t *testing.T) {
+func TestValidateName(t *testing.T) {
 	for _, ok := range []string{"eth0", "cnio0", "veth71f7d238", strings.Repeat("x", 15), "a-b_c.d"} {
-		if err := Validate(ok); err != nil {
-			t.Errorf("Validate(%q) = %v", ok, err)
+		if err := ValidateName(ok); err != nil {
+			t.Errorf("ValidateName(%q) = %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"", ".", "..", strings.Repeat("x", 16), "a/b", "a:b", "a b", "tab\t", "nl\n", "del\x7f"} {
-		if err := Validate(bad); !errors.Is(err, podnet.ErrInvalid) {
-			t.Errorf("Validate(%q) = %v, want ErrInvalid", bad, err)
+		if err := ValidateName(bad); !errors.Is(err, podnet.ErrInvalid) {
+			t.Errorf("ValidateName(%q) = %v, want ErrInvalid", bad, err)
 		}
 	}
 }

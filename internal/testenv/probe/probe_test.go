@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/probe"
+	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns/nstest"
 )
 

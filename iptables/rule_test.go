@@ -1,4 +1,4 @@
-package nat
+package iptables
 
 import (
 	"context"
@@ -175,7 +175,7 @@ func FuzzParseRender(f *testing.F) {
 	f.Add(uint8(6), `! -s ::1/128 -m mark --mark 0x1/0xff -j MARK --or-mark 0x3`)
 	f.Fuzz(func(t *testing.T, fam uint8, spec string) {
 		fm := Family(fam)
-		if !fm.valid() {
+		if !fm.Valid() {
 			fm = IPv4
 		}
 		r, err := ParseRule(fm, spec)
@@ -237,7 +237,7 @@ func TestTransactionBuilderErrors(t *testing.T) {
 		"bad rule":           NewTransaction().Declare(c, Rule{Matches: []Match{Ports{Dst: Port(1)}}}),
 		"no family":          NewTransaction().Append(Chain{0, TableNAT, "X"}),
 		"long chain":         NewTransaction().Flush(Chain{IPv4, TableNAT, strings.Repeat("A", 29)}),
-		"prune empty prefix": NewTransaction().Prune(IPv4, TableNAT, ""),
+		"prune empty prefix": NewTransaction().Prune(IPv4, TableNAT, nil),
 		"first error kept":   NewTransaction().Declare(c).Insert(c, -1).Append(c, Rule{}),
 	} {
 		if err := NewFake().Run(context.Background(), tx); !errors.Is(err, ErrInvalid) {

@@ -1,4 +1,4 @@
-package nat
+package iptables
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/coreos/go-iptables/iptables"
+	goipt "github.com/coreos/go-iptables/iptables"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/execns"
@@ -24,7 +24,7 @@ type Kernel struct {
 
 	mu      sync.Mutex
 	written map[Chain]uint64 // hash of each chain's contents as last declared successfully
-	ipt     map[Family]*iptables.IPTables
+	ipt     map[Family]*goipt.IPTables
 }
 
 var _ Backend = (*Kernel)(nil)
@@ -32,7 +32,7 @@ var _ Backend = (*Kernel)(nil)
 // NewKernel returns the backend for the tables of ns. Nothing is executed
 // until it is used.
 func NewKernel(ns *netns.NS) *Kernel {
-	return &Kernel{ns: ns, written: map[Chain]uint64{}, ipt: map[Family]*iptables.IPTables{}}
+	return &Kernel{ns: ns, written: map[Chain]uint64{}, ipt: map[Family]*goipt.IPTables{}}
 }
 
 // NetNS returns the namespace k acts in.
@@ -144,7 +144,7 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 			delete(k.written, op.chain)
 		case opPrune:
 			for c := range k.written {
-				if c.Family == op.chain.Family && c.Table == op.chain.Table && strings.HasPrefix(c.Name, op.prefix) && !tx.declares(c) {
+				if c.Family == op.chain.Family && c.Table == op.chain.Table && !IsBuiltin(c.Name) && op.owned(c.Name) && !tx.declares(c) {
 					delete(k.written, c)
 				}
 			}
@@ -153,8 +153,6 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 	return nil
 }
 
-// restoreErr is the one place that reads iptables' messages: a missing
-// chain or rule maps to ErrNotFound.
 // rollback puts back the saved tables of a failed transaction, each with a
 // flush-mode restore of the table as it was saved. A table that had not
 // been changed yet is restored to what it already holds.
@@ -168,6 +166,8 @@ func (k *Kernel) rollback(ctx context.Context, snapshots map[tableKey][]byte) er
 	return errors.Join(errs...)
 }
 
+// restoreErr is the one place that reads iptables' messages: a missing
+// chain or rule maps to ErrNotFound.
 func restoreErr(err error) error {
 	var ee *execns.Error
 	if errors.As(err, &ee) {
@@ -206,7 +206,7 @@ func (k *Kernel) SaveAll(ctx context.Context, f Family) (*Ruleset, error) {
 }
 
 func (k *Kernel) save(ctx context.Context, f Family, args ...string) (*Ruleset, error) {
-	if !f.valid() {
+	if !f.Valid() {
 		return nil, podnet.Invalid("family %v", f)
 	}
 	out, err := execns.Output(ctx, k.ns, nil, binary(f, "-save"), args...)
@@ -218,20 +218,20 @@ func (k *Kernel) save(ctx context.Context, f Family, args ...string) (*Ruleset, 
 
 // iptables returns the go-iptables handle for f, made inside the namespace
 // (it runs "iptables --version" when created).
-func (k *Kernel) iptables(f Family) (*iptables.IPTables, error) {
+func (k *Kernel) iptables(f Family) (*goipt.IPTables, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if ipt := k.ipt[f]; ipt != nil {
 		return ipt, nil
 	}
-	proto := iptables.ProtocolIPv4
+	proto := goipt.ProtocolIPv4
 	if f == IPv6 {
-		proto = iptables.ProtocolIPv6
+		proto = goipt.ProtocolIPv6
 	}
-	var ipt *iptables.IPTables
+	var ipt *goipt.IPTables
 	err := k.ns.Do(func() error {
 		var err error
-		ipt, err = iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
+		ipt, err = goipt.New(goipt.IPFamily(proto), goipt.Timeout(5))
 		return err
 	})
 	if err != nil {
@@ -242,8 +242,8 @@ func (k *Kernel) iptables(f Family) (*iptables.IPTables, error) {
 }
 
 // single runs one go-iptables call inside the namespace.
-func (k *Kernel) single(c Chain, r Rule, fn func(ipt *iptables.IPTables, args []string) error) error {
-	if !c.Family.valid() {
+func (k *Kernel) single(c Chain, r Rule, fn func(ipt *goipt.IPTables, args []string) error) error {
+	if !c.Family.Valid() {
 		return podnet.Invalid("chain %q: family %v", c.Name, c.Family)
 	}
 	args, err := r.Args(c.Family)
@@ -261,59 +261,26 @@ func (k *Kernel) opErr(op string, c Chain, err error) error {
 	if err == nil {
 		return nil
 	}
-	var ie *iptables.Error
+	var ie *goipt.Error
 	if errors.As(err, &ie) && ie.IsNotExist() {
 		err = fmt.Errorf("%w: %w", podnet.ErrNotFound, err)
 	}
 	return &podnet.OpError{Op: op, Kind: "chain", Name: string(c.Table) + "/" + c.Name, NetNS: k.ns.String(), Err: err}
 }
 
-// Check reports whether r is in chain c.
+// Check reports whether r is in chain c; a missing chain reads as false.
+// It runs one iptables process, through go-iptables, which waits for the
+// xtables lock for at most 5 seconds.
 //
-// Equivalent to: iptables -w -t TABLE -C CHAIN RULE
-func (k *Kernel) Check(_ context.Context, c Chain, r Rule) (bool, error) {
+// Equivalent to: iptables -w 5 -t TABLE -C CHAIN RULE
+func (k *Kernel) Check(c Chain, r Rule) (bool, error) {
 	var ok bool
-	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
+	err := k.single(c, r, func(ipt *goipt.IPTables, args []string) error {
 		var err error
 		ok, err = ipt.Exists(string(c.Table), c.Name, args...)
 		return err
 	})
 	return ok, k.opErr("check rule in", c, err)
-}
-
-// EnsureRule adds r to chain c (first when top, else last) unless present.
-// It is two iptables processes, not atomic against concurrent writers; use
-// a Transaction for anything but a single rule.
-//
-// Equivalent to: iptables -C CHAIN RULE || iptables -I CHAIN 1 RULE (or -A)
-func (k *Kernel) EnsureRule(_ context.Context, c Chain, top bool, r Rule) error {
-	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
-		ok, err := ipt.Exists(string(c.Table), c.Name, args...)
-		if err != nil || ok {
-			return err
-		}
-		if top {
-			return ipt.Insert(string(c.Table), c.Name, 1, args...)
-		}
-		return ipt.Append(string(c.Table), c.Name, args...)
-	})
-	return k.opErr("ensure rule in", c, err)
-}
-
-// DeleteRule removes one copy of r from chain c; a missing rule or chain
-// is not an error.
-//
-// Equivalent to: iptables -D CHAIN RULE
-func (k *Kernel) DeleteRule(_ context.Context, c Chain, r Rule) error {
-	err := k.single(c, r, func(ipt *iptables.IPTables, args []string) error {
-		err := ipt.Delete(string(c.Table), c.Name, args...)
-		var ie *iptables.Error
-		if errors.As(err, &ie) && ie.IsNotExist() {
-			return nil
-		}
-		return err
-	})
-	return k.opErr("delete rule from", c, err)
 }
 
 // builtinsOf lists the built-in chains of a table in iptables-save order.

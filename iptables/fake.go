@@ -1,4 +1,4 @@
-package nat
+package iptables
 
 import (
 	"context"
@@ -12,7 +12,8 @@ import (
 	"github.com/podnet/podnet"
 )
 
-// Fake is an in-memory Backend for tests of code that programs NAT rules.
+// Fake is an in-memory Backend for tests of code that programs iptables
+// rules.
 // Run plans a transaction exactly as Kernel does, then applies the
 // resulting iptables-restore lines to a copy of its tables with restore's
 // semantics (a missing chain or rule, a chain still referenced, a jump to
@@ -26,7 +27,7 @@ type Fake struct {
 	mu   sync.Mutex
 	sets map[Family]*Ruleset
 	runs int
-	// LastText is the restore input of the last Run, per family.
+	// lastText is the restore input of the last Run, per family.
 	lastText map[Family]string
 }
 
@@ -83,7 +84,10 @@ func (fk *Fake) LastText(f Family) string {
 }
 
 // Run applies tx to a copy of the tables and commits the copy on success.
-func (fk *Fake) Run(_ context.Context, tx *Transaction) error {
+func (fk *Fake) Run(ctx context.Context, tx *Transaction) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
 	state := map[tableKey]*TableRules{}
@@ -112,7 +116,10 @@ func (fk *Fake) Run(_ context.Context, tx *Transaction) error {
 }
 
 // Save returns a copy of table t of family f.
-func (fk *Fake) Save(_ context.Context, f Family, t Table) (*TableRules, error) {
+func (fk *Fake) Save(ctx context.Context, f Family, t Table) (*TableRules, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
 	rs := fk.sets[f]
@@ -125,33 +132,21 @@ func (fk *Fake) Save(_ context.Context, f Family, t Table) (*TableRules, error) 
 	return emptyTable(t), nil
 }
 
-// Check reports whether r is in chain c.
-func (fk *Fake) Check(_ context.Context, c Chain, r Rule) (bool, error) {
+// Check reports whether r is in chain c; a missing chain reads as false,
+// as it does from Kernel.
+func (fk *Fake) Check(c Chain, r Rule) (bool, error) {
 	spec, err := r.Spec(c.Family)
 	if err != nil {
 		return false, err
 	}
 	fk.mu.Lock()
 	defer fk.mu.Unlock()
-	ch := fk.sets[c.Family].Table(c.Table).Chain(c.Name)
-	if ch == nil {
-		return false, &podnet.OpError{Op: "check rule in", Kind: "chain", Name: string(c.Table) + "/" + c.Name, NetNS: "fake", Err: podnet.ErrNotFound}
+	rs := fk.sets[c.Family]
+	if rs == nil {
+		return false, podnet.Invalid("chain %q: family %v", c.Name, c.Family)
 	}
-	return slices.Contains(ch.Rules, spec), nil
-}
-
-// EnsureRule adds r to chain c unless present.
-func (fk *Fake) EnsureRule(ctx context.Context, c Chain, top bool, r Rule) error {
-	return fk.Run(ctx, NewTransaction().EnsureRule(c, top, r))
-}
-
-// DeleteRule removes one copy of r from chain c, if there is one.
-func (fk *Fake) DeleteRule(ctx context.Context, c Chain, r Rule) error {
-	ok, err := fk.Check(ctx, c, r)
-	if err != nil || !ok {
-		return nil
-	}
-	return fk.Run(ctx, NewTransaction().Delete(c, r))
+	ch := rs.Table(c.Table).Chain(c.Name)
+	return ch != nil && slices.Contains(ch.Rules, spec), nil
 }
 
 // fakeSort orders chains as iptables-save does: built-ins in their fixed
@@ -206,10 +201,10 @@ func applyPlan(rs *Ruleset, p *restorePlan) error {
 				return fail("chain %q does not exist: %w", name, podnet.ErrNotFound)
 			}
 			if verb != "-D" {
-				if tgt := ruleTarget(spec); tgt != "" && !standardTargets[tgt] && t.Chain(tgt) == nil {
+				if tgt := TargetOf(spec); tgt != "" && !standardTargets[tgt] && t.Chain(tgt) == nil {
 					return fail("chain %q does not exist: %w", tgt, podnet.ErrNotFound)
 				}
-				if tgt := ruleTarget(spec); (tgt == "DNAT" || tgt == "SNAT" || tgt == "MASQUERADE") && tp.table != TableNAT {
+				if tgt := TargetOf(spec); (tgt == "DNAT" || tgt == "SNAT" || tgt == "MASQUERADE") && tp.table != TableNAT {
 					return fail("target %s is only valid in table nat: %w", tgt, podnet.ErrInvalid)
 				}
 			}
@@ -246,7 +241,7 @@ func applyPlan(rs *Ruleset, p *restorePlan) error {
 			}
 			for _, c := range t.Chains {
 				for _, r := range c.Rules {
-					if ruleTarget(r) == name {
+					if TargetOf(r) == name {
 						return fail("chain %q is referenced by chain %q: %w", name, c.Name, podnet.ErrConflict)
 					}
 				}

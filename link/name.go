@@ -1,5 +1,4 @@
-// Package ifname validates Linux network interface names.
-package ifname
+package link
 
 import (
 	"strings"
@@ -7,19 +6,19 @@ import (
 	"github.com/podnet/podnet"
 )
 
-// MaxLen is the longest interface name the kernel accepts (IFNAMSIZ-1).
-const MaxLen = 15
+// MaxNameLen is the longest interface name the kernel accepts (IFNAMSIZ-1).
+const MaxNameLen = 15
 
-// Validate returns an error matching podnet.ErrInvalid when the kernel would
+// ValidateName returns an error matching podnet.ErrInvalid when the kernel would
 // refuse name as an interface name, or it could be confused with a path:
 // empty, longer than 15 bytes, ".", "..", or containing '/', ':', whitespace
 // or a control character.
-func Validate(name string) error {
+func ValidateName(name string) error {
 	switch {
 	case name == "":
 		return podnet.Invalid("interface name is empty")
-	case len(name) > MaxLen:
-		return podnet.Invalid("interface name %q: longer than %d bytes", name, MaxLen)
+	case len(name) > MaxNameLen:
+		return podnet.Invalid("interface name %q: longer than %d bytes", name, MaxNameLen)
 	case name == "." || name == "..":
 		return podnet.Invalid("interface name %q", name)
 	case strings.ContainsAny(name, "/:"):

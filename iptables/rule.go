@@ -1,4 +1,4 @@
-package nat
+package iptables
 
 import (
 	"fmt"
@@ -19,33 +19,17 @@ var (
 )
 
 // Family is an IP family: it picks iptables or ip6tables.
-type Family uint8
+type Family = podnet.Family
 
-// The two families. The zero Family is invalid.
+// The two families: IPv4 is iptables, iptables-restore and iptables-save;
+// IPv6 is ip6tables, ip6tables-restore and ip6tables-save.
 const (
-	IPv4 Family = 4 // iptables, iptables-restore, iptables-save
-	IPv6 Family = 6 // ip6tables, ip6tables-restore, ip6tables-save
+	IPv4 = podnet.IPv4
+	IPv6 = podnet.IPv6
 )
 
 // FamilyOf returns the family of a (IPv4 for an IPv4-mapped IPv6 address).
-func FamilyOf(a netip.Addr) Family {
-	if a.Unmap().Is4() {
-		return IPv4
-	}
-	return IPv6
-}
-
-func (f Family) String() string {
-	switch f {
-	case IPv4:
-		return "IPv4"
-	case IPv6:
-		return "IPv6"
-	}
-	return "Family(" + strconv.Itoa(int(f)) + ")"
-}
-
-func (f Family) valid() bool { return f == IPv4 || f == IPv6 }
+func FamilyOf(a netip.Addr) Family { return podnet.FamilyOf(a) }
 
 // Table is an iptables table.
 type Table string
@@ -117,8 +101,8 @@ const (
 	ICMPv6 Protocol = "ipv6-icmp"
 )
 
-// hasPorts reports whether the protocol has a port match module.
-func (p Protocol) hasPorts() bool { return p == TCP || p == UDP || p == SCTP }
+// HasPorts reports whether the protocol has ports to match (tcp, udp, sctp).
+func (p Protocol) HasPorts() bool { return p == TCP || p == UDP || p == SCTP }
 
 // Addr matches a source or destination prefix (-s / -d), negated when Not.
 // The zero Addr matches everything.
@@ -198,7 +182,7 @@ type Target interface {
 //
 // Equivalent to: iptables -A CHAIN ARGS...
 func (r Rule) Args(f Family) ([]string, error) {
-	if !f.valid() {
+	if !f.Valid() {
 		return nil, podnet.Invalid("rule: family %v", f)
 	}
 	args := make([]string, 0, 16)
@@ -379,7 +363,7 @@ type Ports struct {
 }
 
 func (m Ports) appendArgs(args []string, r *Rule, _ Family) ([]string, error) {
-	if !r.Protocol.hasPorts() {
+	if !r.Protocol.HasPorts() {
 		return nil, podnet.Invalid("rule: port match needs protocol tcp, udp or sctp, have %q", r.Protocol)
 	}
 	if m.Src.IsZero() && m.Dst.IsZero() {

@@ -1,4 +1,4 @@
-package nat
+package iptables
 
 import (
 	"context"
@@ -20,20 +20,11 @@ type Backend interface {
 	//
 	// Equivalent to: iptables-save -t TABLE
 	Save(ctx context.Context, f Family, t Table) (*TableRules, error)
-	// Check reports whether rule is in chain c.
+	// Check reports whether rule is in chain c; a missing chain reads as
+	// false.
 	//
 	// Equivalent to: iptables -t TABLE -C CHAIN RULE
-	Check(ctx context.Context, c Chain, r Rule) (bool, error)
-	// EnsureRule adds rule to chain c (at the top when top, else at the
-	// end) unless it is already there.
-	//
-	// Equivalent to: iptables -t TABLE -C CHAIN RULE || iptables -t TABLE -I|-A CHAIN RULE
-	EnsureRule(ctx context.Context, c Chain, top bool, r Rule) error
-	// DeleteRule removes one copy of rule from chain c; it succeeds when the
-	// rule or the chain is not there.
-	//
-	// Equivalent to: iptables -t TABLE -D CHAIN RULE (ignoring "does not exist")
-	DeleteRule(ctx context.Context, c Chain, r Rule) error
+	Check(c Chain, r Rule) (bool, error)
 }
 
 // Transaction is a set of changes to iptables tables applied atomically by
@@ -70,12 +61,12 @@ const (
 )
 
 type txOp struct {
-	kind   opKind
-	chain  Chain
-	pos    int      // opInsert: 1-based position; opEnsure: 1 top, 0 bottom
-	specs  []string // rendered rules
-	prefix string   // opPrune
-	hash   uint64   // opDeclare: hash of specs
+	kind  opKind
+	chain Chain
+	pos   int      // opInsert: 1-based position; opEnsure: 1 top, 0 bottom
+	specs []string // rendered rules
+	owned Owner    // opPrune
+	hash  uint64   // opDeclare: hash of specs
 }
 
 // NewTransaction returns an empty transaction.
@@ -93,16 +84,26 @@ func (tx *Transaction) fail(err error) {
 	}
 }
 
-func (tx *Transaction) chainOK(c Chain, userOnly bool) bool {
+// tableOK records an error unless f and t name a table.
+func (tx *Transaction) tableOK(f Family, t Table) bool {
 	if tx.err != nil {
 		return false
 	}
-	if !c.Family.valid() {
-		tx.fail(podnet.Invalid("chain %q: family %v", c.Name, c.Family))
+	if !f.Valid() {
+		tx.fail(podnet.Invalid("table %q: family %v", t, f))
 		return false
 	}
-	if err := validateWord("table", string(c.Table)); err != nil {
+	if err := validateWord("table", string(t)); err != nil {
 		tx.fail(err)
+		return false
+	}
+	return true
+}
+
+// chainOK records an error unless c names a chain a transaction may edit
+// (with userOnly, one it may also declare, flush or delete).
+func (tx *Transaction) chainOK(c Chain, userOnly bool) bool {
+	if !tx.tableOK(c.Family, c.Table) {
 		return false
 	}
 	if IsBuiltin(c.Name) {
@@ -260,19 +261,19 @@ func (tx *Transaction) RemoveRule(c Chain, rule Rule) *Transaction {
 	return tx
 }
 
-// Prune removes, from table t of family f, every chain whose name starts
-// with prefix and that this transaction does not Declare or Flush, together
-// with the rules in other chains that jump to them. Chains without the
-// prefix and their other rules are left alone.
+// Prune removes, from table t of family f, every chain that owned claims
+// and that this transaction does not Declare or Flush, together with the
+// rules in other chains that jump to them. Chains owned does not claim,
+// and built-in chains, are left alone, and so are their other rules.
 //
 // Equivalent to: for each stale chain C: iptables -D X ... -j C (for each
 // reference); iptables -F C; iptables -X C
-func (tx *Transaction) Prune(f Family, t Table, prefix string) *Transaction {
-	if prefix == "" || IsBuiltin(prefix) {
-		tx.fail(podnet.Invalid("prune: prefix %q would match chains podnet does not own", prefix))
+func (tx *Transaction) Prune(f Family, t Table, owned Owner) *Transaction {
+	if owned == nil {
+		tx.fail(podnet.Invalid("prune %v table %q: no owner", f, t))
 	}
-	if tx.chainOK(Chain{Family: f, Table: t, Name: prefix}, true) {
-		tx.ops = append(tx.ops, txOp{kind: opPrune, chain: Chain{Family: f, Table: t}, prefix: prefix})
+	if tx.tableOK(f, t) {
+		tx.ops = append(tx.ops, txOp{kind: opPrune, chain: Chain{Family: f, Table: t}, owned: owned})
 	}
 	return tx
 }
@@ -292,9 +293,9 @@ func (tx *Transaction) SkipUnchanged() *Transaction {
 // own use it makes big transactions fast: iptables-nft (1.8.x) finds each
 // chain a --noflush restore names in a list it scans linearly, unless the
 // table's section holds a command that names no chain; -Z is such a
-// command, and with it loading 12k chains (2k Services' worth) took 1.4 s
-// instead of 13.7 s here. The price is the counters of chains the caller
-// does not own.
+// command, which makes loading thousands of chains linear instead of
+// quadratic (docs/performance.md has the figures). The price is the
+// counters of chains the caller does not own.
 //
 // Equivalent to: iptables -t TABLE -Z
 func (tx *Transaction) ZeroCounters() *Transaction {
@@ -372,7 +373,6 @@ func (tp *tablePlan) addRemove(name string) {
 	}
 }
 
-// text renders the plan as iptables-restore input.
 // smallestFirst orders the tables so the largest is applied last: it is
 // the one Kernel.Run need not save beforehand to be able to roll back.
 func (p *restorePlan) smallestFirst() {
@@ -380,6 +380,7 @@ func (p *restorePlan) smallestFirst() {
 	slices.SortStableFunc(p.tables, func(a, b *tablePlan) int { return size(a) - size(b) })
 }
 
+// text renders the plan as iptables-restore input.
 func (p *restorePlan) text() string {
 	var b strings.Builder
 	b.Grow(p.lines * 64)
@@ -506,7 +507,7 @@ func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain
 			}
 			for _, c := range cur.Chains {
 				ch := Chain{op.chain.Family, op.chain.Table, c.Name}
-				if !strings.HasPrefix(c.Name, op.prefix) || IsBuiltin(c.Name) || rewritten[ch] || deleted[ch] {
+				if IsBuiltin(c.Name) || !op.owned(c.Name) || rewritten[ch] || deleted[ch] {
 					continue
 				}
 				// A declared chain skipped as unchanged is still declared.
@@ -532,7 +533,7 @@ func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain
 				continue
 			}
 			for _, r := range c.Rules {
-				if tgt := ruleTarget(r); tgt != "" && deleted[Chain{k.f, k.t, tgt}] && !slices.Contains(tp.rules, "-D "+c.Name+" "+r) {
+				if tgt := TargetOf(r); tgt != "" && deleted[Chain{k.f, k.t, tgt}] && !slices.Contains(tp.rules, "-D "+c.Name+" "+r) {
 					tp.rules = append(tp.rules, "-D "+c.Name+" "+r)
 				}
 			}
@@ -556,9 +557,9 @@ func (tx *Transaction) declares(c Chain) bool {
 	return false
 }
 
-// ruleTarget returns the chain or target a rule spec jumps to ("-j X" or
+// TargetOf returns the chain or target a saved rule spec jumps to ("-j X" or
 // "-g X" at its end), or "".
-func ruleTarget(spec string) string {
+func TargetOf(spec string) string {
 	args, err := splitArgs(spec)
 	if err != nil {
 		return ""
