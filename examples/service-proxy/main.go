@@ -72,36 +72,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if !o.cleanup && o.manifests == "" {
 		return errors.New("--manifests is required")
 	}
-	var cidrs []netip.Prefix
-	for _, s := range strings.Split(o.clusterCIDR, ",") {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("--cluster-cidr: %w", err)
-		}
-		cidrs = append(cidrs, p)
+	cidrs, err := parseCIDRs(o.clusterCIDR)
+	if err != nil {
+		return fmt.Errorf("--cluster-cidr: %w", err)
 	}
-	fams := []iptables.Family{iptables.IPv4}
-	for _, c := range cidrs {
-		if c.Addr().Is6() {
-			fams = append(fams, iptables.IPv6)
-			break
-		}
-	}
-	var ns *netns.NS
-	var err error
-	if o.netnsPath != "" {
-		ns, err = netns.Open(o.netnsPath)
-	} else {
-		ns, err = netns.Current()
-	}
+	ns, err := openNetNS(o.netnsPath)
 	if err != nil {
 		return err
 	}
 	defer ns.Close()
-	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: fams, Logger: log})
+	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -112,96 +92,166 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		log.Info("removed the proxy's rules", "netns", ns.String(), "prefix", o.prefix)
 		return nil
 	}
-	m := newMetrics()
-	load := func() error {
-		objs, err := readManifests(o.manifests)
-		if err == nil {
-			var svcs []service.Service
-			if svcs, err = objs.toServices(); err == nil {
-				err = p.Replace(svcs)
-			}
-		}
-		if err != nil {
-			m.manifestError()
-			return err
-		}
-		return nil
-	}
-	sync := func() error {
-		res, err := p.Sync(ctx)
-		svcs, eps := p.Stats()
-		m.observeSync(res.Duration, res.Rules, res.Full, err, svcs, eps)
-		return err
-	}
-	if err := load(); err != nil {
-		if o.once {
-			return err
-		}
-		log.Error("manifests rejected; keeping the rules in place", "err", err)
-	}
-	if err := sync(); err != nil && o.once {
-		return err
-	}
+	s := &syncer{proxy: p, manifests: o.manifests, metrics: newMetrics(), log: log}
 	if o.once {
-		return nil
+		return s.once(ctx)
 	}
+	s.start(ctx)
 	if o.metricsAddr != "" {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", m)
-		mux.HandleFunc("/healthz", m.healthz)
-		l, err := net.Listen("tcp", o.metricsAddr)
+		srv, err := serveMetrics(o.metricsAddr, s.metrics, log)
 		if err != nil {
 			return err
 		}
-		log.Info("serving metrics", "addr", l.Addr().String())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(l)
 		defer srv.Close()
 	}
-	stamp, _ := fingerprint(o.manifests)
-	pollT := time.NewTicker(o.poll)
+	s.watch(ctx, o.poll, o.syncPeriod)
+	log.Info("stopping; the rules stay in place")
+	return nil
+}
+
+// parseCIDRs parses a comma-separated list of prefixes; blank entries are
+// ignored so that an empty flag means none.
+func parseCIDRs(list string) ([]netip.Prefix, error) {
+	var cidrs []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		cidrs = append(cidrs, p)
+	}
+	return cidrs, nil
+}
+
+func families(cidrs []netip.Prefix) []iptables.Family {
+	fams := []iptables.Family{iptables.IPv4}
+	for _, c := range cidrs {
+		if c.Addr().Is6() {
+			return append(fams, iptables.IPv6)
+		}
+	}
+	return fams
+}
+
+func openNetNS(path string) (*netns.NS, error) {
+	if path != "" {
+		return netns.Open(path)
+	}
+	return netns.Current()
+}
+
+// syncer feeds the manifests to the proxy and records the outcome in the
+// metrics.
+type syncer struct {
+	proxy     *service.Proxy
+	manifests string
+	metrics   *metrics
+	log       *slog.Logger
+}
+
+// load hands the manifests' Services to the proxy. A rejected read leaves
+// the proxy with the Services it had, so the next sync keeps the last good
+// rules.
+func (s *syncer) load() error {
+	objs, err := readManifests(s.manifests)
+	if err == nil {
+		var svcs []service.Service
+		if svcs, err = objs.toServices(); err == nil {
+			err = s.proxy.Replace(svcs)
+		}
+	}
+	if err != nil {
+		s.metrics.manifestError()
+	}
+	return err
+}
+
+func (s *syncer) sync(ctx context.Context) error {
+	res, err := s.proxy.Sync(ctx)
+	svcs, eps := s.proxy.Stats()
+	s.metrics.observeSync(res.Duration, res.Rules, res.Full, err, svcs, eps)
+	return err
+}
+
+// once is --once: any failure is the command's, and a bad manifest writes
+// nothing.
+func (s *syncer) once(ctx context.Context) error {
+	if err := s.load(); err != nil {
+		return err
+	}
+	return s.sync(ctx)
+}
+
+// start is the daemon's first load and sync. Neither failure stops it: the
+// rules already in the namespace stay, and a later manifest change or
+// periodic sync may succeed.
+func (s *syncer) start(ctx context.Context) {
+	if err := s.load(); err != nil {
+		s.log.Error("manifests rejected; keeping the rules in place", "err", err)
+	}
+	_ = s.sync(ctx) // recorded in the metrics; the periodic sync retries
+}
+
+// watch reloads the manifests when their files change and syncs every
+// period, so that rules flushed behind the proxy's back come back, until
+// ctx is done.
+func (s *syncer) watch(ctx context.Context, poll, period time.Duration) {
+	stamp, _ := fingerprint(s.manifests)
+	pollT := time.NewTicker(poll)
 	defer pollT.Stop()
-	syncT := time.NewTicker(o.syncPeriod)
+	syncT := time.NewTicker(period)
 	defer syncT.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info("stopping; the rules stay in place")
-			return nil
+			return
 		case <-pollT.C:
-			s, err := fingerprint(o.manifests)
-			if err != nil || s == stamp {
-				continue
-			}
-			stamp = s
-			if err := load(); err != nil {
-				log.Error("manifests rejected; keeping the last good rules", "err", err)
-				continue
-			}
-			if err := sync(); err != nil {
-				log.Error("sync failed", "err", err)
-			}
+			stamp = s.reloadIfChanged(ctx, stamp)
 		case <-syncT.C:
-			if err := sync(); err != nil {
-				log.Error("sync failed", "err", err)
-			}
+			s.syncOrLog(ctx)
 		}
 	}
 }
 
-// fingerprint summarises the manifest files' names, sizes and times.
-func fingerprint(path string) (string, error) {
-	files, err := manifestFiles(path)
+// reloadIfChanged loads and syncs the manifests if their fingerprint is no
+// longer stamp, and returns the fingerprint to compare with next. When the
+// files cannot be listed the old stamp is kept, so the change is still
+// seen once they can.
+func (s *syncer) reloadIfChanged(ctx context.Context, stamp string) string {
+	cur, err := fingerprint(s.manifests)
+	if err != nil || cur == stamp {
+		return stamp
+	}
+	if err := s.load(); err != nil {
+		s.log.Error("manifests rejected; keeping the last good rules", "err", err)
+		return cur
+	}
+	s.syncOrLog(ctx)
+	return cur
+}
+
+func (s *syncer) syncOrLog(ctx context.Context) {
+	if err := s.sync(ctx); err != nil {
+		s.log.Error("sync failed", "err", err)
+	}
+}
+
+// serveMetrics serves /metrics and /healthz on addr until the returned
+// server is closed. It listens before returning so that a bad or busy
+// address fails the command.
+func serveMetrics(addr string, m *metrics, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m)
+	mux.HandleFunc("/healthz", m.healthz)
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	var b strings.Builder
-	for _, f := range files {
-		st, err := os.Stat(f)
-		if err != nil {
-			return "", err
-		}
-		fmt.Fprintf(&b, "%s %d %d\n", f, st.Size(), st.ModTime().UnixNano())
-	}
-	return b.String(), nil
+	log.Info("serving metrics", "addr", l.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return srv, nil
 }

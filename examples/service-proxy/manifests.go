@@ -1,9 +1,10 @@
 package main
 
 import (
-	"bytes"
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/service"
@@ -45,26 +47,28 @@ func manifestFiles(path string) ([]string, error) {
 	return files, err
 }
 
+// fingerprint summarises the manifest files' names, sizes and times.
+func fingerprint(path string) (string, error) {
+	files, err := manifestFiles(path)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "%s %d %d\n", f, st.Size(), st.ModTime().UnixNano())
+	}
+	return b.String(), nil
+}
+
 // objects is what the manifests hold.
 type objects struct {
 	services []*corev1.Service
 	slices   []*discoveryv1.EndpointSlice
 	where    map[any]string // object → "file: Kind ns/name"
-}
-
-// splitDocs splits multi-document YAML at "---" lines.
-func splitDocs(data []byte) [][]byte {
-	var docs [][]byte
-	var cur bytes.Buffer
-	for line := range bytes.Lines(data) {
-		if t := bytes.TrimRight(line, " \t\r\n"); bytes.Equal(t, []byte("---")) || bytes.HasPrefix(t, []byte("--- ")) {
-			docs = append(docs, bytes.Clone(cur.Bytes()))
-			cur.Reset()
-			continue
-		}
-		cur.Write(line)
-	}
-	return append(docs, cur.Bytes())
 }
 
 // readManifests reads every Service and EndpointSlice at path (a v1 List
@@ -77,29 +81,37 @@ func readManifests(path string) (*objects, error) {
 	}
 	o := &objects{where: map[any]string{}}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
+		if err := o.addFile(f); err != nil {
 			return nil, err
-		}
-		for i, doc := range splitDocs(data) {
-			if len(bytes.TrimSpace(doc)) == 0 || isComments(doc) {
-				continue
-			}
-			if err := o.add(f, i+1, doc); err != nil {
-				return nil, err
-			}
 		}
 	}
 	return o, nil
 }
 
-func isComments(doc []byte) bool {
-	for line := range bytes.Lines(doc) {
-		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
-			return false
+// addFile adds the objects of each document in file. JSON goes through
+// the YAML reader too: no JSON line can start with "---", so a JSON file
+// is one document.
+func (o *objects) addFile(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(f))
+	for doc := 1; ; doc++ {
+		data, err := r.Read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s: document %d: %w", file, doc, err)
+		}
+		// A document of only comments decodes to an empty header, which
+		// add skips like any kind it does not know.
+		if err := o.add(file, doc, data); err != nil {
+			return err
 		}
 	}
-	return true
 }
 
 type header struct {
