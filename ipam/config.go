@@ -2,10 +2,13 @@ package ipam
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 // DefaultDataDir is where host-local keeps its leases when the
@@ -138,8 +141,12 @@ func ParseConfig(netconf []byte, cniArgs string) (*Config, error) {
 		}
 		c.Ranges = append(c.Ranges, set)
 	}
-	if (v4 > 1 || v6 > 1) && !versionAtLeast030(c.CNIVersion) {
-		return nil, fieldErr("cniVersion", c.CNIVersion, "does not support more than one address per family")
+	// Results before spec 0.3.0 hold one address per family. An empty
+	// cniVersion counts as 0.1.0 and an unparsable one as too old.
+	if v4 > 1 || v6 > 1 {
+		if ok, _ := version.GreaterThanOrEqualTo(c.CNIVersion, "0.3.0"); !ok {
+			return nil, fieldErr("cniVersion", c.CNIVersion, "does not support more than one address per family")
+		}
 	}
 	return c, nil
 }
@@ -197,60 +204,37 @@ func parseIPOrCIDR(s string) (netip.Addr, error) {
 	return netip.Addr{}, fmt.Errorf("not an IP address")
 }
 
-// parseCNIArgs reads CNI_ARGS the way host-local does: IP= is the requested
-// address; any other key is an error unless IgnoreUnknown is true.
-func parseCNIArgs(args string) (netip.Addr, error) {
-	var ip netip.Addr
-	if args == "" {
-		return ip, nil
-	}
-	var unknown []string
-	ignore := false
-	for _, pair := range strings.Split(args, ";") {
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok {
-			return ip, fieldErr("CNI_ARGS", pair, "not KEY=VALUE")
-		}
-		switch k {
-		case "IP":
-			a, err := parseIPOrCIDR(v)
-			if err != nil {
-				return ip, fieldErr("CNI_ARGS IP", v, "%v", err)
-			}
-			ip = a
-		case "IgnoreUnknown":
-			switch strings.ToLower(v) {
-			case "1", "true":
-				ignore = true
-			case "0", "false":
-				ignore = false
-			default:
-				return ip, fieldErr("CNI_ARGS IgnoreUnknown", v, "not a boolean")
-			}
-		default:
-			unknown = append(unknown, pair)
-		}
-	}
-	if len(unknown) > 0 && !ignore {
-		return ip, fieldErr("CNI_ARGS", strings.Join(unknown, ";"), "unknown args")
-	}
-	return ip, nil
+// envArgs is what host-local reads from CNI_ARGS; LoadArgs rejects any
+// other key unless IgnoreUnknown is true.
+type envArgs struct {
+	types.CommonArgs
+	IP argIP
 }
 
-// versionAtLeast030 reports whether a CNI version string is 0.3.0 or later,
-// the first to allow several addresses of one family.
-func versionAtLeast030(v string) bool {
-	parts := strings.SplitN(v, ".", 3)
-	if len(parts) != 3 {
-		return false
+// argIP is one requested address. Like host-local it takes a single
+// address, with or without a prefix length; a comma-separated list is
+// refused rather than half-read.
+type argIP struct{ netip.Addr }
+
+func (a *argIP) UnmarshalText(b []byte) error {
+	ip, err := parseIPOrCIDR(string(b))
+	if err != nil {
+		return fieldErr("CNI_ARGS IP", string(b), "%v", err)
 	}
-	var n [3]int
-	for i, p := range parts {
-		x, err := strconv.Atoi(p)
-		if err != nil || x < 0 {
-			return false
+	a.Addr = ip
+	return nil
+}
+
+// parseCNIArgs returns the address CNI_ARGS requests with IP=, or the zero
+// Addr when it requests none.
+func parseCNIArgs(args string) (netip.Addr, error) {
+	var a envArgs
+	if err := types.LoadArgs(args, &a); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			return netip.Addr{}, fe
 		}
-		n[i] = x
+		return netip.Addr{}, fieldErr("CNI_ARGS", "", "%s", strings.TrimPrefix(err.Error(), "ARGS: "))
 	}
-	return n[0] > 0 || n[1] >= 3
+	return a.IP.Addr, nil
 }

@@ -152,6 +152,17 @@ func TestParseConfig(t *testing.T) {
 			}},
 		{name: "unknown CNI_ARGS", args: "K8S_POD_NAME=x", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS"},
 		{name: "bad CNI_ARGS IP", args: "IP=nope", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS IP"},
+		{name: "CNI_ARGS IP with prefix", args: "IP=10.1.0.5/24", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`,
+			check: func(t *testing.T, c *Config) {
+				if len(c.IPs) != 1 || c.IPs[0] != ma("10.1.0.5") {
+					t.Errorf("IPs = %v", c.IPs)
+				}
+			}},
+		{name: "CNI_ARGS IP list", args: "IP=10.1.0.5,10.1.0.6", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS IP"},
+		{name: "empty CNI_ARGS IP", args: "IP=", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS IP"},
+		{name: "CNI_ARGS not KEY=VALUE", args: "IP", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS"},
+		{name: "bad IgnoreUnknown", args: "IgnoreUnknown=maybe;X=1", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS"},
+		{name: "IgnoreUnknown false", args: "IgnoreUnknown=false;X=1", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`, errField: "CNI_ARGS"},
 		{name: "no ipam", conf: `{"cniVersion":"1.0.0","name":"n"}`, errField: "ipam"},
 		{name: "no ranges", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{}}`, errField: "ipam.ranges"},
 		{name: "bad JSON", conf: `{`, errField: "-"},
@@ -161,6 +172,9 @@ func TestParseConfig(t *testing.T) {
 		{name: "start outside", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24","rangeStart":"10.2.0.1"}]]}}`, errField: "ipam.ranges[0][0].rangeStart"},
 		{name: "sets overlap", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.1.0.0/25"}]]}}`, errField: "ipam.ranges[1]"},
 		{name: "two v4 sets need 0.3.0", conf: `{"cniVersion":"0.2.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}`, errField: "cniVersion"},
+		{name: "two v4 sets need a cniVersion", conf: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}`, errField: "cniVersion"},
+		{name: "two v4 sets with a bad cniVersion", conf: `{"cniVersion":"x","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}`, errField: "cniVersion"},
+		{name: "one set per family needs no cniVersion", conf: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00::/64"}]]}}`},
 		{name: "two v4 sets with 0.3.1", conf: `{"cniVersion":"0.3.1","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}`},
 		{name: "empty set", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[]]}}`, errField: "ipam.ranges[0]"},
 	}

@@ -36,7 +36,6 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
-	ctx := context.Background()
 	host, err := netns.Current()
 	if err != nil {
 		return err
@@ -48,14 +47,40 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	defer pod.Close()
 
-	var cleanup undo
+	a := &addition{ctx: context.Background(), args: args, n: n, host: host, pod: pod}
 	defer func() {
 		if err != nil {
-			cleanup.run()
+			a.cleanup.run()
 		}
 	}()
+	if err := a.createLink(); err != nil {
+		return err
+	}
+	if n.IPAM.Type != "" { // without IPAM the attachment is layer 2 only
+		if err := a.addresses(); err != nil {
+			return err
+		}
+	}
+	return a.answer()
+}
 
-	br, err := bridge.Ensure(host, bridge.Spec{Name: n.Bridge, MTU: n.MTU, Promisc: n.PromiscMode})
+// addition is one ADD in progress. Every step that makes something pushes
+// its removal onto cleanup, which cmdAdd runs if a later step fails.
+type addition struct {
+	ctx       context.Context
+	args      *skel.CmdArgs
+	n         *netConf
+	host, pod *netns.NS
+	pair      *veth.Pair
+	result    *current.Result
+	cleanup   undo
+}
+
+// createLink ensures the bridge and plugs the pod into it with a veth pair.
+// The bridge is shared by the network's pods, so a failed ADD leaves it.
+func (a *addition) createLink() error {
+	n := a.n
+	br, err := bridge.Ensure(a.host, bridge.Spec{Name: n.Bridge, MTU: n.MTU, Promisc: n.PromiscMode})
 	if err != nil {
 		return err
 	}
@@ -70,92 +95,112 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	//
 	// The host side joins the bridge while still down: the kernel then
 	// makes it forward in its link-watch worker, in parallel with the rest
-	// of this ADD, work that grows with the ports of the bridge. ADD waits
-	// for it at the end.
-	pair, err := veth.Create(host, veth.Spec{
-		PeerName: args.IfName, PeerNS: pod, MTU: n.MTU, PeerMAC: n.mac,
+	// of this ADD, work that grows with the ports of the bridge. answer
+	// waits for it.
+	pair, err := veth.Create(a.host, veth.Spec{
+		PeerName: a.args.IfName, PeerNS: a.pod, MTU: n.MTU, PeerMAC: n.mac,
 		AddrGenModeNone: true, PeerAddrGenModeNone: n.ipv4Only(),
 		MasterIndex: br.Index,
 	})
 	if err != nil {
 		return err
 	}
-	cleanup.push(func() { veth.Delete(host, pair.Name) })
+	a.cleanup.push(func() { veth.Delete(a.host, pair.Name) })
+	a.pair = pair
 	if n.HairpinMode {
-		if err := bridge.Attach(host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: true}); err != nil {
+		if err := bridge.Attach(a.host, n.Bridge, pair.Name, bridge.PortOptions{Hairpin: true}); err != nil {
 			return err
 		}
 	}
-
-	result := &current.Result{
+	a.result = &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: br.Name, Mac: br.MAC.String()},
 			{Name: pair.Name, Mac: pair.MAC.String()},
-			{Name: args.IfName, Mac: pair.PeerMAC.String(), Sandbox: args.Netns},
+			{Name: a.args.IfName, Mac: pair.PeerMAC.String(), Sandbox: a.args.Netns},
 		},
 	}
-	// The answer waits until the port forwards, which the kernel makes it
-	// do in parallel with the rest of ADD.
-	answer := func() error {
-		ctx, cancel := context.WithTimeout(ctx, portTimeout)
-		defer cancel()
-		if err := bridge.WaitForwarding(ctx, host, pair.Name); err != nil {
+	return nil
+}
+
+// addresses gets the pod its addresses, configures them with the bridge as
+// gateway where asked, and masquerades the network.
+func (a *addition) addresses() error {
+	if err := a.runIPAM(); err != nil {
+		return err
+	}
+	gateways, err := gatewaysOf(a.result, a.n)
+	if err != nil {
+		return err
+	}
+	if err := cni.ConfigureIface(a.pod, a.args.IfName, a.result); err != nil {
+		return err
+	}
+	if a.n.IsGateway {
+		if err := a.ensureGateways(gateways); err != nil {
 			return err
 		}
-		return printResult(result, n)
 	}
-	if n.IPAM.Type == "" { // layer 2 only
-		return answer()
-	}
-
-	drv := ipamFor(n)
-	ipamRes, err := drv.add(ctx, args, n)
-	if err != nil {
-		return err
-	}
-	cleanup.push(func() { drv.del(ctx, args, n) })
-	if len(ipamRes.IPs) == 0 {
-		return errors.New("IPAM returned no address")
-	}
-	result.IPs, result.Routes, result.DNS = ipamRes.IPs, ipamRes.Routes, ipamRes.DNS
-
-	gateways, err := gatewaysOf(result, n)
-	if err != nil {
-		return err
-	}
-	if err := cni.ConfigureIface(pod, args.IfName, result); err != nil {
-		return err
-	}
-	if n.IsGateway {
-		for _, gw := range gateways {
-			if err := bridge.EnsureAddr(host, n.Bridge, gw, bridge.AddrOptions{Replace: n.ForceAddress}); err != nil {
-				return err
-			}
-			if err := route.SetForwarding(host, familyOf(gw.Addr()), true); err != nil {
-				return err
-			}
-		}
-	}
-	if n.IPMasq {
-		if err := ensureMasquerade(host, n, result.IPs); err != nil {
+	if a.n.IPMasq {
+		if err := ensureMasquerade(a.host, a.n, a.result.IPs); err != nil {
 			return err
 		}
 	}
 	// The bridge's MAC can change when its first port joins; report the
 	// current one.
-	if br, err = bridge.Get(host, n.Bridge); err == nil {
-		result.Interfaces[0].Mac = br.MAC.String()
+	if br, err := bridge.Get(a.host, a.n.Bridge); err == nil {
+		a.result.Interfaces[0].Mac = br.MAC.String()
 	}
-	if dnsSet(n.DNS) {
-		result.DNS = n.DNS
+	if dnsSet(a.n.DNS) {
+		a.result.DNS = a.n.DNS
 	}
-	return answer()
+	return nil
 }
 
-// portTimeout bounds the wait for a new bridge port to forward, which
-// takes the kernel well under a millisecond unless the machine is
-// overloaded.
+// runIPAM allocates the pod's addresses and puts them in the result.
+func (a *addition) runIPAM() error {
+	drv := ipamFor(a.n)
+	res, err := drv.add(a.ctx, a.args, a.n)
+	if err != nil {
+		return err
+	}
+	a.cleanup.push(func() { drv.del(a.ctx, a.args, a.n) })
+	if len(res.IPs) == 0 {
+		return errors.New("IPAM returned no address")
+	}
+	a.result.IPs, a.result.Routes, a.result.DNS = res.IPs, res.Routes, res.DNS
+	return nil
+}
+
+// ensureGateways gives the bridge the gateway addresses and turns on IP
+// forwarding for their families. Neither is undone on failure: other pods
+// of the network may already rely on them.
+func (a *addition) ensureGateways(gateways []netip.Prefix) error {
+	for _, gw := range gateways {
+		if err := bridge.EnsureAddr(a.host, a.n.Bridge, gw, bridge.AddrOptions{Replace: a.n.ForceAddress}); err != nil {
+			return err
+		}
+		if err := route.SetForwarding(a.host, familyOf(gw.Addr()), true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// answer prints the result once the pod's port forwards, so that the pod
+// can send as soon as the runtime starts it.
+func (a *addition) answer() error {
+	ctx, cancel := context.WithTimeout(a.ctx, portTimeout)
+	defer cancel()
+	if err := bridge.WaitForwarding(ctx, a.host, a.pair.Name); err != nil {
+		return err
+	}
+	return printResult(a.result, a.n)
+}
+
+// portTimeout bounds the wait for a new bridge port to forward. The kernel
+// gets there at once unless the machine is overloaded; the bound keeps a
+// stuck port from hanging ADD.
 const portTimeout = 5 * time.Second
 
 func printResult(r *current.Result, n *netConf) error {

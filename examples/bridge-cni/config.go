@@ -55,6 +55,16 @@ var unsupported = map[string]any{
 
 const defaultBridge = "cni0"
 
+// cniArgs is what the plugin accepts in CNI_ARGS; any other key is refused
+// unless IgnoreUnknown is true. IP= is the IPAM plugin's to read, but it is
+// named here so that it needs no IgnoreUnknown, as when host-local is run
+// on its own.
+type cniArgs struct {
+	types.CommonArgs
+	MAC types.UnmarshallableString
+	IP  types.UnmarshallableString
+}
+
 // rangeSubnets returns the subnets of the IPAM ranges of the configuration
 // (host-local's "ranges" and its legacy "subnet"), whatever the IPAM type.
 func (n *netConf) rangeSubnets() []netip.Prefix {
@@ -128,15 +138,11 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 		n.IsGateway = true
 	}
 
-	mac := ""
-	if envArgs != "" {
-		for _, kv := range strings.Split(envArgs, ";") {
-			k, v, _ := strings.Cut(kv, "=")
-			if strings.EqualFold(k, "MAC") {
-				mac = v
-			}
-		}
+	var env cniArgs
+	if err := types.LoadArgs(envArgs, &env); err != nil {
+		return nil, configError(types.ErrInvalidNetworkConfig, "CNI_ARGS: %s", strings.TrimPrefix(err.Error(), "ARGS: "))
 	}
+	mac := string(env.MAC)
 	if n.Args.Cni.Mac != "" {
 		mac = n.Args.Cni.Mac
 	}
