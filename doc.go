@@ -30,8 +30,8 @@
 //
 // The programs under examples/ are built from these packages: the
 // podnet-bridge and podnet-host-local CNI plugins, podnet-service-proxy,
-// podnet-inspect, and podnet-cluster, the demo that builds the article's
-// cluster in namespaces.
+// podnet-inspect, and podnet-cluster, a demo that builds a small
+// Kubernetes-style cluster (three nodes, pods, two Services) in namespaces.
 //
 // # Namespaces are explicit
 //

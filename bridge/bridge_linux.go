@@ -278,7 +278,14 @@ type PortOptions struct {
 
 // Attach makes the link named port a port of the bridge, and sets its
 // hairpin mode as asked. Attaching a port that is already attached to this
-// bridge only converges hairpin mode.
+// bridge only converges hairpin mode, so it is also how a port created on
+// the bridge gets hairpin mode.
+//
+// A new veth joins a bridge faster when it is born on it:
+// veth.Spec.MasterIndex does at creation what Attach does afterwards,
+// without the extra request and with the port enabled by the kernel in
+// the background (see WaitForwarding). Attach is for links that already
+// exist.
 //
 // Equivalent to: ip link set PORT master NAME; bridge link set dev PORT hairpin on|off
 func Attach(ns *netns.NS, name, port string, opts PortOptions) error {

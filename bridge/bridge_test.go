@@ -139,7 +139,7 @@ func TestEnsureAddr(t *testing.T) {
 	}
 }
 
-// TestPodsOnBridge builds the article's picture: two pods on cnio0 with a
+// TestPodsOnBridge builds the classic node picture: two pods on cnio0 with a
 // gateway address, and checks ports, hairpin and real traffic.
 func TestPodsOnBridge(t *testing.T) {
 	node := nstest.New(t)

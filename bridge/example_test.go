@@ -9,7 +9,7 @@ import (
 	"github.com/podnet/podnet/netns"
 )
 
-// Set up the article's cnio0 bridge with the pod gateway address, attach a
+// Set up a cnio0 bridge with the pod gateway address, attach a
 // pod's host-side veth, and list the ports like `brctl show cnio0`.
 func Example() {
 	node, err := netns.OpenName("node0")

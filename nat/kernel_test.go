@@ -172,7 +172,7 @@ func ask(t *testing.T, ns *netns.NS, network string, dst netip.AddrPort) probe.R
 	}
 }
 
-// TestMasqueradeTraffic is the article's experiment: with the network's
+// TestMasqueradeTraffic is the masquerade experiment: with the network's
 // masquerade rules a server outside sees the node's address, without them
 // the pod's; conntrack shows the matching tuples.
 func TestMasqueradeTraffic(t *testing.T) {

@@ -320,7 +320,7 @@ type Filter struct {
 	Table    int      // 0: main table; AllTables: every table
 	Dev      string   // only routes through this device
 	Protocol Protocol // only routes with this protocol (0: any)
-	Family   int      // 4 or 6; 0 for both
+	Family   Family   // IPv4 or IPv6; 0 for both
 }
 
 // AllTables in Filter.Table lists routes of every table.
@@ -362,9 +362,9 @@ func List(ns *netns.NS, f Filter) ([]Route, error) {
 	}
 	fam := netlink.FAMILY_ALL
 	switch f.Family {
-	case 4:
+	case IPv4:
 		fam = netlink.FAMILY_V4
-	case 6:
+	case IPv6:
 		fam = netlink.FAMILY_V6
 	}
 	nrs, err := nl.Dump(func() ([]netlink.Route, error) { return h.RouteListFiltered(fam, filter, mask) })

@@ -92,7 +92,7 @@ func (c Chains) Canary() string { return c.prefix + "-PROXY-CANARY" }
 
 // portName is kube-proxy's name of a Service port as its chain hashes and
 // rule comments use it: "namespace/name:port" (with the colon even for an
-// unnamed port, as the article's "default/nginx:" shows).
+// unnamed port: "default/nginx:").
 func portName(n Name, port string) string { return n.Namespace + "/" + n.Name + ":" + port }
 
 func hash16(s string) string { return iptables.ChainHash(s, 16) }

@@ -1,8 +1,9 @@
 // Package service turns Kubernetes-style Services and their endpoints into
 // kube-proxy's iptables rules, and keeps them in sync — fully at start and
 // incrementally afterwards — with the conntrack cleanup UDP Services need.
-// It depends on package nat only; reading Kubernetes objects is the
-// caller's business (see examples/service-proxy).
+// It writes rules through package iptables and deletes flows through
+// package conntrack; reading Kubernetes objects is the caller's business
+// (see examples/service-proxy).
 //
 // # Model
 //
@@ -55,21 +56,15 @@
 // endpoints to some: otherwise their next datagrams would keep following
 // the stale entry (the DNS black hole kube-proxy users know).
 //
-// # Performance
+// # Limits
 //
-// Measured on 2 cores with iptables 1.8.9 (nf_tables) and Linux 6.18, at
-// 10k Services × 5 endpoints (238k restore lines, 60k chains): a full sync
-// takes 1.25× loading the same table with one flush-mode iptables-restore
-// into an empty namespace (10.0 s against 8.0 s); a one-Service partial
-// sync takes about 0.2 s. Two effects set these numbers. iptables-nft
-// resolves the chains of a --noflush restore in quadratic time unless the
-// section has a chain-less command, so big full syncs start with -Z (see
-// iptables.Transaction.ZeroCounters). And the kernel re-validates every rule
-// reachable from a base chain on each commit that adds a rule, once per
-// base chain: with the table hooked into PREROUTING and OUTPUT, appending
-// a single RETURN rule anywhere in the nat table costs ≈ 170 ms, whatever
-// the program doing it. The partial sync itself (its restore, without
-// that validation) takes ≈ 25 ms. bench/service.sh measures both.
+// A partial sync's cost does not grow with the number of Services on the
+// proxy's side, but the kernel re-validates every rule reachable from a
+// hooked base chain on each commit that adds a rule, so at tens of
+// thousands of Services a one-Service change takes a fraction of a second
+// whatever writes it. A full sync of 1000 chains or more resets the packet
+// counters of the tables it writes (see iptables.Transaction.ZeroCounters).
+// docs/performance.md has the figures and the commands that measure them.
 //
 // # Network namespaces
 //

@@ -46,7 +46,7 @@ func TestClusterIP(t *testing.T) {
 	}
 }
 
-// TestNodePortToOtherNode: the article's 31088 example — from outside the
+// TestNodePortToOtherNode: the NodePort 31088 example — from outside the
 // cluster, a NodePort on node0 reaches a pod on node1, masqueraded to
 // node0's address so the reply returns through it.
 func TestNodePortToOtherNode(t *testing.T) {

@@ -73,7 +73,7 @@ func dnats(t *testing.T, out map[pkt]float64) (map[netip.AddrPort]float64, map[n
 }
 
 // TestChainNamesMatchArticle: with prefix KUBE the chain names are
-// kube-proxy's, as the article's iptables-save shows them.
+// kube-proxy's, as iptables-save shows kube-proxy's.
 func TestChainNamesMatchArticle(t *testing.T) {
 	c, err := NewChains(KubeChainPrefix)
 	if err != nil {

@@ -11,7 +11,7 @@
 //
 // # Following the cable
 //
-// The article's walk from a pod to its bridge goes through `ethtool -S eth0`
+// By hand, the walk from a pod to its bridge goes through `ethtool -S eth0`
 // (peer_ifindex) and `ip link | grep '^IDX:'` on the node. Get returns that
 // peer index; Peer resolves it to the link in the node namespace, checking
 // the candidate really is the other end (indexes repeat across

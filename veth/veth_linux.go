@@ -56,7 +56,8 @@ type Spec struct {
 	// port forward when it sees the carrier, in its link-watch worker,
 	// instead of in this call: work linear in the bridge's ports moves off
 	// the caller's path. Use bridge.WaitForwarding before relying on the
-	// port.
+	// port. It is the fast path of bridge.Attach for a new pair; hairpin
+	// mode still needs bridge.Attach.
 	//
 	// Equivalent to: ip link add NAME master BRIDGE type veth peer ...
 	MasterIndex int

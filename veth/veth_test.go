@@ -73,7 +73,7 @@ func TestCreate(t *testing.T) {
 		t.Errorf("Pair indexes %d/%d, kernel %d/%d", p.Index, p.PeerIndex, host.Attrs().Index, peer.Attrs().Index)
 	}
 
-	// The article's walk: ethtool -S eth0 in the pod names the host end.
+	// The walk by hand: ethtool -S eth0 in the pod names the host end.
 	var out []byte
 	err = pod.Do(func() error {
 		out, err = exec.Command("ethtool", "-S", "eth0").CombinedOutput()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -60,23 +61,37 @@ func (delegate) status(ctx context.Context, args *skel.CmdArgs, n *netConf) erro
 // another program on every call.
 type inProcess struct{}
 
-func (inProcess) add(_ context.Context, args *skel.CmdArgs, _ *netConf) (*current.Result, error) {
-	r, _, err := hostlocal.Add(args)
+// lockTimeout bounds the wait for the IPAM data directory's lock; a
+// runtime retries on the "try again later" error it then gets.
+const lockTimeout = 60 * time.Second
+
+func (inProcess) add(ctx context.Context, args *skel.CmdArgs, _ *netConf) (*current.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	r, _, err := hostlocal.Add(ctx, args)
 	return r, err
 }
 
-func (inProcess) del(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
-	return hostlocal.Del(args)
+func (inProcess) del(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	return hostlocal.Del(ctx, args)
 }
 
-func (inProcess) check(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
-	return hostlocal.Check(args)
+func (inProcess) check(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	return hostlocal.Check(ctx, args)
 }
 
-func (inProcess) gc(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
-	return hostlocal.GC(args)
+func (inProcess) gc(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	return hostlocal.GC(ctx, args)
 }
 
-func (inProcess) status(_ context.Context, args *skel.CmdArgs, _ *netConf) error {
-	return hostlocal.Status(args)
+func (inProcess) status(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	return hostlocal.Status(ctx, args)
 }

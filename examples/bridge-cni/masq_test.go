@@ -17,7 +17,7 @@ import (
 	"github.com/podnet/podnet/veth"
 )
 
-// outside joins a new namespace to the node as the article's "internet":
+// outside joins a new namespace to the node as the "internet":
 // node 10.240.0.20/24 on ens0, outside 10.240.0.99/24, with a route back to
 // the pod network through the node (so unmasqueraded replies can return).
 func outside(t *testing.T, n *node) *netns.NS {
@@ -63,7 +63,7 @@ func countRules(save string) int {
 	return n
 }
 
-// TestMasquerade is the article's experiment: with ipMasq a server outside
+// TestMasquerade is the masquerade experiment: with ipMasq a server outside
 // sees the node's address, without it the pod's; and the rule count does
 // not grow with pods.
 func TestMasquerade(t *testing.T) {

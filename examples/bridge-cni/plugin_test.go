@@ -60,7 +60,7 @@ func newNode(t *testing.T) *node {
 	}
 }
 
-// conf returns the article's configuration for this node with the given
+// conf returns the Kubernetes The Hard Way bridge configuration for this node with the given
 // changes applied (key → value; a nil value deletes the key).
 func (n *node) conf(version string, changes map[string]any) []byte {
 	c := map[string]any{

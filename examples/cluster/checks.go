@@ -50,7 +50,7 @@ func flowsOf(ctx context.Context, ns *netns.NS, filter conntrack.Filter) []strin
 }
 
 // checkVethPath follows one pod's eth0 to its host veth on cnio0, as the
-// article does with ethtool -S, ip link and brctl show.
+// one does by hand with ethtool -S, ip link and brctl show.
 func (c *cluster) checkVethPath(r *report) {
 	p := c.workers[0].pods[0]
 	w := p.worker
@@ -105,7 +105,7 @@ func (c *cluster) checkPodToPod(ctx context.Context, r *report) {
 		fmt.Sprintf("%s: ip route get %s → via %s (host-gw route programmed by route.Sync)", client.worker.name, server.ip, server.worker.ip))
 }
 
-// checkMasquerade is the article's experiment: with the masquerade rules a
+// checkMasquerade is the masquerade experiment: with the masquerade rules a
 // server outside sees the node's address and conntrack shows the
 // translation; without them it sees the pod's.
 func (c *cluster) checkMasquerade(ctx context.Context, r *report) {

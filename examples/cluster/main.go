@@ -1,6 +1,8 @@
-// Command podnet-cluster builds the article's cluster out of network
-// namespaces on one machine, proves each of the article's claims against it
-// with real traffic, prints what it saw, and tears it all down.
+// Command podnet-cluster builds a Kubernetes node network out of network
+// namespaces on one machine, proves each claim about how pod traffic flows
+// (pod to pod on a node and across nodes, masquerade to the outside,
+// ClusterIP and NodePort DNAT) with real traffic, prints what it saw, and
+// tears it all down.
 //
 // The topology follows Kubernetes The Hard Way: a node network
 // 10.240.0.0/24 joins worker-0 … worker-N-1 (10.240.0.20+N) and an

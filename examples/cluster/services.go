@@ -13,7 +13,7 @@ import (
 	"github.com/podnet/podnet/service"
 )
 
-// The article's two Services: kube-dns on a cluster IP over UDP and TCP,
+// The demo's two Services: kube-dns on a cluster IP over UDP and TCP,
 // and nginx exposed as NodePort 31088.
 var (
 	dnsName   = service.Name{Namespace: "kube-system", Name: "kube-dns"}
@@ -39,7 +39,7 @@ func (c *cluster) dnsBackends() []*pod {
 }
 
 // nginxBackend is the one nginx pod: on worker-1, so a NodePort request to
-// worker-0 must be forwarded to another node (the article's 31088 case).
+// worker-0 must be forwarded to another node (NodePort 31088 reaching a pod on another node).
 func (c *cluster) nginxBackend() *pod {
 	w := c.workers[min(1, len(c.workers)-1)]
 	return w.pods[0]
@@ -185,7 +185,7 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 }
 
 // rulesMentioning returns the nat rules of w whose text contains s, as
-// iptables-save prints them: the article's KUBE-SERVICES → KUBE-SVC →
+// iptables-save prints them: KUBE-SERVICES → KUBE-SVC →
 // KUBE-SEP → DNAT path.
 func (c *cluster) rulesMentioning(ctx context.Context, w *worker, s string) []string {
 	t, err := iptables.NewKernel(w.ns).Save(ctx, iptables.IPv4, iptables.TableNAT)

@@ -67,7 +67,8 @@ type cluster struct {
 	names   []string // every namespace made, for teardown
 }
 
-// nsName prefixes nothing: the names are the article's (worker-0 …).
+// nsName prefixes nothing: the names are Kubernetes The Hard Way's
+// (worker-0 …).
 func (c *cluster) newNS(name string) (*netns.NS, error) {
 	ns, err := netns.NewNamed(name)
 	if err != nil {
@@ -269,7 +270,8 @@ func (c *cluster) nodeRules(ctx context.Context) error {
 	return nil
 }
 
-// netconf is the article's CNI configuration for worker w.
+// netconf is the bridge CNI configuration of Kubernetes The Hard Way for
+// worker w.
 func (c *cluster) netconf(w *worker) (*libcni.PluginConfig, error) {
 	conf := map[string]any{
 		"cniVersion":  "1.0.0",

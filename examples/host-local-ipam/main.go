@@ -14,6 +14,9 @@
 package main
 
 import (
+	"context"
+	"time"
+
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -21,18 +24,31 @@ import (
 	"github.com/podnet/podnet/ipam/hostlocal"
 )
 
+// lockTimeout bounds the wait for the data directory's lock; a runtime
+// retries on the "try again later" error it then gets.
+const lockTimeout = 60 * time.Second
+
+// verb gives a hostlocal verb the context every call runs under.
+func verb(fn func(context.Context, *skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
+		defer cancel()
+		return fn(ctx, args)
+	}
+}
+
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add: func(args *skel.CmdArgs) error {
-			result, cniVersion, err := hostlocal.Add(args)
+		Add: verb(func(ctx context.Context, args *skel.CmdArgs) error {
+			result, cniVersion, err := hostlocal.Add(ctx, args)
 			if err != nil {
 				return err
 			}
 			return types.PrintResult(result, cniVersion)
-		},
-		Del:    hostlocal.Del,
-		Check:  hostlocal.Check,
-		GC:     hostlocal.GC,
-		Status: hostlocal.Status,
+		}),
+		Del:    verb(hostlocal.Del),
+		Check:  verb(hostlocal.Check),
+		GC:     verb(hostlocal.GC),
+		Status: verb(hostlocal.Status),
 	}, version.All, "podnet-host-local: host-local compatible IPAM")
 }

@@ -1,5 +1,6 @@
-// Command podnet-inspect walks one pod's network path the way the article
-// walks it by hand, and prints what it finds:
+// Command podnet-inspect walks one pod's network path the way one would by
+// hand with ip, ethtool, brctl, iptables-save and conntrack, and prints
+// what it finds:
 //
 //   - the pod's network namespace: inode, names, the processes in it
 //     (lsns -t net, ip netns identify, ls -l /proc/*/ns/net);

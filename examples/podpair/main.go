@@ -1,4 +1,4 @@
-// Command podpair builds the smallest piece of the article's node by hand
+// Command podpair builds the smallest piece of a Kubernetes node by hand
 // with the podnet SDK: a node namespace with the cnio0 bridge and gateway
 // 10.200.0.1/24, two pod namespaces joined to it by veth pairs, pings
 // across it, prints what it built, and removes it all.
@@ -133,8 +133,8 @@ func run(ctx context.Context, keep bool) (err error) {
 	return nil
 }
 
-// describe prints what the article shows with ip netns, ethtool, brctl and
-// ip route.
+// describe prints what ip netns, ethtool, brctl and ip route would show of
+// what it built.
 func describe(node *netns.NS, pods []*netns.NS) error {
 	fmt.Println("# ip netns list (inode, name)")
 	entries, err := netns.List()
@@ -179,7 +179,7 @@ func describe(node *netns.NS, pods []*netns.NS) error {
 	fmt.Printf("cnio0 (ifindex %d, mac %s): %s\n", br.Index, br.MAC, strings.Join(names, " "))
 	fmt.Println("\n# ip route show, inside pod0 and in the node")
 	for _, ns := range []*netns.NS{pods[0], node} {
-		rs, err := route.List(ns, route.Filter{Family: 4})
+		rs, err := route.List(ns, route.Filter{Family: route.IPv4})
 		if err != nil {
 			return err
 		}

@@ -14,8 +14,17 @@ import (
 	"github.com/podnet/podnet/netns"
 )
 
-// The requests vishvananda/netlink cannot make (a strict-checked dump of
-// one link's addresses, netconf, bridge port state) go through conn.
+// conn is the one hand-written NETLINK_ROUTE client; everything else goes
+// through vishvananda/netlink. It carries only the three requests that
+// library cannot make, each for a measured need on a CNI ADD's path
+// (docs/performance.md):
+//
+//   - AddrsOf: a strict-checked dump of one link's addresses. AddrList
+//     dumps every link's, and a node has a link per pod.
+//   - Forwarding: RTM_GETNETCONF. The alternative, /proc/sys/net, costs a
+//     path lookup that grows with the namespaces on the machine.
+//   - PortState: a bridge port's STP state, which vishvananda/netlink
+//     does not decode from IFLA_INFO_SLAVE_DATA.
 
 // withConn runs fn with a NETLINK_ROUTE socket in ns and a receive buffer,
 // and closes the socket afterwards.

@@ -14,13 +14,21 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// Prefix converts n from netlink; an IPv4-mapped address becomes IPv4.
+// Prefix converts n from netlink; an IPv4-mapped address becomes IPv4. A
+// nil n, or one whose mask is missing or not a run of ones, gives the zero
+// Prefix.
 func Prefix(n *net.IPNet) netip.Prefix {
 	if n == nil {
 		return netip.Prefix{}
 	}
 	a := Addr(n.IP)
-	ones, _ := n.Mask.Size()
+	ones, bits := n.Mask.Size()
+	if bits == 0 || !a.IsValid() {
+		return netip.Prefix{}
+	}
+	if a.Is4() && bits == 128 {
+		ones -= 96
+	}
 	return netip.PrefixFrom(a, ones)
 }
 

@@ -20,7 +20,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -29,10 +28,6 @@ import (
 
 	"github.com/podnet/podnet/ipam"
 )
-
-// lockTimeout bounds the wait for the data directory's lock; a runtime
-// retries on ErrTryAgainLater.
-const lockTimeout = 60 * time.Second
 
 // netConf holds what ipam.ParseConfig leaves to the plugin: the CNI types
 // of routes and valid attachments, and the previous result.
@@ -88,10 +83,13 @@ func owner(args *skel.CmdArgs) (ipam.Owner, error) {
 	return o, nil
 }
 
+// Every verb waits for the data directory's lock until ctx is done; a
+// deadline there is answered with CNI error 11 (try again later).
+
 // Add allocates the attachment's addresses (or returns those it already
 // holds) and returns the result with the configuration's routes and DNS, and
 // the cniVersion to print it in.
-func Add(args *skel.CmdArgs) (*current.Result, string, error) {
+func Add(ctx context.Context, args *skel.CmdArgs) (*current.Result, string, error) {
 	cfg, n, store, err := load(args)
 	if err != nil {
 		return nil, "", err
@@ -112,8 +110,6 @@ func Add(args *skel.CmdArgs) (*current.Result, string, error) {
 	if err != nil {
 		return nil, "", Error(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
-	defer cancel()
 	leases, err := alloc.Allocate(ctx, o, cfg.IPs...)
 	if err != nil {
 		return nil, "", Error(err)
@@ -129,7 +125,7 @@ func Add(args *skel.CmdArgs) (*current.Result, string, error) {
 }
 
 // Del releases every address of the attachment; none is not an error.
-func Del(args *skel.CmdArgs) error {
+func Del(ctx context.Context, args *skel.CmdArgs) error {
 	cfg, _, store, err := load(args)
 	if err != nil {
 		return err
@@ -142,8 +138,6 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return Error(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
-	defer cancel()
 	if _, err := alloc.Release(ctx, o); err != nil {
 		return Error(err)
 	}
@@ -153,7 +147,7 @@ func Del(args *skel.CmdArgs) error {
 // Check succeeds, like host-local, when the attachment holds at least
 // one lease in the network; with a previous result, every address in it
 // must be leased to the attachment.
-func Check(args *skel.CmdArgs) error {
+func Check(ctx context.Context, args *skel.CmdArgs) error {
 	_, n, store, err := load(args)
 	if err != nil {
 		return err
@@ -162,8 +156,6 @@ func Check(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
-	defer cancel()
 	if err := store.Lock(ctx); err != nil {
 		return Error(err)
 	}
@@ -197,7 +189,7 @@ func Check(args *skel.CmdArgs) error {
 
 // GC releases the leases of attachments missing from
 // cni.dev/valid-attachments and names them on stderr.
-func GC(args *skel.CmdArgs) error {
+func GC(ctx context.Context, args *skel.CmdArgs) error {
 	_, n, store, err := load(args)
 	if err != nil {
 		return err
@@ -206,8 +198,6 @@ func GC(args *skel.CmdArgs) error {
 	for _, a := range n.ValidAttachments {
 		valid = append(valid, ipam.Owner{ContainerID: strings.TrimSpace(a.ContainerID), IfName: a.IfName})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
-	defer cancel()
 	gone, err := ipam.GC(ctx, store, valid)
 	for _, l := range gone {
 		fmt.Fprintf(os.Stderr, "host-local: GC released %s of %s\n", l.Addr, l.Owner)
@@ -220,13 +210,11 @@ func GC(args *skel.CmdArgs) error {
 
 // Status reports whether ADD could work: the configuration is valid and
 // the data directory can be locked.
-func Status(args *skel.CmdArgs) error {
+func Status(ctx context.Context, args *skel.CmdArgs) error {
 	_, _, store, err := load(args)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lockTimeout)
-	defer cancel()
 	if err := store.Lock(ctx); err != nil {
 		return types.NewError(errPluginNotAvailable, "lock IPAM data directory", err.Error())
 	}
