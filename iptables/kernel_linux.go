@@ -136,6 +136,16 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 			return &podnet.OpError{Op: msg, Kind: f.String() + " tables", Name: strings.Join(names, ","), NetNS: k.ns.String(), Err: restoreErr(err)}
 		}
 	}
+	k.remember(tx)
+	return nil
+}
+
+// remember updates what k knows it wrote after tx applied: the contents of
+// the chains tx declared, and nothing of chains it otherwise changed or
+// pruned. Declared chains are collected once, so a prune over a
+// transaction of tens of thousands of chains stays linear.
+func (k *Kernel) remember(tx *Transaction) {
+	var declared map[Chain]bool
 	for _, op := range tx.ops {
 		switch op.kind {
 		case opDeclare:
@@ -143,14 +153,16 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 		case opAppend, opInsert, opDelete, opFlush, opDeleteChain:
 			delete(k.written, op.chain)
 		case opPrune:
+			if declared == nil {
+				declared = tx.declared()
+			}
 			for c := range k.written {
-				if c.Family == op.chain.Family && c.Table == op.chain.Table && !IsBuiltin(c.Name) && op.owned(c.Name) && !tx.declares(c) {
+				if c.Family == op.chain.Family && c.Table == op.chain.Table && !IsBuiltin(c.Name) && op.owned(c.Name) && !declared[c] {
 					delete(k.written, c)
 				}
 			}
 		}
 	}
-	return nil
 }
 
 // rollback puts back the saved tables of a failed transaction, each with a

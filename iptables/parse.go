@@ -369,171 +369,217 @@ func noNeg(opt string, neg bool) error {
 	return nil
 }
 
+// match parses the options of match module name; r holds what the rule
+// has parsed so far.
 func (p *ruleParser) match(name string, r *Rule) (Match, error) {
 	switch name {
 	case "tcp", "udp", "sctp":
-		if Protocol(name) != r.Protocol {
-			return nil, unsupported("-m %s with protocol %q", name, r.Protocol)
-		}
-		var m Ports
-		err := p.options(map[string]bool{"--sport": true, "--dport": true, "--source-port": true, "--destination-port": true}, func(opt, val string, neg bool) error {
-			pr, err := parsePortRange(val, ":")
-			if err != nil {
-				return err
-			}
-			switch opt {
-			case "--sport", "--source-port":
-				m.Src, m.NotSrc = pr, neg
-			case "--dport", "--destination-port":
-				m.Dst, m.NotDst = pr, neg
-			default:
-				return unsupported("%s option %s", name, opt)
-			}
-			return nil
-		})
-		return m, err
+		return p.matchPorts(name, r.Protocol)
 	case "addrtype":
-		var m AddrType
-		err := p.options(map[string]bool{"--src-type": true, "--dst-type": true}, func(opt, val string, neg bool) error {
-			switch opt {
-			case "--src-type":
-				m.Src, m.NotSrc = val, neg
-			case "--dst-type":
-				m.Dst, m.NotDst = val, neg
-			case "--limit-iface-in":
-				m.LimitIfaceIn = true
-			case "--limit-iface-out":
-				m.LimitIfaceOut = true
-			default:
-				return unsupported("addrtype option %s", opt)
-			}
-			return nil
-		})
-		return m, err
+		return p.matchAddrType()
 	case "mark":
-		var m Mark
-		err := p.options(map[string]bool{"--mark": true}, func(opt, val string, neg bool) error {
-			if opt != "--mark" {
-				return unsupported("mark option %s", opt)
-			}
-			v, mask, err := parseValueMask(val)
-			if err != nil {
-				return err
-			}
-			if mask == math.MaxUint32 {
-				mask = 0
-			}
-			m = Mark{Value: v, Mask: mask, Not: neg}
-			return nil
-		})
-		return m, err
+		return p.matchMark()
 	case "comment":
-		var m Comment
-		err := p.options(map[string]bool{"--comment": true}, func(opt, val string, neg bool) error {
-			if opt != "--comment" {
-				return unsupported("comment option %s", opt)
-			}
-			m = Comment(val)
-			return noNeg(opt, neg)
-		})
-		return m, err
+		return p.matchComment()
 	case "statistic":
-		var m Statistic
-		random := false
-		err := p.options(map[string]bool{"--mode": true, "--probability": true}, func(opt, val string, neg bool) error {
-			if err := noNeg(opt, neg); err != nil {
-				return err
-			}
-			switch opt {
-			case "--mode":
-				if val != "random" {
-					return unsupported("statistic mode %q", val)
-				}
-				random = true
-			case "--probability":
-				v, err := strconv.ParseFloat(val, 64)
-				if err != nil || !(v > 0 && v <= 1) {
-					return podnet.Invalid("statistic probability %q", val)
-				}
-				m.Probability = math.Round(v*0x80000000) / 0x80000000
-			default:
-				return unsupported("statistic option %s", opt)
-			}
-			return nil
-		})
-		if err == nil && (!random || m.Probability == 0) {
-			err = unsupported("statistic without --mode random --probability")
-		}
-		return m, err
+		return p.matchStatistic()
 	case "recent":
-		var m Recent
-		err := p.options(map[string]bool{"--seconds": true, "--name": true, "--mask": true}, func(opt, val string, neg bool) error {
-			switch opt {
-			case "--set", "--rcheck", "--update", "--remove":
-				m.Mode = RecentMode(opt[2:])
-				m.Not = neg
-				return nil
-			}
-			if err := noNeg(opt, neg); err != nil {
-				return err
-			}
-			switch opt {
-			case "--seconds":
-				v, err := strconv.ParseUint(val, 10, 32)
-				if err != nil {
-					return podnet.Invalid("recent --seconds %q", val)
-				}
-				m.Seconds = uint32(v)
-			case "--reap":
-				m.Reap = true
-			case "--name":
-				m.Name = val
-			case "--mask":
-				a, err := netip.ParseAddr(val)
-				if err != nil || !isAllOnes(a) {
-					return unsupported("recent --mask %q", val)
-				}
-			case "--rsource":
-				m.Dest = false
-			case "--rdest":
-				m.Dest = true
-			default:
-				return unsupported("recent option %s", opt)
-			}
-			return nil
-		})
-		return m, err
+		return p.matchRecent()
 	case "conntrack":
-		var m Conntrack
-		err := p.options(map[string]bool{"--ctstate": true}, func(opt, val string, neg bool) error {
-			if opt != "--ctstate" {
-				return unsupported("conntrack option %s", opt)
-			}
-			m = Conntrack{States: strings.Split(val, ","), Not: neg}
-			return nil
-		})
-		return m, err
+		return p.matchConntrack()
 	case "physdev":
-		var m PhysDev
-		err := p.options(map[string]bool{"--physdev-in": true, "--physdev-out": true}, func(opt, val string, neg bool) error {
-			if err := noNeg(opt, neg); err != nil {
-				return err
-			}
-			switch opt {
-			case "--physdev-in":
-				m.In = val
-			case "--physdev-out":
-				m.Out = val
-			case "--physdev-is-bridged":
-				m.IsBridged = true
-			default:
-				return unsupported("physdev option %s", opt)
-			}
-			return nil
-		})
-		return m, err
+		return p.matchPhysDev()
 	}
 	return nil, unsupported("match module %q", name)
+}
+
+// matchPorts parses -m tcp, udp or sctp, which iptables accepts only after
+// the same -p.
+func (p *ruleParser) matchPorts(name string, proto Protocol) (Ports, error) {
+	if Protocol(name) != proto {
+		return Ports{}, unsupported("-m %s with protocol %q", name, proto)
+	}
+	var m Ports
+	err := p.options(map[string]bool{"--sport": true, "--dport": true, "--source-port": true, "--destination-port": true}, func(opt, val string, neg bool) error {
+		pr, err := parsePortRange(val, ":")
+		if err != nil {
+			return err
+		}
+		switch opt {
+		case "--sport", "--source-port":
+			m.Src, m.NotSrc = pr, neg
+		case "--dport", "--destination-port":
+			m.Dst, m.NotDst = pr, neg
+		default:
+			return unsupported("%s option %s", name, opt)
+		}
+		return nil
+	})
+	return m, err
+}
+
+func (p *ruleParser) matchAddrType() (AddrType, error) {
+	var m AddrType
+	err := p.options(map[string]bool{"--src-type": true, "--dst-type": true}, func(opt, val string, neg bool) error {
+		switch opt {
+		case "--src-type":
+			m.Src, m.NotSrc = val, neg
+		case "--dst-type":
+			m.Dst, m.NotDst = val, neg
+		case "--limit-iface-in":
+			m.LimitIfaceIn = true
+		case "--limit-iface-out":
+			m.LimitIfaceOut = true
+		default:
+			return unsupported("addrtype option %s", opt)
+		}
+		return nil
+	})
+	return m, err
+}
+
+func (p *ruleParser) matchMark() (Mark, error) {
+	var m Mark
+	err := p.options(map[string]bool{"--mark": true}, func(opt, val string, neg bool) error {
+		if opt != "--mark" {
+			return unsupported("mark option %s", opt)
+		}
+		v, mask, err := parseValueMask(val)
+		if err != nil {
+			return err
+		}
+		// Mark spells the exact-match mask 0xffffffff as 0.
+		if mask == math.MaxUint32 {
+			mask = 0
+		}
+		m = Mark{Value: v, Mask: mask, Not: neg}
+		return nil
+	})
+	return m, err
+}
+
+func (p *ruleParser) matchComment() (Comment, error) {
+	var m Comment
+	err := p.options(map[string]bool{"--comment": true}, func(opt, val string, neg bool) error {
+		if opt != "--comment" {
+			return unsupported("comment option %s", opt)
+		}
+		m = Comment(val)
+		return noNeg(opt, neg)
+	})
+	return m, err
+}
+
+// matchStatistic parses -m statistic in random mode, the only one Statistic
+// models.
+func (p *ruleParser) matchStatistic() (Statistic, error) {
+	var m Statistic
+	random := false
+	err := p.options(map[string]bool{"--mode": true, "--probability": true}, func(opt, val string, neg bool) error {
+		if err := noNeg(opt, neg); err != nil {
+			return err
+		}
+		switch opt {
+		case "--mode":
+			if val != "random" {
+				return unsupported("statistic mode %q", val)
+			}
+			random = true
+		case "--probability":
+			v, err := strconv.ParseFloat(val, 64)
+			if err != nil || !(v > 0 && v <= 1) {
+				return podnet.Invalid("statistic probability %q", val)
+			}
+			// Quantized as libxt_statistic does (see formatProbability).
+			m.Probability = math.Round(v*0x80000000) / 0x80000000
+		default:
+			return unsupported("statistic option %s", opt)
+		}
+		return nil
+	})
+	if err == nil && (!random || m.Probability == 0) {
+		err = unsupported("statistic without --mode random --probability")
+	}
+	return m, err
+}
+
+func (p *ruleParser) matchRecent() (Recent, error) {
+	var m Recent
+	err := p.options(map[string]bool{"--seconds": true, "--name": true, "--mask": true}, func(opt, val string, neg bool) error {
+		switch opt {
+		case "--set", "--rcheck", "--update", "--remove":
+			m.Mode = RecentMode(opt[2:])
+			m.Not = neg
+			return nil
+		}
+		if err := noNeg(opt, neg); err != nil {
+			return err
+		}
+		return recentOption(&m, opt, val)
+	})
+	return m, err
+}
+
+// recentOption sets one -m recent option other than the mode.
+func recentOption(m *Recent, opt, val string) error {
+	switch opt {
+	case "--seconds":
+		v, err := strconv.ParseUint(val, 10, 32)
+		if err != nil {
+			return podnet.Invalid("recent --seconds %q", val)
+		}
+		m.Seconds = uint32(v)
+	case "--reap":
+		m.Reap = true
+	case "--name":
+		m.Name = val
+	case "--mask":
+		// Recent models only the default mask, all ones.
+		a, err := netip.ParseAddr(val)
+		if err != nil || !isAllOnes(a) {
+			return unsupported("recent --mask %q", val)
+		}
+	case "--rsource":
+		m.Dest = false
+	case "--rdest":
+		m.Dest = true
+	default:
+		return unsupported("recent option %s", opt)
+	}
+	return nil
+}
+
+func (p *ruleParser) matchConntrack() (Conntrack, error) {
+	var m Conntrack
+	err := p.options(map[string]bool{"--ctstate": true}, func(opt, val string, neg bool) error {
+		if opt != "--ctstate" {
+			return unsupported("conntrack option %s", opt)
+		}
+		m = Conntrack{States: strings.Split(val, ","), Not: neg}
+		return nil
+	})
+	return m, err
+}
+
+func (p *ruleParser) matchPhysDev() (PhysDev, error) {
+	var m PhysDev
+	err := p.options(map[string]bool{"--physdev-in": true, "--physdev-out": true}, func(opt, val string, neg bool) error {
+		if err := noNeg(opt, neg); err != nil {
+			return err
+		}
+		switch opt {
+		case "--physdev-in":
+			m.In = val
+		case "--physdev-out":
+			m.Out = val
+		case "--physdev-is-bridged":
+			m.IsBridged = true
+		default:
+			return unsupported("physdev option %s", opt)
+		}
+		return nil
+	})
+	return m, err
 }
 
 func isAllOnes(a netip.Addr) bool {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"slices"
-	"strconv"
-	"strings"
 
 	"github.com/podnet/podnet"
 )
@@ -77,6 +74,17 @@ func (tx *Transaction) Err() error { return tx.err }
 
 // Len returns the number of operations in tx.
 func (tx *Transaction) Len() int { return len(tx.ops) }
+
+// declared returns the chains tx declares.
+func (tx *Transaction) declared() map[Chain]bool {
+	m := map[Chain]bool{}
+	for _, op := range tx.ops {
+		if op.kind == opDeclare {
+			m[op.chain] = true
+		}
+	}
+	return m
+}
 
 func (tx *Transaction) fail(err error) {
 	if tx.err == nil {
@@ -301,275 +309,6 @@ func (tx *Transaction) SkipUnchanged() *Transaction {
 func (tx *Transaction) ZeroCounters() *Transaction {
 	tx.zeroCounters = true
 	return tx
-}
-
-// tableKey identifies one table of one family.
-type tableKey struct {
-	f Family
-	t Table
-}
-
-// stateNeeded returns the tables whose current contents the plan needs.
-func (tx *Transaction) stateNeeded() []tableKey {
-	var keys []tableKey
-	for _, op := range tx.ops {
-		if op.kind == opEnsure || op.kind == opRemove || op.kind == opPrune {
-			k := tableKey{op.chain.Family, op.chain.Table}
-			if !slices.Contains(keys, k) {
-				keys = append(keys, k)
-			}
-		}
-	}
-	return keys
-}
-
-// restorePlan is what one iptables-restore call gets: per table, the
-// ':CHAIN' lines, then the rule lines, then the '-X' lines.
-type restorePlan struct {
-	family Family
-	tables []*tablePlan
-	lines  int
-}
-
-type tablePlan struct {
-	table   Table
-	zero    bool     // start with -Z (ZeroCounters)
-	declare []string // chain names to create-or-flush
-	rules   []string // "-A C spec", "-I C n spec", "-D C spec"
-	remove  []string // chain names to delete at the end
-	// sets of declare and remove: a transaction may name tens of
-	// thousands of chains, so membership must not scan the lists.
-	declareSet, removeSet map[string]bool
-}
-
-func (p *restorePlan) table(t Table) *tablePlan {
-	for _, tp := range p.tables {
-		if tp.table == t {
-			return tp
-		}
-	}
-	tp := &tablePlan{table: t}
-	p.tables = append(p.tables, tp)
-	return tp
-}
-
-func (tp *tablePlan) addDeclare(name string) {
-	if tp.declareSet == nil {
-		tp.declareSet = map[string]bool{}
-	}
-	if !tp.declareSet[name] {
-		tp.declareSet[name] = true
-		tp.declare = append(tp.declare, name)
-	}
-}
-
-func (tp *tablePlan) addRemove(name string) {
-	if tp.removeSet == nil {
-		tp.removeSet = map[string]bool{}
-	}
-	if !tp.removeSet[name] {
-		tp.removeSet[name] = true
-		tp.remove = append(tp.remove, name)
-	}
-}
-
-// smallestFirst orders the tables so the largest is applied last: it is
-// the one Kernel.Run need not save beforehand to be able to roll back.
-func (p *restorePlan) smallestFirst() {
-	size := func(tp *tablePlan) int { return len(tp.declare) + len(tp.rules) + len(tp.remove) }
-	slices.SortStableFunc(p.tables, func(a, b *tablePlan) int { return size(a) - size(b) })
-}
-
-// text renders the plan as iptables-restore input.
-func (p *restorePlan) text() string {
-	var b strings.Builder
-	b.Grow(p.lines * 64)
-	for _, tp := range p.tables {
-		b.WriteString("*")
-		b.WriteString(string(tp.table))
-		b.WriteByte('\n')
-		if tp.zero {
-			b.WriteString("-Z\n")
-		}
-		for _, c := range tp.declare {
-			b.WriteString(":" + c + " - [0:0]\n")
-		}
-		for _, r := range tp.rules {
-			b.WriteString(r)
-			b.WriteByte('\n')
-		}
-		for _, c := range tp.remove {
-			b.WriteString("-X " + c + "\n")
-		}
-		b.WriteString("COMMIT\n")
-	}
-	return b.String()
-}
-
-func (p *restorePlan) empty() bool {
-	for _, tp := range p.tables {
-		if len(tp.declare)+len(tp.rules)+len(tp.remove) > 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// plan turns tx into one restore plan per family. state returns the current
-// contents of a table (nil when the table is empty); it is called only for
-// tables stateNeeded lists. unchanged reports whether a declared chain may
-// be skipped.
-func (tx *Transaction) plan(state map[tableKey]*TableRules, unchanged func(Chain, uint64) bool) (map[Family]*restorePlan, error) {
-	if tx.err != nil {
-		return nil, tx.err
-	}
-	plans := map[Family]*restorePlan{}
-	get := func(f Family, t Table) *tablePlan {
-		p := plans[f]
-		if p == nil {
-			p = &restorePlan{family: f}
-			plans[f] = p
-		}
-		return p.table(t)
-	}
-	// Chains written or flushed by this transaction: rules there need no -D.
-	rewritten := map[Chain]bool{}
-	for _, op := range tx.ops {
-		if op.kind == opDeclare || op.kind == opFlush || op.kind == opDeleteChain {
-			rewritten[op.chain] = true
-		}
-	}
-	deleted := map[Chain]bool{}
-	for _, op := range tx.ops {
-		tp := get(op.chain.Family, op.chain.Table)
-		name := op.chain.Name
-		switch op.kind {
-		case opDeclare:
-			if unchanged != nil && unchanged(op.chain, op.hash) {
-				continue
-			}
-			tp.addDeclare(name)
-			for _, s := range op.specs {
-				tp.rules = append(tp.rules, "-A "+name+" "+s)
-			}
-		case opAppend:
-			for _, s := range op.specs {
-				tp.rules = append(tp.rules, "-A "+name+" "+s)
-			}
-		case opInsert:
-			for i, s := range op.specs {
-				tp.rules = append(tp.rules, "-I "+name+" "+strconv.Itoa(op.pos+i)+" "+s)
-			}
-		case opDelete:
-			for _, s := range op.specs {
-				tp.rules = append(tp.rules, "-D "+name+" "+s)
-			}
-		case opFlush:
-			tp.addDeclare(name)
-		case opDeleteChain:
-			tp.addDeclare(name)
-			tp.addRemove(name)
-			deleted[op.chain] = true
-		case opEnsure:
-			cur := state[tableKey{op.chain.Family, op.chain.Table}].Chain(name)
-			n := 0
-			if cur != nil {
-				for _, r := range cur.Rules {
-					if r == op.specs[0] {
-						n++
-					}
-				}
-			}
-			switch {
-			case n == 0 && op.pos == 1:
-				tp.rules = append(tp.rules, "-I "+name+" 1 "+op.specs[0])
-			case n == 0:
-				tp.rules = append(tp.rules, "-A "+name+" "+op.specs[0])
-			}
-			for ; n > 1; n-- {
-				tp.rules = append(tp.rules, "-D "+name+" "+op.specs[0])
-			}
-		case opRemove:
-			if rewritten[op.chain] {
-				continue
-			}
-			if cur := state[tableKey{op.chain.Family, op.chain.Table}].Chain(name); cur != nil {
-				for _, r := range cur.Rules {
-					if r == op.specs[0] {
-						tp.rules = append(tp.rules, "-D "+name+" "+r)
-					}
-				}
-			}
-		case opPrune:
-			cur := state[tableKey{op.chain.Family, op.chain.Table}]
-			if cur == nil {
-				continue
-			}
-			for _, c := range cur.Chains {
-				ch := Chain{op.chain.Family, op.chain.Table, c.Name}
-				if IsBuiltin(c.Name) || !op.owned(c.Name) || rewritten[ch] || deleted[ch] {
-					continue
-				}
-				// A declared chain skipped as unchanged is still declared.
-				if tx.declares(ch) {
-					continue
-				}
-				tp.addDeclare(c.Name)
-				tp.addRemove(c.Name)
-				deleted[ch] = true
-			}
-		}
-	}
-	// Drop references to deleted chains from chains this transaction does
-	// not rewrite, so that -X succeeds.
-	for k, st := range state {
-		if st == nil {
-			continue
-		}
-		tp := get(k.f, k.t)
-		for _, c := range st.Chains {
-			ch := Chain{k.f, k.t, c.Name}
-			if rewritten[ch] || deleted[ch] {
-				continue
-			}
-			for _, r := range c.Rules {
-				if tgt := TargetOf(r); tgt != "" && deleted[Chain{k.f, k.t, tgt}] && !slices.Contains(tp.rules, "-D "+c.Name+" "+r) {
-					tp.rules = append(tp.rules, "-D "+c.Name+" "+r)
-				}
-			}
-		}
-	}
-	for _, p := range plans {
-		for _, tp := range p.tables {
-			tp.zero = tx.zeroCounters
-			p.lines += len(tp.declare) + len(tp.rules) + len(tp.remove) + 2
-		}
-	}
-	return plans, nil
-}
-
-func (tx *Transaction) declares(c Chain) bool {
-	for _, op := range tx.ops {
-		if op.kind == opDeclare && op.chain == c {
-			return true
-		}
-	}
-	return false
-}
-
-// TargetOf returns the chain or target a saved rule spec jumps to ("-j X" or
-// "-g X" at its end), or "".
-func TargetOf(spec string) string {
-	args, err := splitArgs(spec)
-	if err != nil {
-		return ""
-	}
-	for i := len(args) - 2; i >= 0; i-- {
-		if args[i] == "-j" || args[i] == "-g" {
-			return args[i+1]
-		}
-	}
-	return ""
 }
 
 // Text renders tx as the iptables-restore input Run would feed for family

@@ -160,16 +160,11 @@ func (tp topo) routeBack(t *testing.T) {
 
 func ask(t *testing.T, ns *netns.NS, network string, dst netip.AddrPort) probe.Reply {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, err := probe.Ask(ns, network, dst, 500*time.Millisecond)
-		if err == nil {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s %s: %v", network, dst, err)
-		}
+	r, err := probe.Poll(ns, network, dst, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return r
 }
 
 // TestMasqueradeTraffic is the masquerade experiment: with the network's

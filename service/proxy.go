@@ -239,7 +239,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	}
 	p.mu.Unlock()
 	if !full {
-		ok, err := p.canaryOK(ctx)
+		ok, err := p.canaryOK()
 		if err != nil {
 			return SyncResult{}, fmt.Errorf("sync services in netns %q: check canary: %w", p.nsName(), err)
 		}

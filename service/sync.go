@@ -247,7 +247,7 @@ func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[N
 // nf_tables netlink when the backend is a namespace's kernel (tens of
 // microseconds), else, or when that does not see them (legacy iptables),
 // with iptables -C.
-func (p *Proxy) canaryOK(ctx context.Context) (bool, error) {
+func (p *Proxy) canaryOK() (bool, error) {
 	if k, ok := p.be.(interface{ NetNS() *netns.NS }); ok {
 		if c, err := nft.Dial(k.NetNS()); err == nil {
 			all := true

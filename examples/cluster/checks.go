@@ -83,7 +83,7 @@ func (c *cluster) checkVethPath(r *report) {
 
 // checkPodToPod: a pod on worker-0 reaches a pod on worker-1, which sees
 // the client's own address: no NAT between pods.
-func (c *cluster) checkPodToPod(ctx context.Context, r *report) {
+func (c *cluster) checkPodToPod(r *report) {
 	if len(c.workers) < 2 {
 		return
 	}

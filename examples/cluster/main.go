@@ -134,7 +134,7 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 	fmt.Println("\n# checks")
 	r := &report{}
 	c.checkVethPath(r)
-	c.checkPodToPod(ctx, r)
+	c.checkPodToPod(r)
 	c.checkMasquerade(ctx, r)
 	c.checkServices(ctx, r)
 	ph.done("checks")

@@ -121,3 +121,16 @@ func Ask(ns *netns.NS, network string, dst netip.AddrPort, timeout time.Duration
 	}
 	return Reply{Source: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Name: name}, nil
 }
+
+// Poll asks like Ask, 500 ms at a time, until an answer comes or total has
+// passed: for rules or routes that have just been written and servers
+// that have just started.
+func Poll(ns *netns.NS, network string, dst netip.AddrPort, total time.Duration) (Reply, error) {
+	deadline := time.Now().Add(total)
+	for {
+		r, err := Ask(ns, network, dst, 500*time.Millisecond)
+		if err == nil || time.Now().After(deadline) {
+			return r, err
+		}
+	}
+}
