@@ -16,8 +16,8 @@ import (
 )
 
 // Kernel is the Backend that programs the iptables tables of one network
-// namespace by running iptables-restore, iptables-save and (for single
-// edits) iptables inside it. The binaries are the system's defaults (on
+// namespace by running iptables-restore and iptables-save inside it, and
+// iptables (through go-iptables) for Check. The binaries are the system's defaults (on
 // Debian the nf_tables variants). It is safe for concurrent use.
 type Kernel struct {
 	ns *netns.NS
