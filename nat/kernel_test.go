@@ -268,3 +268,45 @@ func TestHostPortsTraffic(t *testing.T) {
 		t.Errorf("left:\n%s", got)
 	}
 }
+
+// TestMasqueradeEnsureConverges: on a Kernel, Ensure reads nf_tables first
+// and must still see a rule set that is complete but not what is asked
+// for: another subnet, another --random-fully.
+func TestMasqueradeEnsureConverges(t *testing.T) {
+	ns := nstest.New(t)
+	k := iptables.NewKernel(ns)
+	ctx := context.Background()
+	for _, m := range []NetworkMasquerade{
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/24"), p4("fd00:200::/64")}},
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:200::/64")}},
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:200::/64")}, RandomFully: true},
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:201::/64")}, RandomFully: true},
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:201::/64")}},
+		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/20"), p4("fd00:201::/64")}},
+	} {
+		if err := m.Ensure(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Check(ctx, k); err != nil {
+			t.Errorf("after Ensure of %+v: %v", m, err)
+		}
+		if !m.present(ns) {
+			t.Errorf("the nf_tables view does not recognise the rules of %+v it just wrote", m)
+		}
+		for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+			nat, err := k.Save(ctx, f, iptables.TableNAT)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(nat.Chain("POSTROUTING").Rules); n != 1 {
+				t.Errorf("%v after Ensure of %+v: %d POSTROUTING rules, want 1", f, m, n)
+			}
+		}
+	}
+	for _, s := range []string{"10.200.0.0/21", "10.200.0.0/24", "10.200.0.0/16"} {
+		other := NetworkMasquerade{Network: "n", Subnets: []netip.Prefix{p4(s), p4("fd00:201::/64")}}
+		if other.present(ns) {
+			t.Errorf("the nf_tables view took a /20 rule set for %s", s)
+		}
+	}
+}

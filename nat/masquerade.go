@@ -2,7 +2,9 @@ package nat
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -154,10 +156,12 @@ func (m NetworkMasquerade) converge(tx *iptables.Transaction, f iptables.Family,
 	}
 }
 
-// present reports whether iptables-nft in ns holds, for every family of
-// m, the network's chain with its expected number of rules and one
-// commented jump per subnet from POSTROUTING. False means "ask iptables":
-// it is also the answer when iptables uses the legacy backend.
+// present reports whether iptables-nft in ns holds the network's rule set
+// as m specifies it: for every family, the chain's rules in order and one
+// commented jump per subnet from POSTROUTING, each with its prefix, and
+// the masquerade rules with m's --random-fully. False means "ask
+// iptables": it is also the answer on the legacy backend, and for any rule
+// encoded in a way present does not read.
 //
 // It exists because a CNI ADD ensures these rules for every pod: reading
 // nf_tables over netlink takes tens of microseconds, where one
@@ -174,6 +178,11 @@ func (m NetworkMasquerade) present(ns *netns.NS) bool {
 		if err != nil || len(have) != len(chain) {
 			return false
 		}
+		for i, r := range chain {
+			if !m.seenAs(f, r, have[i]) {
+				return false
+			}
+		}
 		post, err := c.Rules(f, "nat", "POSTROUTING")
 		if err != nil {
 			return false
@@ -181,6 +190,9 @@ func (m NetworkMasquerade) present(ns *netns.NS) bool {
 		found := 0
 		for _, r := range post {
 			if r.Jump == m.Chain() && r.Comment == string(m.comment()) {
+				if !slices.ContainsFunc(jumps, func(j iptables.Rule) bool { return m.seenAs(f, j, r) }) {
+					return false // a jump for a subnet no longer listed
+				}
 				found++
 			}
 		}
@@ -189,6 +201,49 @@ func (m NetworkMasquerade) present(ns *netns.NS) bool {
 		}
 	}
 	return true
+}
+
+// seenAs reports whether got, as nf_tables holds it, is r: its one prefix,
+// its jump, and for MASQUERADE the random-fully flag of the xtables
+// target. iptables-nft compares a prefix whole bytes at a time: the
+// leading bits/8 bytes of the address when the length is a whole number of
+// bytes, else the whole address after a bitwise mask.
+func (m NetworkMasquerade) seenAs(f iptables.Family, r iptables.Rule, got nft.Rule) bool {
+	a := r.Source
+	if !a.Prefix.IsValid() {
+		a = r.Destination
+	}
+	p := a.Prefix.Masked()
+	addr := p.Addr().AsSlice()
+	want, mask := addr[:p.Bits()/8], []byte(nil)
+	if p.Bits()%8 != 0 {
+		want, mask = addr, net.CIDRMask(p.Bits(), len(addr)*8)
+	}
+	if len(got.Cmps) != 1 {
+		return false
+	}
+	if c := got.Cmps[0]; c.Not != a.Not || !slices.Equal(c.Value, want) || !slices.Equal(c.Mask, mask) {
+		return false
+	}
+	switch t := r.Target.(type) {
+	case iptables.Jump:
+		return got.Jump == string(t)
+	case iptables.Masquerade:
+		return got.Target == "MASQUERADE" && masqRandomFully(f, got.TargetInfo) == t.RandomFully
+	}
+	return got.Jump == "" && got.Target == ""
+}
+
+// masqRandomFully reads NF_NAT_RANGE_PROTO_RANDOM_FULLY from a MASQUERADE
+// target's struct: the flags of nf_nat_ipv4_multi_range_compat's first
+// range (after its u32 rangesize) for IPv4, of nf_nat_range for IPv6.
+func masqRandomFully(f iptables.Family, info []byte) bool {
+	const randomFully = 1 << 4
+	off := 4
+	if f == iptables.IPv6 {
+		off = 0
+	}
+	return len(info) >= off+4 && binary.NativeEndian.Uint32(info[off:])&randomFully != 0
 }
 
 // Check verifies the network's rule set rule for rule and returns an error

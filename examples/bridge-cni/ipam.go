@@ -73,25 +73,24 @@ func (inProcess) add(ctx context.Context, args *skel.CmdArgs, _ *netConf) (*curr
 }
 
 func (inProcess) del(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
-	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
-	defer cancel()
-	return hostlocal.Del(ctx, args)
+	return bounded(ctx, args, hostlocal.Del)
 }
 
 func (inProcess) check(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
-	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
-	defer cancel()
-	return hostlocal.Check(ctx, args)
+	return bounded(ctx, args, hostlocal.Check)
 }
 
 func (inProcess) gc(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
-	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
-	defer cancel()
-	return hostlocal.GC(ctx, args)
+	return bounded(ctx, args, hostlocal.GC)
 }
 
 func (inProcess) status(ctx context.Context, args *skel.CmdArgs, _ *netConf) error {
+	return bounded(ctx, args, hostlocal.Status)
+}
+
+// bounded runs a host-local verb with the lock wait bounded by lockTimeout.
+func bounded(ctx context.Context, args *skel.CmdArgs, verb func(context.Context, *skel.CmdArgs) error) error {
 	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
 	defer cancel()
-	return hostlocal.Status(ctx, args)
+	return verb(ctx, args)
 }

@@ -117,6 +117,21 @@ func (c *Conn) ChainExists(family podnet.Family, table, chain string) (bool, err
 type Rule struct {
 	Comment string // its -m comment --comment, "" if none
 	Jump    string // the chain it jumps or goes to, "" if none
+	// Cmps are the rule's comparisons in order: how iptables-nft matches
+	// -s and -d (the prefix's leading bytes; a mask precedes them in a
+	// bitwise expression when the length is not a whole number of bytes).
+	Cmps []Cmp
+	// Target and TargetInfo are the xtables target (MASQUERADE, DNAT …)
+	// and its kernel struct, when the rule has one.
+	Target     string
+	TargetInfo []byte
+}
+
+// Cmp is one nf_tables comparison.
+type Cmp struct {
+	Not   bool   // NFT_CMP_NEQ (! -s, ! -d) rather than NFT_CMP_EQ
+	Value []byte // the compared data
+	Mask  []byte // the mask of a bitwise expression just before it, if any
 }
 
 // Rules returns the rules of chain in order; none when the chain is empty
@@ -156,10 +171,11 @@ func (c *Conn) Rules(family podnet.Family, table, chain string) ([]Rule, error) 
 	return rules, nil
 }
 
-// parseExprs reads an NFTA_RULE_EXPRESSIONS list for the two things Rules
-// reports: an xtables "comment" match (how iptables-nft 1.8 stores
-// comments) and an immediate jump/goto verdict.
+// parseExprs reads an NFTA_RULE_EXPRESSIONS list for what Rules reports:
+// an xtables "comment" match (how iptables-nft 1.8 stores comments), an
+// immediate jump/goto verdict, comparisons and an xtables target.
 func parseExprs(b []byte, r *Rule) {
+	var mask []byte
 	for _, elem := range attrs(b) { // NFTA_LIST_ELEM
 		var name string
 		var data []byte
@@ -186,6 +202,21 @@ func parseExprs(b []byte, r *Rule) {
 			if mname == "comment" {
 				r.Comment = cstring(info)
 			}
+		case "bitwise":
+			mask = dataValue(data, 4) // NFTA_BITWISE_MASK
+		case "cmp":
+			c := parseCmp(data)
+			c.Mask, mask = mask, nil
+			r.Cmps = append(r.Cmps, c)
+		case "target":
+			for _, a := range attrs(data) {
+				switch a.typ {
+				case 1: // NFTA_TARGET_NAME
+					r.Target = cstring(a.data)
+				case 3: // NFTA_TARGET_INFO
+					r.TargetInfo = a.data
+				}
+			}
 		case "immediate":
 			for _, a := range attrs(data) {
 				if a.typ != 2 { // NFTA_IMMEDIATE_DATA
@@ -204,6 +235,35 @@ func parseExprs(b []byte, r *Rule) {
 			}
 		}
 	}
+}
+
+// parseCmp reads an NFTA_CMP_* list: the operator (big-endian u32,
+// NFT_CMP_NEQ is 1) and NFTA_CMP_DATA's NFTA_DATA_VALUE.
+func parseCmp(b []byte) Cmp {
+	var c Cmp
+	for _, a := range attrs(b) {
+		switch a.typ {
+		case 2: // NFTA_CMP_OP
+			c.Not = len(a.data) == 4 && binary.BigEndian.Uint32(a.data) == 1
+		}
+	}
+	c.Value = dataValue(b, 3) // NFTA_CMP_DATA
+	return c
+}
+
+// dataValue returns the NFTA_DATA_VALUE nested in attribute typ of b.
+func dataValue(b []byte, typ uint16) []byte {
+	for _, a := range attrs(b) {
+		if a.typ != typ {
+			continue
+		}
+		for _, d := range attrs(a.data) {
+			if d.typ == 1 { // NFTA_DATA_VALUE
+				return d.data
+			}
+		}
+	}
+	return nil
 }
 
 type attr struct {

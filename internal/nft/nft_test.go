@@ -54,11 +54,18 @@ func TestChainsAndComments(t *testing.T) {
 		}
 	}
 	got, err := c.Rules(4, "nat", "PODNET-X")
-	if err != nil || !slices.Equal(got, []nft.Rule{{Comment: "podnet: one"}, {}}) {
+	if err != nil || !slices.Equal(brief(got), []commentJump{{Comment: "podnet: one"}, {}}) {
 		t.Errorf("Rules(PODNET-X) = %+v, %v", got, err)
 	}
+	// -s 10.200.0.0/24 is a comparison of the source's first three bytes.
+	if len(got) == 2 && (len(got[0].Cmps) != 1 || got[0].Cmps[0].Not || !slices.Equal(got[0].Cmps[0].Value, []byte{10, 200, 0})) {
+		t.Errorf("Rules(PODNET-X)[0].Cmps = %+v, want one 0a c8 00", got[0].Cmps)
+	}
+	if len(got) == 2 && (got[1].Target != "MASQUERADE" || len(got[1].TargetInfo) == 0) {
+		t.Errorf("Rules(PODNET-X)[1] target %q info %x, want MASQUERADE", got[1].Target, got[1].TargetInfo)
+	}
 	got, err = c.Rules(4, "nat", "POSTROUTING")
-	if err != nil || !slices.Equal(got, []nft.Rule{{Comment: "jump two", Jump: "PODNET-X"}}) {
+	if err != nil || !slices.Equal(brief(got), []commentJump{{Comment: "jump two", Jump: "PODNET-X"}}) {
 		t.Errorf("Rules(POSTROUTING) = %+v, %v", got, err)
 	}
 	if got, err := c.Rules(4, "nat", "NOPE"); err != nil || len(got) != 0 {
@@ -76,4 +83,15 @@ func BenchmarkChainExists(b *testing.B) {
 	for b.Loop() {
 		c.ChainExists(4, "nat", "POSTROUTING")
 	}
+}
+
+type commentJump struct{ Comment, Jump string }
+
+// brief keeps the comment and jump of each rule.
+func brief(rules []nft.Rule) []commentJump {
+	var out []commentJump
+	for _, r := range rules {
+		out = append(out, commentJump{r.Comment, r.Jump})
+	}
+	return out
 }
