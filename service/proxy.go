@@ -46,16 +46,21 @@ type Config struct {
 // Update and Delete change its model, Sync writes what changed. It is safe
 // for concurrent use; syncs are serialised.
 type Proxy struct {
-	cfg    Config
-	be     iptables.Backend
-	r      renderer
-	ch     Chains
-	log    *slog.Logger
-	mu     sync.Mutex // guards want, dirty, needFull
-	want   map[Name]*Service
-	dirty  map[Name]bool
-	full   bool
-	syncMu sync.Mutex // serialises Sync and Cleanup; guards written
+	cfg   Config
+	be    iptables.Backend
+	r     renderer
+	ch    Chains
+	log   *slog.Logger
+	mu    sync.Mutex // guards want, dirty, full, pending, triggers, lastSync
+	want  map[Name]*Service
+	dirty map[Name]bool
+	full  bool
+	// pending is when the oldest change not yet written arrived (zero when
+	// none waits); lastSync when the last successful sync ended.
+	pending, lastSync time.Time
+	triggers          []time.Time   // see RecordTrigger
+	changed           chan struct{} // 1-buffered: a change arrived, for Run
+	syncMu            sync.Mutex    // serialises Sync and Cleanup; guards written
 	// written is what the last successful syncs put into the tables, per
 	// Service: the proxy's own record, so a partial sync never reads the
 	// tables back.
@@ -119,6 +124,7 @@ func New(cfg Config) (*Proxy, error) {
 		dirty:   map[Name]bool{},
 		full:    true,
 		written: map[Name]*record{},
+		changed: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -143,7 +149,7 @@ func (p *Proxy) Update(s Service) error {
 		return nil
 	}
 	p.want[s.Name] = s.clone()
-	p.dirty[s.Name] = true
+	p.markDirty(s.Name)
 	return nil
 }
 
@@ -154,8 +160,68 @@ func (p *Proxy) Delete(n Name) {
 	defer p.mu.Unlock()
 	if _, ok := p.want[n]; ok {
 		delete(p.want, n)
-		p.dirty[n] = true
+		p.markDirty(n)
 	}
+}
+
+// markDirty records that n changed since the last sync and wakes Run.
+// p.mu must be held.
+func (p *Proxy) markDirty(n Name) {
+	if p.pending.IsZero() {
+		p.pending = time.Now()
+	}
+	p.dirty[n] = true
+	p.notify()
+}
+
+func (p *Proxy) notify() {
+	select {
+	case p.changed <- struct{}{}:
+	default:
+	}
+}
+
+// RecordTrigger records when a change that is now on its way to the
+// tables was made: for Services read from Kubernetes, the
+// endpoints.kubernetes.io/last-change-trigger-time annotation of the
+// EndpointSlice (or the Service's creation time). The next sync that
+// succeeds lists it in SyncResult.Triggers, so that the caller can
+// measure network programming latency, as kube-proxy does. Zero times are
+// ignored.
+func (p *Proxy) RecordTrigger(t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	p.mu.Lock()
+	p.triggers = append(p.triggers, t)
+	p.mu.Unlock()
+}
+
+// Families returns the address families the proxy programs.
+func (p *Proxy) Families() []iptables.Family { return slices.Clone(p.r.families) }
+
+// Status is what a health check needs to know about the proxy.
+type Status struct {
+	// LastSync is when the last successful sync ended; zero before one.
+	LastSync time.Time
+	// PendingSince is when the oldest change not yet in the tables
+	// arrived; zero when the tables are up to date. A failed sync leaves
+	// its changes pending.
+	PendingSince time.Time
+}
+
+// Healthy reports whether no change has waited longer than timeout at
+// time now: kube-proxy's /healthz rule, with timeout twice its sync
+// period.
+func (s Status) Healthy(now time.Time, timeout time.Duration) bool {
+	return s.PendingSince.IsZero() || now.Sub(s.PendingSince) <= timeout
+}
+
+// Status returns the proxy's sync status.
+func (p *Proxy) Status() Status {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Status{LastSync: p.lastSync, PendingSince: p.pending}
 }
 
 // Replace makes the proxy's Services exactly svcs: new and changed ones
@@ -211,6 +277,9 @@ type SyncResult struct {
 	Rules    int           // rule lines written
 	Flows    int           // conntrack flows deleted
 	Duration time.Duration // time spent
+	// Triggers are the times given to RecordTrigger before this sync
+	// started: the changes it put in force.
+	Triggers []time.Time
 }
 
 // Sync writes the changes since the last successful sync in one
@@ -234,7 +303,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	start := time.Now()
 	p.mu.Lock()
 	full, reason := p.full, "start"
-	if len(p.written) > 0 {
+	if !p.lastSync.IsZero() {
 		reason = "previous sync failed"
 	}
 	p.mu.Unlock()
@@ -249,8 +318,8 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	}
 	// Take the changes; put them back if the sync fails.
 	p.mu.Lock()
-	dirty := p.dirty
-	p.dirty = map[Name]bool{}
+	dirty, pending, triggers := p.dirty, p.pending, p.triggers
+	p.dirty, p.pending, p.triggers = map[Name]bool{}, time.Time{}, nil
 	want := make(map[Name]*Service, len(p.want))
 	if full {
 		for n, s := range p.want {
@@ -279,15 +348,21 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 		for n := range dirty {
 			p.dirty[n] = true
 		}
+		if !pending.IsZero() && (p.pending.IsZero() || pending.Before(p.pending)) {
+			p.pending = pending
+		}
+		p.triggers = append(triggers, p.triggers...)
 		p.mu.Unlock()
 		p.log.Error("sync failed", "full", full, "err", err)
 		return SyncResult{Full: full, Reason: res.Reason}, fmt.Errorf("sync services in netns %q: %w", p.nsName(), err)
 	}
+	p.mu.Lock()
 	if full {
-		p.mu.Lock()
 		p.full = false
-		p.mu.Unlock()
 	}
+	p.lastSync = time.Now()
+	p.mu.Unlock()
+	res.Triggers = triggers
 	if p.cfg.NetNS != nil && len(cleanup) > 0 {
 		n, err := deleteFlows(ctx, p.cfg.NetNS, cleanup)
 		res.Flows = n

@@ -301,7 +301,7 @@ func (p *Proxy) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	p.full = true
 	for n := range p.want {
-		p.dirty[n] = true
+		p.markDirty(n)
 	}
 	p.mu.Unlock()
 	return nil
