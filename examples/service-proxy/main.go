@@ -1,15 +1,26 @@
 // Command podnet-service-proxy keeps kube-proxy-style iptables rules for
-// the Services and EndpointSlices in Kubernetes manifests on disk.
+// the Services and EndpointSlices of a Kubernetes API server, or of
+// manifests on disk.
 //
-//	podnet-service-proxy --manifests DIR --node-name node0 --cluster-cidr 10.200.0.0/16 [--netns /var/run/netns/node0]
+//	podnet-service-proxy --kubeconfig FILE [--node-name node0] [--cluster-cidr 10.200.0.0/16] [--netns /var/run/netns/node0]
+//	podnet-service-proxy --manifests DIR --node-name node0 --cluster-cidr 10.200.0.0/16
 //
-// It reads v1 Service and discovery.k8s.io/v1 EndpointSlice objects from a
-// file or a directory (multi-document YAML or JSON), syncs the rules (a
-// full sync first, then partial ones), re-reads the manifests when they
-// change and checks the canary chain every --sync-period. A bad manifest
-// is reported with its file and object and the last good rules stay.
-// Stopping the proxy leaves the rules in place (established connections
-// keep working); --cleanup removes them.
+// Exactly one source: --kubeconfig (or, with neither flag, the in-cluster
+// configuration of a pod) follows v1 Services and discovery.k8s.io/v1
+// EndpointSlices through client-go informers, and this node's v1 Node,
+// whose spec.podCIDRs serve as the cluster CIDR when --cluster-cidr is
+// not given; --manifests reads the same objects from a file or a
+// directory (multi-document YAML or JSON) and re-reads them when they
+// change. Changes are written by partial syncs at most one per
+// --min-sync-period; every --sync-period a sync checks the canary chain
+// and rewrites everything if the tables were flushed. While the API server
+// is away, or a manifest is bad, the last good rules stay. Stopping the
+// proxy leaves the rules in place (established connections keep working);
+// --cleanup removes them.
+//
+// --metrics-addr serves /metrics (kube-proxy's metric names where they
+// mean the same), /healthz (503 once a change has waited more than twice
+// --sync-period) and /livez.
 package main
 
 import (
@@ -18,8 +29,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -33,30 +42,34 @@ import (
 )
 
 type options struct {
-	manifests   string
-	nodeName    string
-	clusterCIDR string
-	prefix      string
-	netnsPath   string
-	once        bool
-	cleanup     bool
-	metricsAddr string
-	syncPeriod  time.Duration
-	poll        time.Duration
+	manifests     string
+	kubeconfig    string
+	nodeName      string
+	clusterCIDR   string
+	prefix        string
+	netnsPath     string
+	once          bool
+	cleanup       bool
+	metricsAddr   string
+	syncPeriod    time.Duration
+	minSyncPeriod time.Duration
+	poll          time.Duration
 }
 
 func main() {
 	var o options
 	host, _ := os.Hostname()
 	flag.StringVar(&o.manifests, "manifests", "", "file or directory of Service and EndpointSlice manifests (YAML or JSON)")
-	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for externalTrafficPolicy/internalTrafficPolicy Local")
-	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded")
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "follow the API server of this kubeconfig file")
+	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for traffic policy Local and its Node object")
+	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded (default with --kubeconfig: the Node's podCIDRs)")
 	flag.StringVar(&o.prefix, "chain-prefix", service.DefaultChainPrefix, "chain name prefix; KUBE gives kube-proxy's names")
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
-	flag.BoolVar(&o.once, "once", false, "sync once and exit; the rules stay")
+	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove every rule and chain the proxy owns and exit")
-	flag.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address (e.g. 127.0.0.1:9101)")
-	flag.DurationVar(&o.syncPeriod, "sync-period", 10*time.Second, "how often to check the canary chain and resync")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /livez on this address (e.g. 127.0.0.1:10249)")
+	flag.DurationVar(&o.syncPeriod, "sync-period", service.DefaultSyncPeriod, "how often to check the canary chain and resync")
+	flag.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "least time between two syncs; changes arriving sooner are written together (0: at once)")
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -69,9 +82,6 @@ func main() {
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
-	if !o.cleanup && o.manifests == "" {
-		return errors.New("--manifests is required")
-	}
 	cidrs, err := parseCIDRs(o.clusterCIDR)
 	if err != nil {
 		return fmt.Errorf("--cluster-cidr: %w", err)
@@ -81,32 +91,72 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	defer ns.Close()
+	if o.cleanup {
+		return cleanup(ctx, ns, o, log)
+	}
+	src, err := newSource(o, log)
+	if err != nil {
+		return err
+	}
+	if len(cidrs) == 0 {
+		if cidrs, err = src.clusterCIDRs(ctx); err != nil {
+			return err
+		}
+	}
 	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
 	if err != nil {
 		return err
 	}
-	if o.cleanup {
-		if err := p.Cleanup(ctx); err != nil {
+	if o.once {
+		if err := src.load(ctx, p); err != nil {
 			return err
 		}
-		log.Info("removed the proxy's rules", "netns", ns.String(), "prefix", o.prefix)
-		return nil
+		_, err := p.Sync(ctx)
+		return err
 	}
-	s := &syncer{proxy: p, manifests: o.manifests, metrics: newMetrics(), log: log}
-	if o.once {
-		return s.once(ctx)
-	}
-	s.start(ctx)
+	m := newMetrics(p, src, 2*o.syncPeriod)
 	if o.metricsAddr != "" {
-		srv, err := serveMetrics(o.metricsAddr, s.metrics, log)
+		srv, err := serveMetrics(o.metricsAddr, m, log)
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 	}
-	s.watch(ctx, o.poll, o.syncPeriod)
+	if err := src.start(ctx, p); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	p.Run(ctx, service.RunConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, OnSync: m.observe})
 	log.Info("stopping; the rules stay in place")
 	return nil
+}
+
+func cleanup(ctx context.Context, ns *netns.NS, o options, log *slog.Logger) error {
+	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix})
+	if err != nil {
+		return err
+	}
+	if err := p.Cleanup(ctx); err != nil {
+		return err
+	}
+	log.Info("removed the proxy's rules", "netns", ns.String(), "prefix", o.prefix)
+	return nil
+}
+
+// newSource picks the one source the flags name.
+func newSource(o options, log *slog.Logger) (source, error) {
+	inCluster := os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+	switch {
+	case o.manifests != "" && o.kubeconfig != "":
+		return nil, errors.New("--manifests and --kubeconfig both given: choose one source")
+	case o.manifests != "":
+		return &manifestSource{path: o.manifests, poll: o.poll, log: log}, nil
+	case o.kubeconfig != "" || inCluster:
+		return newKubeSource(o.kubeconfig, o.nodeName, log)
+	}
+	return nil, errors.New("no source: give --kubeconfig or --manifests (or run in a pod for the in-cluster configuration)")
 }
 
 // parseCIDRs parses a comma-separated list of prefixes; blank entries are
@@ -141,117 +191,4 @@ func openNetNS(path string) (*netns.NS, error) {
 		return netns.Open(path)
 	}
 	return netns.Current()
-}
-
-// syncer feeds the manifests to the proxy and records the outcome in the
-// metrics.
-type syncer struct {
-	proxy     *service.Proxy
-	manifests string
-	metrics   *metrics
-	log       *slog.Logger
-}
-
-// load hands the manifests' Services to the proxy. A rejected read leaves
-// the proxy with the Services it had, so the next sync keeps the last good
-// rules.
-func (s *syncer) load() error {
-	objs, err := readManifests(s.manifests)
-	if err == nil {
-		var svcs []service.Service
-		if svcs, err = objs.toServices(); err == nil {
-			err = s.proxy.Replace(svcs)
-		}
-	}
-	if err != nil {
-		s.metrics.manifestError()
-	}
-	return err
-}
-
-func (s *syncer) sync(ctx context.Context) error {
-	res, err := s.proxy.Sync(ctx)
-	svcs, eps := s.proxy.Stats()
-	s.metrics.observeSync(res.Duration, res.Rules, res.Full, err, svcs, eps)
-	return err
-}
-
-// once is --once: any failure is the command's, and a bad manifest writes
-// nothing.
-func (s *syncer) once(ctx context.Context) error {
-	if err := s.load(); err != nil {
-		return err
-	}
-	return s.sync(ctx)
-}
-
-// start is the daemon's first load and sync. Neither failure stops it: the
-// rules already in the namespace stay, and a later manifest change or
-// periodic sync may succeed.
-func (s *syncer) start(ctx context.Context) {
-	if err := s.load(); err != nil {
-		s.log.Error("manifests rejected; keeping the rules in place", "err", err)
-	}
-	_ = s.sync(ctx) // recorded in the metrics; the periodic sync retries
-}
-
-// watch reloads the manifests when their files change and syncs every
-// period, so that rules flushed behind the proxy's back come back, until
-// ctx is done.
-func (s *syncer) watch(ctx context.Context, poll, period time.Duration) {
-	stamp, _ := fingerprint(s.manifests)
-	pollT := time.NewTicker(poll)
-	defer pollT.Stop()
-	syncT := time.NewTicker(period)
-	defer syncT.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-pollT.C:
-			stamp = s.reloadIfChanged(ctx, stamp)
-		case <-syncT.C:
-			s.syncOrLog(ctx)
-		}
-	}
-}
-
-// reloadIfChanged loads and syncs the manifests if their fingerprint is no
-// longer stamp, and returns the fingerprint to compare with next. When the
-// files cannot be listed the old stamp is kept, so the change is still
-// seen once they can.
-func (s *syncer) reloadIfChanged(ctx context.Context, stamp string) string {
-	cur, err := fingerprint(s.manifests)
-	if err != nil || cur == stamp {
-		return stamp
-	}
-	if err := s.load(); err != nil {
-		s.log.Error("manifests rejected; keeping the last good rules", "err", err)
-		return cur
-	}
-	s.syncOrLog(ctx)
-	return cur
-}
-
-func (s *syncer) syncOrLog(ctx context.Context) {
-	if err := s.sync(ctx); err != nil {
-		s.log.Error("sync failed", "err", err)
-	}
-}
-
-// serveMetrics serves /metrics and /healthz on addr until the returned
-// server is closed. It listens before returning so that a bad or busy
-// address fails the command.
-func serveMetrics(addr string, m *metrics, log *slog.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m)
-	mux.HandleFunc("/healthz", m.healthz)
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	log.Info("serving metrics", "addr", l.Addr().String())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(l)
-	return srv, nil
 }

@@ -190,7 +190,7 @@ func TestDaemon(t *testing.T) {
 	}
 	waitFor("healthz", func() bool { code, _ := get("/healthz"); return code == 200 })
 	_, metrics := get("/metrics")
-	for _, want := range []string{"podnet_service_proxy_services 1\n", "podnet_service_proxy_endpoints 2\n", "podnet_service_proxy_full_syncs_total 1\n", "# TYPE podnet_service_proxy_sync_duration_seconds histogram", "podnet_service_proxy_sync_duration_seconds_count 1\n"} {
+	for _, want := range []string{"podnet_service_proxy_services 1\n", "podnet_service_proxy_endpoints 2\n", "podnet_service_proxy_full_syncs_total 1\n", "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram", "kubeproxy_sync_proxy_rules_duration_seconds_count 1\n"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q:\n%s", want, metrics)
 		}
@@ -198,7 +198,7 @@ func TestDaemon(t *testing.T) {
 	writeFile(t, dir, "dns.json", dnsManifest)
 	waitFor("the dns Service's rules", func() bool { return strings.Contains(save(t, ns), "10.96.0.10/32") })
 	writeFile(t, dir, "web.yaml", strings.Replace(webManifest, "port: 80,", "port: 70000,", 1))
-	waitFor("the manifest error", func() bool { _, m := get("/metrics"); return strings.Contains(m, "manifest_errors_total 1\n") })
+	waitFor("the manifest error", func() bool { _, m := get("/metrics"); return strings.Contains(m, "podnet_service_proxy_rejected_total 1\n") })
 	if rules := save(t, ns); !strings.Contains(rules, "10.96.0.20/32") || !strings.Contains(rules, "10.96.0.10/32") {
 		t.Errorf("last good rules not kept:\n%s", rules)
 	}

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,7 +15,9 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/service"
+	"github.com/podnet/podnet/service/kube"
 )
 
 // manifestFiles returns the manifest files at path: the file itself, or
@@ -171,111 +171,33 @@ func (o *objects) add(file string, doc int, data []byte) error {
 	return nil
 }
 
-// services converts the objects to the proxy's model: each Service with
-// the endpoints of the EndpointSlices labelled with its name. Services
-// without a cluster IP (headless, ExternalName) are left out: they have
-// no rules.
-func (o *objects) toServices() ([]service.Service, error) {
-	eps := map[service.Name][]service.Endpoint{}
+// toServices converts the objects to the proxy's model, as the API source
+// does (kube.Convert), keeping the addresses of families: each Service
+// with the endpoints of the EndpointSlices labelled with its name.
+// Services that get no rules (headless, ExternalName, another family) are
+// left out.
+func (o *objects) toServices(families []podnet.Family) ([]service.Service, error) {
+	bySvc := map[service.Name][]*discoveryv1.EndpointSlice{}
 	for _, es := range o.slices {
 		svcName := es.Labels[discoveryv1.LabelServiceName]
 		if svcName == "" {
 			return nil, fmt.Errorf("%s: no %s label", o.where[es], discoveryv1.LabelServiceName)
 		}
-		if es.AddressType != discoveryv1.AddressTypeIPv4 && es.AddressType != discoveryv1.AddressTypeIPv6 {
-			continue
-		}
-		ports := map[string]uint16{}
-		for _, p := range es.Ports {
-			if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
-				return nil, fmt.Errorf("%s: port %v: missing or out of range", o.where[es], deref(p.Name))
-			}
-			ports[deref(p.Name)] = uint16(*p.Port)
-		}
 		n := service.Name{Namespace: es.Namespace, Name: svcName}
-		for _, e := range es.Endpoints {
-			if len(e.Addresses) == 0 {
-				continue
-			}
-			a, err := netip.ParseAddr(e.Addresses[0])
-			if err != nil {
-				return nil, fmt.Errorf("%s: endpoint address %q: %w", o.where[es], e.Addresses[0], err)
-			}
-			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-			serving := ready
-			if e.Conditions.Serving != nil {
-				serving = *e.Conditions.Serving
-			}
-			term := e.Conditions.Terminating != nil && *e.Conditions.Terminating
-			eps[n] = append(eps[n], service.Endpoint{Addr: a, Ports: ports, Ready: ready, Serving: serving, Terminating: term, NodeName: deref(e.NodeName)})
-		}
+		bySvc[n] = append(bySvc[n], es)
 	}
 	var out []service.Service
 	for _, s := range o.services {
-		if s.Spec.Type == corev1.ServiceTypeExternalName || s.Spec.ClusterIP == corev1.ClusterIPNone {
-			continue
-		}
-		svc, err := convert(s, eps[service.Name{Namespace: s.Namespace, Name: s.Name}])
-		if err == nil {
+		svc, ok, err := kube.Convert(s, bySvc[service.Name{Namespace: s.Namespace, Name: s.Name}], families)
+		if err == nil && ok {
 			err = svc.Validate()
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", o.where[s], err)
 		}
-		out = append(out, svc)
-	}
-	return out, nil
-}
-
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
-}
-
-func convert(s *corev1.Service, eps []service.Endpoint) (service.Service, error) {
-	out := service.Service{
-		Name:                  service.Name{Namespace: s.Namespace, Name: s.Name},
-		Affinity:              service.Affinity(s.Spec.SessionAffinity),
-		ExternalTrafficPolicy: service.TrafficPolicy(s.Spec.ExternalTrafficPolicy),
-		InternalTrafficPolicy: service.TrafficPolicy(deref(s.Spec.InternalTrafficPolicy)),
-		Endpoints:             eps,
-	}
-	if c := s.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-		if *c.ClientIP.TimeoutSeconds < 0 {
-			return out, errors.New("negative session affinity timeout")
+		if ok {
+			out = append(out, svc)
 		}
-		out.AffinitySeconds = uint32(*c.ClientIP.TimeoutSeconds)
-	}
-	ips := s.Spec.ClusterIPs
-	if len(ips) == 0 && s.Spec.ClusterIP != "" {
-		ips = []string{s.Spec.ClusterIP}
-	}
-	for _, list := range []struct {
-		in   []string
-		out  *[]netip.Addr
-		what string
-	}{{ips, &out.ClusterIPs, "cluster IP"}, {s.Spec.ExternalIPs, &out.ExternalIPs, "external IP"}} {
-		for _, ip := range list.in {
-			a, err := netip.ParseAddr(ip)
-			if err != nil {
-				return out, fmt.Errorf("%s %q: %w", list.what, ip, err)
-			}
-			*list.out = append(*list.out, a)
-		}
-	}
-	for _, p := range s.Spec.Ports {
-		// Port 0 and the like are left to Validate, whose message is clearer.
-		if p.Port < 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
-			return out, fmt.Errorf("port %q: out of range", p.Name)
-		}
-		port := service.Port{Name: p.Name, Protocol: service.Protocol(p.Protocol), Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
-		if v := p.TargetPort.IntValue(); v > 0 && v <= 65535 && p.TargetPort.StrVal == "" {
-			port.TargetPort = uint16(v)
-		}
-		out.Ports = append(out.Ports, port)
 	}
 	return out, nil
 }

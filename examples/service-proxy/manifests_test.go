@@ -16,7 +16,7 @@ func TestReadManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcs, err := o.toServices()
+	svcs, err := o.toServices(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

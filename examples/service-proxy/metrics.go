@@ -2,100 +2,144 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
-	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podnet/podnet/service"
 )
 
-// metrics are written in the Prometheus text exposition format by hand:
-// a handful of counters, gauges and one histogram do not justify the
-// client library and its dependencies.
+// metrics records each sync. Names that mean what kube-proxy's mean are
+// kube-proxy's (kubeproxy_...), so its dashboards and alerts apply; the
+// rest are podnet_service_proxy_....
 type metrics struct {
-	mu             sync.Mutex
-	buckets        []float64
-	counts         []uint64 // per bucket (not cumulative)
-	sum            float64
-	count          uint64
-	rules          uint64
-	syncErrors     uint64
-	manifestErrors uint64
-	fullSyncs      uint64
-	services       int
-	endpoints      int
-	healthy        bool
+	reg           *prometheus.Registry
+	proxy         *service.Proxy
+	healthTimeout time.Duration
+
+	syncDuration        prometheus.Histogram
+	fullSyncDuration    prometheus.Histogram
+	partialSyncDuration prometheus.Histogram
+	lastSync            prometheus.Gauge
+	rulesWritten        prometheus.Gauge
+	programming         prometheus.Histogram
+	fullSyncs           prometheus.Counter
+	syncErrors          prometheus.Counter
+	services, endpoints prometheus.Gauge
 }
 
-func newMetrics() *metrics {
-	b := []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
-	return &metrics{buckets: b, counts: make([]uint64, len(b))}
+// syncBuckets are kube-proxy's sync-duration buckets: 1 ms to 16 s.
+var syncBuckets = prometheus.ExponentialBuckets(0.001, 2, 15)
+
+// programmingBuckets start below kube-proxy's 0.25 s, where this proxy's
+// latencies lie, and go on as kube-proxy's do to 5 minutes.
+var programmingBuckets = append(prometheus.ExponentialBuckets(0.005, 2, 6),
+	append(prometheus.LinearBuckets(0.25, 0.25, 3), prometheus.LinearBuckets(1, 1, 59)...)...)
+
+func newMetrics(p *service.Proxy, src source, healthTimeout time.Duration) *metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &metrics{
+		reg: reg, proxy: p, healthTimeout: healthTimeout,
+		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubeproxy_sync_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds", Buckets: syncBuckets}),
+		fullSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubeproxy_sync_full_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds for full resyncs", Buckets: syncBuckets}),
+		partialSyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+			Help: "SyncProxyRules latency in seconds for partial resyncs", Buckets: syncBuckets}),
+		lastSync: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+			Help: "The last time proxy rules were successfully synced"}),
+		rulesWritten: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubeproxy_sync_proxy_rules_iptables_total",
+			Help: "Rule lines written by the last successful sync"}),
+		programming: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubeproxy_network_programming_duration_seconds",
+			Help: "In Cluster Network Programming Latency in seconds: from the EndpointSlice's last-change-trigger-time to the end of the sync that applied it", Buckets: programmingBuckets}),
+		fullSyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "podnet_service_proxy_full_syncs_total",
+			Help: "Successful full syncs"}),
+		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "podnet_service_proxy_sync_errors_total",
+			Help: "Failed syncs (each is retried as a full sync)"}),
+		services: prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_service_proxy_services",
+			Help: "Services with rules"}),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_service_proxy_endpoints",
+			Help: "Endpoint chains written"}),
+	}
+	for _, c := range []prometheus.Collector{m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.rulesWritten,
+		m.programming, m.fullSyncs, m.syncErrors, m.services, m.endpoints,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	count := func(name, help string, pick func(s, e, r uint64) uint64) {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(pick(src.counts())) }))
+	}
+	count("kubeproxy_sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes", func(s, _, _ uint64) uint64 { return s })
+	count("kubeproxy_sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes", func(_, e, _ uint64) uint64 { return e })
+	count("podnet_service_proxy_rejected_total", "Service reads refused as invalid (manifests or API objects); the last good rules stay", func(_, _, r uint64) uint64 { return r })
+	return m
 }
 
-func (m *metrics) observeSync(d time.Duration, rules int, full bool, err error, services, endpoints int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// observe records one sync; it is the proxy runner's OnSync.
+func (m *metrics) observe(res service.SyncResult, err error) {
 	if err != nil {
-		m.syncErrors++
-		m.healthy = false
+		m.syncErrors.Inc()
 		return
 	}
-	s := d.Seconds()
-	for i, b := range m.buckets {
-		if s <= b {
-			m.counts[i]++
-			break
-		}
+	end := time.Now()
+	m.syncDuration.Observe(res.Duration.Seconds())
+	if res.Full {
+		m.fullSyncs.Inc()
+		m.fullSyncDuration.Observe(res.Duration.Seconds())
+	} else {
+		m.partialSyncDuration.Observe(res.Duration.Seconds())
 	}
-	m.sum += s
-	m.count++
-	m.rules += uint64(rules)
-	if full {
-		m.fullSyncs++
+	m.lastSync.Set(float64(end.UnixNano()) / 1e9)
+	m.rulesWritten.Set(float64(res.Rules))
+	for _, t := range res.Triggers {
+		m.programming.Observe(end.Sub(t).Seconds())
 	}
-	m.services, m.endpoints = services, endpoints
-	m.healthy = true
+	svcs, eps := m.proxy.Stats()
+	m.services.Set(float64(svcs))
+	m.endpoints.Set(float64(eps))
 }
 
-func (m *metrics) manifestError() {
-	m.mu.Lock()
-	m.manifestErrors++
-	m.mu.Unlock()
-}
-
-func (m *metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	const p = "podnet_service_proxy_"
-	fmt.Fprintf(w, "# HELP %ssync_duration_seconds Time of successful syncs.\n# TYPE %ssync_duration_seconds histogram\n", p, p)
-	var cum uint64
-	for i, b := range m.buckets {
-		cum += m.counts[i]
-		fmt.Fprintf(w, "%ssync_duration_seconds_bucket{le=\"%g\"} %d\n", p, b, cum)
-	}
-	fmt.Fprintf(w, "%ssync_duration_seconds_bucket{le=\"+Inf\"} %d\n%ssync_duration_seconds_sum %g\n%ssync_duration_seconds_count %d\n", p, m.count, p, m.sum, p, m.count)
-	for _, c := range []struct {
-		name, help, typ string
-		v               any
-	}{
-		{"rules_written_total", "Rule lines written by successful syncs.", "counter", m.rules},
-		{"full_syncs_total", "Successful full syncs.", "counter", m.fullSyncs},
-		{"sync_errors_total", "Failed syncs.", "counter", m.syncErrors},
-		{"manifest_errors_total", "Manifest reads rejected (the last good rules stay).", "counter", m.manifestErrors},
-		{"services", "Services with rules.", "gauge", m.services},
-		{"endpoints", "Endpoint chains written.", "gauge", m.endpoints},
-	} {
-		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %v\n", p, c.name, c.help, p, c.name, c.typ, p, c.name, c.v)
-	}
-}
-
-// healthz answers 200 while the last sync succeeded, 503 otherwise.
+// healthz is kube-proxy's: 503 once a change has waited longer than the
+// health timeout (twice the sync period) without a successful sync.
 func (m *metrics) healthz(w http.ResponseWriter, _ *http.Request) {
-	m.mu.Lock()
-	ok := m.healthy
-	m.mu.Unlock()
-	if !ok {
-		http.Error(w, "last sync failed", http.StatusServiceUnavailable)
-		return
+	st := m.proxy.Status()
+	w.Header().Set("Content-Type", "application/json")
+	code := http.StatusOK
+	if !st.Healthy(time.Now(), m.healthTimeout) {
+		code = http.StatusServiceUnavailable
 	}
-	fmt.Fprintln(w, "ok")
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "{\"lastUpdated\": %q, \"currentTime\": %q, \"oldestPendingChange\": %q}\n",
+		formatTime(st.LastSync), time.Now().Format(time.RFC3339Nano), formatTime(st.PendingSince))
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
+// serveMetrics serves /metrics, /healthz and /livez on addr until the
+// returned server is closed. It listens before returning so that a bad or
+// busy address fails the command.
+func serveMetrics(addr string, m *metrics, log *slog.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", m.healthz)
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("serving metrics", "addr", l.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	return srv, nil
 }
