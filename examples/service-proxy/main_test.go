@@ -198,7 +198,10 @@ func TestDaemon(t *testing.T) {
 	writeFile(t, dir, "dns.json", dnsManifest)
 	waitFor("the dns Service's rules", func() bool { return strings.Contains(save(t, ns), "10.96.0.10/32") })
 	writeFile(t, dir, "web.yaml", strings.Replace(webManifest, "port: 80,", "port: 70000,", 1))
-	waitFor("the manifest error", func() bool { _, m := get("/metrics"); return strings.Contains(m, "podnet_service_proxy_rejected_total 1\n") })
+	waitFor("the manifest error", func() bool {
+		_, m := get("/metrics")
+		return strings.Contains(m, "podnet_service_proxy_rejected_total 1\n")
+	})
 	if rules := save(t, ns); !strings.Contains(rules, "10.96.0.20/32") || !strings.Contains(rules, "10.96.0.10/32") {
 		t.Errorf("last good rules not kept:\n%s", rules)
 	}

@@ -28,6 +28,7 @@ type metrics struct {
 	lastSync            prometheus.Gauge
 	rulesWritten        prometheus.Gauge
 	programming         prometheus.Histogram
+	programmingQ        prometheus.Summary
 	fullSyncs           prometheus.Counter
 	syncErrors          prometheus.Counter
 	services, endpoints prometheus.Gauge
@@ -58,6 +59,9 @@ func newMetrics(p *service.Proxy, src source, healthTimeout time.Duration) *metr
 			Help: "Rule lines written by the last successful sync"}),
 		programming: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubeproxy_network_programming_duration_seconds",
 			Help: "In Cluster Network Programming Latency in seconds: from the EndpointSlice's last-change-trigger-time to the end of the sync that applied it", Buckets: programmingBuckets}),
+		programmingQ: prometheus.NewSummary(prometheus.SummaryOpts{Name: "podnet_service_proxy_network_programming_seconds",
+			Help:       "Network programming latency (as kubeproxy_network_programming_duration_seconds) over the last 10 minutes, as quantiles",
+			Objectives: map[float64]float64{0.5: 0.01, 0.9: 0.005, 0.99: 0.001}, MaxAge: 10 * time.Minute}),
 		fullSyncs: prometheus.NewCounter(prometheus.CounterOpts{Name: "podnet_service_proxy_full_syncs_total",
 			Help: "Successful full syncs"}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "podnet_service_proxy_sync_errors_total",
@@ -68,7 +72,7 @@ func newMetrics(p *service.Proxy, src source, healthTimeout time.Duration) *metr
 			Help: "Endpoint chains written"}),
 	}
 	for _, c := range []prometheus.Collector{m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.rulesWritten,
-		m.programming, m.fullSyncs, m.syncErrors, m.services, m.endpoints,
+		m.programming, m.programmingQ, m.fullSyncs, m.syncErrors, m.services, m.endpoints,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -99,6 +103,7 @@ func (m *metrics) observe(res service.SyncResult, err error) {
 	m.rulesWritten.Set(float64(res.Rules))
 	for _, t := range res.Triggers {
 		m.programming.Observe(end.Sub(t).Seconds())
+		m.programmingQ.Observe(end.Sub(t).Seconds())
 	}
 	svcs, eps := m.proxy.Stats()
 	m.services.Set(float64(svcs))
