@@ -199,4 +199,3 @@ func (s *Source) refresh(namespace, name string) {
 		s.cfg.Proxy.Delete(n)
 	}
 }
-
