@@ -5,7 +5,9 @@ REFBIN := $(CURDIR)/.refbin
 PLUGINS_VERSION := v1.10.0
 CNITOOL_VERSION := v1.3.0
 STATICCHECK_VERSION := v0.8.2
-APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux
+APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux etcd-server
+KUBE_VERSION := v1.34.2
+KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 
 .PHONY: all deps deps-system test lint unit demo build bench clean
@@ -20,8 +22,10 @@ deps-system:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# deps adds staticcheck and the pinned reference programs tests compare
-# against.
+# deps adds staticcheck, the pinned reference programs tests compare
+# against, and kube-apiserver (built from tools/kube-apiserver, a module of
+# its own: k8s.io/kubernetes cannot be go-installed) for the tests that
+# follow a real control plane (package kubetest).
 deps: deps-system
 	@test -x $(GOBIN_DIR)/staticcheck || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	@mkdir -p $(REFBIN)
@@ -30,6 +34,12 @@ deps: deps-system
 		test -x $$b || GOBIN=$(REFBIN) $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(PLUGINS_VERSION); \
 	done
 	@test -x $(REFBIN)/cnitool || GOBIN=$(REFBIN) $(GO) install github.com/containernetworking/cni/cnitool@$(CNITOOL_VERSION)
+	@test -x $(REFBIN)/kube-apiserver || { echo "building kube-apiserver $(KUBE_VERSION) (a few minutes the first time)"; \
+		cd tools/kube-apiserver && $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(REFBIN)/kube-apiserver .; }
+
+# kube-proxy is the anchor of bench/programming.sh; only the benchmark needs it.
+$(REFBIN)/kube-proxy:
+	cd tools/kube-proxy && $(GO) build -trimpath -ldflags '$(KUBE_LDFLAGS)' -o $(REFBIN)/kube-proxy .
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -17,13 +17,16 @@ import (
 
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
+	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 )
 
 var binDir string
 
-func TestMain(m *testing.M) { gobuild.TestMain(m, &binDir, "podnet-service-proxy", ".") }
+func TestMain(m *testing.M) {
+	gobuild.TestMainRun(m, &binDir, "podnet-service-proxy", ".", kubetest.Run)
+}
 
 const webManifest = `# two objects in one file
 apiVersion: v1

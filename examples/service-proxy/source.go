@@ -120,6 +120,7 @@ func newKubeSource(kubeconfig, node string, log *slog.Logger) (*kubeSource, erro
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "podnet-service-proxy"
+	kube.LogUnreachable(cfg, log, 30*time.Second)
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)

@@ -34,6 +34,12 @@ func Binary(dir, name, pkg string) (string, error) {
 // directory in *dir, runs the tests with nstest's leak check, removes the
 // directory and exits.
 func TestMain(m *testing.M, dir *string, name, pkg string) {
+	TestMainRun(m, dir, name, pkg, nstest.Run)
+}
+
+// TestMainRun is TestMain with the tests run by run, such as kubetest.Run
+// for packages that also share a control plane.
+func TestMainRun(m *testing.M, dir *string, name, pkg string, run func(*testing.M) int) {
 	d, err := os.MkdirTemp("", "podnet-test-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -45,7 +51,7 @@ func TestMain(m *testing.M, dir *string, name, pkg string) {
 		os.Exit(1)
 	}
 	*dir = d
-	code := nstest.Run(m)
+	code := run(m)
 	os.RemoveAll(d)
 	os.Exit(code)
 }

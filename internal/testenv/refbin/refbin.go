@@ -23,8 +23,8 @@ func Dir() string {
 		return d
 	}
 	_, file, _, _ := runtime.Caller(0)
-	// internal/refbin/refbin.go → repository root
-	return filepath.Join(filepath.Dir(file), "..", "..", ".refbin")
+	// internal/testenv/refbin/refbin.go → repository root
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", ".refbin")
 }
 
 // Path returns the path of the reference binary name (e.g. "host-local",
