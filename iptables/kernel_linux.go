@@ -18,9 +18,11 @@ import (
 // Kernel is the Backend that programs the iptables tables of one network
 // namespace by running iptables-restore and iptables-save inside it, and
 // iptables (through go-iptables) for Check. The binaries are the system's defaults (on
-// Debian the nf_tables variants). It is safe for concurrent use.
+// Debian the nf_tables variants), or those of the Mode given to
+// NewKernelMode. It is safe for concurrent use.
 type Kernel struct {
-	ns *netns.NS
+	ns   *netns.NS
+	mode Mode // "" runs the system's default binaries
 
 	mu      sync.Mutex
 	written map[Chain]uint64 // hash of each chain's contents as last declared successfully
@@ -46,12 +48,8 @@ func (k *Kernel) Forget() {
 	k.mu.Unlock()
 }
 
-func binary(f Family, tool string) string {
-	if f == IPv6 {
-		return "ip6tables" + tool
-	}
-	return "iptables" + tool
-}
+// binary names the system's default program for tool of family f.
+func binary(f Family, tool string) string { return binaryOf("", f, tool) }
 
 // Run applies tx all or nothing: for each family it touches, one
 // iptables-restore --noflush process reads the whole change. NAT targets
@@ -110,7 +108,7 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 		if i == len(sections)-1 {
 			break
 		}
-		out, err := execns.Output(ctx, k.ns, nil, binary(s.f, "-save"), "-t", string(s.t))
+		out, err := execns.Output(ctx, k.ns, nil, k.tool(s.f, "-save"), "-t", string(s.t))
 		if err != nil {
 			return &podnet.OpError{Op: "save before applying transaction to", Kind: s.f.String() + " table", Name: string(s.t), NetNS: k.ns.String(), Err: err}
 		}
@@ -121,7 +119,7 @@ func (k *Kernel) Run(ctx context.Context, tx *Transaction) error {
 		if p == nil || p.empty() {
 			continue
 		}
-		_, err := execns.Output(ctx, k.ns, strings.NewReader(p.text()), binary(f, "-restore"), "-w", "--noflush")
+		_, err := execns.Output(ctx, k.ns, strings.NewReader(p.text()), k.tool(f, "-restore"), "-w", "--noflush")
 		if err != nil {
 			// What the kernel holds is no longer what we remember.
 			clear(k.written)
@@ -171,7 +169,7 @@ func (k *Kernel) remember(tx *Transaction) {
 func (k *Kernel) rollback(ctx context.Context, snapshots map[tableKey][]byte) error {
 	var errs []error
 	for s, text := range snapshots {
-		if _, err := execns.Output(ctx, k.ns, bytes.NewReader(text), binary(s.f, "-restore"), "-w", "-T", string(s.t)); err != nil {
+		if _, err := execns.Output(ctx, k.ns, bytes.NewReader(text), k.tool(s.f, "-restore"), "-w", "-T", string(s.t)); err != nil {
 			errs = append(errs, fmt.Errorf("%v table %s: %w", s.f, s.t, err))
 		}
 	}
@@ -221,7 +219,7 @@ func (k *Kernel) save(ctx context.Context, f Family, args ...string) (*Ruleset, 
 	if !f.Valid() {
 		return nil, podnet.Invalid("family %v", f)
 	}
-	out, err := execns.Output(ctx, k.ns, nil, binary(f, "-save"), args...)
+	out, err := execns.Output(ctx, k.ns, nil, k.tool(f, "-save"), args...)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +241,7 @@ func (k *Kernel) iptables(f Family) (*goipt.IPTables, error) {
 	var ipt *goipt.IPTables
 	err := k.ns.Do(func() error {
 		var err error
-		ipt, err = goipt.New(goipt.IPFamily(proto), goipt.Timeout(5))
+		ipt, err = goipt.New(goipt.IPFamily(proto), goipt.Timeout(5), goipt.Path(k.tool(f, "")))
 		return err
 	})
 	if err != nil {

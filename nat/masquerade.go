@@ -22,13 +22,17 @@ import (
 //
 //	-A POSTROUTING -s 10.200.0.0/24 -m comment --comment "podnet masquerade: net" -j PODNET-MASQ-XXXX
 //	-A PODNET-MASQ-XXXX -d 224.0.0.0/4 -j RETURN
+//	-A PODNET-MASQ-XXXX -d 10.200.0.0/16 -j RETURN
 //	-A PODNET-MASQ-XXXX ! -d 10.200.0.0/24 -j MASQUERADE
 //
 // Multicast (224.0.0.0/4, ff00::/8) is never masqueraded so pods can use it
-// on the local network.
+// on the local network, nor are the Exempt destinations (10.200.0.0/16
+// above): what a node agent exempts as ip-masq-agent's nonMasqueradeCIDRs
+// or flannel's cluster network, one RETURN rule each in the order given.
 type NetworkMasquerade struct {
 	Network     string         // network name; required, names the chain
 	Subnets     []netip.Prefix // pod subnets; IPv4 and IPv6 may be mixed
+	Exempt      []netip.Prefix // destinations never masqueraded; IPv4 and IPv6 may be mixed
 	Prefix      string         // chain name prefix; "" means DefaultPrefix
 	RandomFully bool           // MASQUERADE --random-fully
 }
@@ -59,6 +63,16 @@ func (m NetworkMasquerade) validate() error {
 			return podnet.Invalid("masquerade %q: invalid subnet", m.Network)
 		}
 	}
+	for _, e := range m.Exempt {
+		switch {
+		case !e.IsValid():
+			return podnet.Invalid("masquerade %q: invalid exempt destination", m.Network)
+		case e.Bits() == 0:
+			// iptables drops "-d 0.0.0.0/0"; exempting everything is no
+			// masquerade at all: Delete the rule set instead.
+			return podnet.Invalid("masquerade %q: exempt destination %s is every address", m.Network, e)
+		}
+	}
 	return nil
 }
 
@@ -81,6 +95,11 @@ func (m NetworkMasquerade) Rules(f iptables.Family) (chain []iptables.Rule, jump
 		mcast = netip.MustParsePrefix("ff00::/8")
 	}
 	chain = append(chain, iptables.Rule{Destination: iptables.Addr{Prefix: mcast}, Target: iptables.Return})
+	for _, e := range m.Exempt {
+		if iptables.FamilyOf(e.Addr()) == f {
+			chain = append(chain, iptables.Rule{Destination: iptables.Addr{Prefix: e.Masked()}, Target: iptables.Return})
+		}
+	}
 	for _, s := range m.Subnets {
 		if iptables.FamilyOf(s.Addr()) != f {
 			continue
@@ -94,7 +113,7 @@ func (m NetworkMasquerade) Rules(f iptables.Family) (chain []iptables.Rule, jump
 
 // Ensure makes the network's masquerade rules present and exactly as
 // specified. On a Kernel backend whose iptables keeps its rules in
-// nf_tables, the common case (the rule set is complete) is recognised by
+// nf_tables (not one made for iptables.ModeLegacy), the common case (the rule set is complete) is recognised by
 // reading nf_tables over netlink, without running iptables; otherwise, or
 // when something is missing or different, it reads the nat table once per
 // family and applies what differs in one transaction.
@@ -105,7 +124,7 @@ func (m NetworkMasquerade) Ensure(ctx context.Context, b iptables.Backend) error
 	if err := m.validate(); err != nil {
 		return err
 	}
-	if k, ok := b.(*iptables.Kernel); ok && m.present(k.NetNS()) {
+	if k, ok := b.(*iptables.Kernel); ok && k.Mode() != iptables.ModeLegacy && m.present(k.NetNS()) {
 		return nil
 	}
 	tx := iptables.NewTransaction()
@@ -159,7 +178,9 @@ func (m NetworkMasquerade) converge(tx *iptables.Transaction, f iptables.Family,
 // present reports whether iptables-nft in ns holds the network's rule set
 // as m specifies it: for every family, the chain's rules in order and one
 // commented jump per subnet from POSTROUTING, each with its prefix, and
-// the masquerade rules with m's --random-fully. False means "ask
+// the masquerade rules with m's --random-fully. The RETURN rules (multicast
+// and each Exempt destination) are told by their one prefix; nf_tables'
+// view here does not show their verdict. False means "ask
 // iptables": it is also the answer on the legacy backend, and for any rule
 // encoded in a way present does not read.
 //
