@@ -53,7 +53,8 @@ unit:
 test: deps lint unit
 
 # build puts the programs in bin/: podnet-bridge and podnet-host-local (CNI
-# plugins), podnet-cluster (the demo), podnet-inspect, podnet-service-proxy.
+# plugins), podnet-cluster (the demo), podnet-inspect, podnet-service-proxy,
+# podnet-agent.
 build:
 	@mkdir -p bin
 	$(GO) build -o bin/podnet-bridge ./examples/bridge-cni
@@ -61,6 +62,7 @@ build:
 	$(GO) build -o bin/podnet-inspect ./examples/inspect
 	$(GO) build -o bin/podnet-host-local ./examples/host-local-ipam
 	$(GO) build -o bin/podnet-service-proxy ./examples/service-proxy
+	$(GO) build -o bin/podnet-agent ./examples/node-agent
 
 # demo builds the article's cluster in namespaces, checks its claims with
 # real traffic, prints the evidence and tears it down.

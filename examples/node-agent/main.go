@@ -1,0 +1,212 @@
+// Command podnet-agent is one node's pod network agent: what flannel's
+// host-gw backend and ip-masq-agent do, following a Kubernetes API server.
+//
+//	podnet-agent --kubeconfig FILE --cluster-cidr 10.200.0.0/16 [--node-name node0] [--netns /var/run/netns/node0]
+//
+// Once this node's Node has spec.podCIDRs it
+//
+//   - writes DIR/10-podnet.conflist (--cni-conf-dir, atomically, only when
+//     it changes): podnet-bridge on --bridge as the pods' gateway, host-local
+//     ranges = the podCIDRs (dual-stack with two), ipMasq false, chained
+//     with portmap — what a runtime needs to start pods;
+//   - routes every other Node's podCIDRs via its InternalIP of the same
+//     family (host-gw), under its own routing protocol number
+//     (--route-protocol), so routes of deleted Nodes or changed podCIDRs go
+//     and nothing else is touched; a Node whose InternalIP is not on a
+//     directly connected subnet gets no route and a warning;
+//   - masquerades traffic from this node's pods to destinations outside
+//     --cluster-cidr and --no-masquerade-cidr (multicast aside), in the
+//     iptables backend the node uses (nft or legacy, detected as
+//     kube-proxy's iptables-wrapper does, or --iptables-mode);
+//   - sets the Node condition NetworkUnavailable=False, reason PodnetReady.
+//
+// All of it is re-checked after every Node change and every
+// --resync-period, so what someone else removed (iptables -F, ip route
+// flush, a deleted conflist) comes back, and routes to Nodes deleted while
+// the agent was down go when it starts. Until the Node has a podCIDR the
+// agent writes nothing, says why and shows it in podnet_agent_waiting_for_pod_cidr.
+// Stopping leaves everything in place; --cleanup removes it.
+//
+// --metrics-addr serves /metrics, /healthz (503 after two resync periods
+// without a successful reconcile) and /livez.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/service/kube"
+)
+
+type options struct {
+	kubeconfig  string
+	node        string
+	netnsPath   string
+	confDir     string
+	clusterCIDR string
+	noMasq      string
+	bridge      string
+	ipam        string
+	ipamDataDir string
+	metricsAddr string
+	mode        string
+	protocol    uint
+	resync      time.Duration
+	cleanup     bool
+}
+
+func main() {
+	var o options
+	host, _ := os.Hostname()
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "follow the API server of this kubeconfig file (default: the in-cluster configuration)")
+	flag.StringVar(&o.node, "node-name", host, "this node's Node name")
+	flag.StringVar(&o.netnsPath, "netns", "", "act in the network namespace at this path instead of the current one")
+	flag.StringVar(&o.confDir, "cni-conf-dir", "/etc/cni/net.d", "directory of the CNI configuration the runtime reads")
+	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "the cluster's pod network(s), comma-separated: traffic from pods to them is not masqueraded (required)")
+	flag.StringVar(&o.noMasq, "no-masquerade-cidr", "", "more destinations never masqueraded, comma-separated (ip-masq-agent's nonMasqueradeCIDRs)")
+	flag.StringVar(&o.bridge, "bridge", "cnio0", "the pods' bridge, named in the CNI configuration")
+	flag.StringVar(&o.ipam, "ipam", "host-local", "IPAM plugin type in the CNI configuration")
+	flag.StringVar(&o.ipamDataDir, "ipam-data-dir", "", "host-local's dataDir in the CNI configuration (default: host-local's own, /var/lib/cni/networks)")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /livez on this address (e.g. 127.0.0.1:10260)")
+	flag.StringVar(&o.mode, "iptables-mode", "auto", "iptables backend for the masquerade rules: auto (detect, as iptables-wrapper does), nft or legacy")
+	flag.UintVar(&o.protocol, "route-protocol", uint(route.ProtocolPodnet), "routing protocol number the agent's routes carry (ip route ... proto N)")
+	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
+	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules and CNI configuration, and exit")
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, log); err != nil {
+		log.Error("podnet-agent", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options, log *slog.Logger) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	ns, err := openNetNS(o.netnsPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	ipt, err := iptablesBackend(ctx, ns, o.mode, log)
+	if err != nil {
+		return err
+	}
+	if o.cleanup {
+		return cleanupNode(ctx, cfg, ns, ipt, log)
+	}
+	if len(cfg.clusterCIDR) == 0 {
+		return errors.New("--cluster-cidr is required: traffic to it is not masqueraded")
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	rc.UserAgent = "podnet-agent"
+	kube.LogUnreachable(rc, log, 30*time.Second)
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	m := newMetrics(2 * cfg.resync)
+	if o.metricsAddr != "" {
+		srv, err := serveMetrics(o.metricsAddr, m, log)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	err = newAgent(cfg, ns, ipt, client, log, m).run(ctx)
+	log.Info("stopping; routes, rules and the CNI configuration stay in place")
+	return err
+}
+
+// config checks the flags before anything changes.
+func (o options) config() (config, error) {
+	c := config{node: o.node, confDir: o.confDir, bridge: o.bridge, ipam: o.ipam, ipamDataDir: o.ipamDataDir, resync: o.resync}
+	var err error
+	if c.clusterCIDR, err = parseCIDRs(o.clusterCIDR); err != nil {
+		return c, fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	if c.noMasq, err = parseCIDRs(o.noMasq); err != nil {
+		return c, fmt.Errorf("--no-masquerade-cidr: %w", err)
+	}
+	switch {
+	case o.node == "":
+		return c, errors.New("--node-name is empty")
+	case o.confDir == "":
+		return c, errors.New("--cni-conf-dir is empty")
+	case o.resync <= 0:
+		return c, errors.New("--resync-period must be positive")
+	case o.protocol == 0 || o.protocol > 255 || route.Protocol(o.protocol) == route.ProtocolKernel:
+		return c, fmt.Errorf("--route-protocol %d: want 1-255, not the kernel's (2)", o.protocol)
+	}
+	c.protocol = route.Protocol(o.protocol)
+	for _, p := range append(c.clusterCIDR, c.noMasq...) {
+		if p.Bits() == 0 {
+			return c, fmt.Errorf("%s exempts every destination: that is no masquerade at all", p)
+		}
+	}
+	return c, nil
+}
+
+// iptablesBackend returns the iptables of ns in the mode asked for, or
+// the one the node uses.
+func iptablesBackend(ctx context.Context, ns *netns.NS, mode string, log *slog.Logger) (*iptables.Kernel, error) {
+	m := iptables.Mode(mode)
+	if mode == "auto" {
+		var err error
+		if m, err = iptables.DetectMode(ctx, ns); err != nil {
+			return nil, err
+		}
+		log.Info("iptables backend detected", "mode", m)
+	}
+	k, err := iptables.NewKernelMode(ns, m)
+	if err != nil {
+		return nil, fmt.Errorf("--iptables-mode: %w", err)
+	}
+	return k, nil
+}
+
+// parseCIDRs parses a comma-separated list of prefixes; an empty list is
+// none.
+func parseCIDRs(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func openNetNS(path string) (*netns.NS, error) {
+	if path != "" {
+		return netns.Open(path)
+	}
+	return netns.Current()
+}
