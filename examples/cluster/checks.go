@@ -126,6 +126,13 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 		return rep, flows, nil
 	}
 	m := nat.NetworkMasquerade{Network: "bridge", Subnets: []netip.Prefix{w.podCIDR}}
+	with := "with ipMasq"
+	if c.kube != nil {
+		// podnet-agent's rule set (examples/node-agent): the cluster CIDR
+		// exempt, everything else from the node's pods masqueraded.
+		m = nat.NetworkMasquerade{Network: "podnet-agent", Subnets: []netip.Prefix{w.podCIDR}, Exempt: []netip.Prefix{c.cfg.clusterCIDR}, RandomFully: true}
+		with = "with podnet-agent's masquerade"
+	}
 
 	if c.cfg.masq {
 		rep, flows, err := ask()
@@ -133,7 +140,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 			r.fail("a pod reaches the outside", err)
 			return
 		}
-		r.check(fmt.Sprintf("with ipMasq, %s (%s) reaches the outside as its node %s", p.name, p.ip, w.ip),
+		r.check(fmt.Sprintf("%s, %s (%s) reaches the outside as its node %s", with, p.name, p.ip, w.ip),
 			rep.Source.Addr() == w.ip && containsAll(flows, "src="+p.ip.String(), "dst="+w.ip.String()),
 			append([]string{fmt.Sprintf("outside saw %s", rep.Source), w.name + ": conntrack -L"}, indent(flows)...)...)
 		// The experiment: take the network's masquerade away.
@@ -151,7 +158,18 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 	r.check(fmt.Sprintf("without masquerade, the outside sees %s's own address %s", p.name, p.ip),
 		rep.Source.Addr() == p.ip && containsAll(flows, "src="+p.ip.String(), "dst="+p.ip.String()),
 		append([]string{fmt.Sprintf("outside saw %s (the VPC router knows the pod routes)", rep.Source), w.name + ": conntrack -L (no translation)"}, indent(flows)...)...)
-	if c.cfg.masq {
+	switch {
+	case c.kube != nil:
+		// The agent converges: its next resync puts the rules back.
+		k := iptables.NewKernel(w.ns)
+		start := time.Now()
+		err := poll(ctx, 3*agentResyncPeriod, func() (bool, error) { return m.Check(ctx, k) == nil, nil })
+		took := time.Since(start)
+		// Tests (goal 0) assert that the rules come back, not how soon.
+		r.check(fmt.Sprintf("podnet-agent on %s put its masquerade rules back within its resync period (%v)", w.name, agentResyncPeriod),
+			err == nil && (c.cfg.cp.goal == 0 || took <= agentResyncPeriod+time.Second),
+			fmt.Sprintf("%s: %s back %s after they were deleted", w.name, m.Chain(), ms(took)))
+	case c.cfg.masq:
 		// Put it back as the next CNI ADD would.
 		if err := m.Ensure(ctx, iptables.NewKernel(w.ns)); err != nil {
 			r.fail("restore the masquerade rules", err)

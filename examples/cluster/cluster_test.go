@@ -8,12 +8,33 @@ import (
 	"testing"
 
 	"github.com/podnet/podnet/internal/testenv/gobuild"
+	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/netns/nstest"
 )
 
 var pluginDir string
 
-func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", "../bridge-cni") }
+// TestMain builds podnet-bridge, podnet-agent and podnet-service-proxy
+// into pluginDir before the tests run.
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "podnet-test-bin-")
+	if err == nil {
+		for _, b := range [][2]string{{"podnet-bridge", "../bridge-cni"}, {"podnet-agent", "../node-agent"}, {"podnet-service-proxy", "../service-proxy"}} {
+			if _, err = gobuild.Binary(d, b[0], b[1]); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(d)
+		os.Exit(1)
+	}
+	pluginDir = d
+	code := nstest.Run(m)
+	os.RemoveAll(d)
+	os.Exit(code)
+}
 
 func testConfig(masq bool) config {
 	return config{
@@ -42,6 +63,29 @@ func TestClusterChecks(t *testing.T) {
 				t.Errorf("%s left behind: %v", stateDir, err)
 			}
 		})
+	}
+}
+
+// TestClusterControlPlane runs the demo on a real control plane: etcd and
+// kube-apiserver (kubetest), podnet-agent and podnet-service-proxy on
+// every worker, pods attached with the agents' conflists and the reference
+// portmap, and every check of that mode.
+func TestClusterControlPlane(t *testing.T) {
+	nstest.Require(t)
+	cfg := testConfig(true)
+	cfg.cniPath = []string{pluginDir, refbin.Dir()}
+	refbin.Path(t, "portmap")
+	refbin.Path(t, "kube-apiserver")
+	cfg.cp.enabled = true
+	failed, err := run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if failed != 0 {
+		t.Fatalf("%d checks failed (see the output above)", failed)
+	}
+	if _, err := os.Stat(stateDir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind: %v", stateDir, err)
 	}
 }
 

@@ -44,9 +44,13 @@ func main() {
 	flag.IntVar(&cfg.nodes, "nodes", 3, "number of worker nodes (1-50)")
 	flag.IntVar(&cfg.podsPerNode, "pods-per-node", 10, "pods per worker (1-200)")
 	noMasq := flag.Bool("no-masq", false, `configure the CNI network with "ipMasq": false`)
-	flag.BoolVar(&cfg.keep, "keep", false, "leave the cluster running for exploration")
+	flag.BoolVar(&cfg.keep, "keep", false, "leave the cluster running for exploration (with --control-plane: until Ctrl-C)")
+	flag.BoolVar(&cfg.cp.enabled, "control-plane", false, "run on etcd + kube-apiserver, with podnet-agent and podnet-service-proxy on every worker\n(found in --cni-path, with the reference portmap: --cni-path bin:.refbin)")
+	flag.StringVar(&cfg.cp.apiServer, "kube-apiserver", "", "kube-apiserver binary for --control-plane (default: kubetest's lookup, e.g. .refbin/kube-apiserver from make deps)")
+	flag.StringVar(&cfg.cp.etcd, "etcd", "", "etcd binary for --control-plane (default: kubetest's lookup)")
 	flag.Parse()
 	cfg.masq = !*noMasq
+	cfg.cp.goal = time.Second
 	if cfg.nodes < 1 || cfg.nodes > 50 || cfg.podsPerNode < 1 || cfg.podsPerNode > 200 {
 		fmt.Fprintln(os.Stderr, "podnet-cluster: --nodes must be 1-50 and --pods-per-node 1-200")
 		os.Exit(2)
@@ -59,6 +63,14 @@ func main() {
 	if _, err := os.Stat(filepath.Join(cfg.cniPath[0], "podnet-bridge")); err != nil {
 		fmt.Fprintf(os.Stderr, "podnet-cluster: no podnet-bridge in %s (build it: go build -o DIR/podnet-bridge ./examples/bridge-cni)\n", cfg.cniPath[0])
 		os.Exit(2)
+	}
+	if cfg.cp.enabled {
+		for _, name := range []string{"podnet-agent", "podnet-service-proxy", "portmap"} {
+			if _, err := findProgram(cfg.cniPath, name); err != nil {
+				fmt.Fprintf(os.Stderr, "podnet-cluster: --control-plane: %v (make build puts podnet-* in bin/, make deps portmap in .refbin/: --cni-path bin:.refbin)\n", err)
+				os.Exit(2)
+			}
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,8 +96,19 @@ func (p *phases) done(what string) {
 	p.last = now
 }
 
+// step is one phase of building the cluster.
+type step struct {
+	what string
+	fn   func() error
+}
+
 func run(ctx context.Context, cfg config) (failed int, err error) {
 	start := time.Now()
+	if n, err := stopLeftoverProcesses(); err != nil {
+		return 0, fmt.Errorf("stop the processes of an earlier run: %w", err)
+	} else if n > 0 {
+		fmt.Printf("stopped %d processes left by an earlier run\n", n)
+	}
 	if n, err := cleanupLeftovers(); err != nil {
 		return 0, fmt.Errorf("remove leftovers of an earlier run: %w", err)
 	} else if n > 0 {
@@ -95,7 +118,7 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 	c := &cluster{cfg: cfg, cni: libcni.NewCNIConfigWithCacheDir(cfg.cniPath, cacheDir, nil)}
 	torn := false
 	teardown := func() {
-		if torn || cfg.keep {
+		if torn || (cfg.keep && !cfg.cp.enabled) {
 			return
 		}
 		torn = true
@@ -109,16 +132,16 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 
 	fmt.Printf("# building a %d-node cluster with %d pods per node\n", cfg.nodes, cfg.podsPerNode)
 	ph := &phases{last: time.Now()}
-	steps := []struct {
-		what string
-		fn   func() error
-	}{
+	steps := []step{
 		{"switch, outside host and worker namespaces on 10.240.0.0/24", c.build},
 		{"pod CIDRs carved from 10.200.0.0/16 (ipam.NodeSubnets)", c.assignPodCIDRs},
 		{fmt.Sprintf("%d pods attached by podnet-bridge through libcni", cfg.nodes*cfg.podsPerNode), func() error { return c.addPods(ctx) }},
 		{"host-gw routes between nodes (route.Sync)", c.routeNodes},
 		{"node rules: cluster traffic exempt from masquerade, INVALID dropped", func() error { return c.nodeRules(ctx) }},
 		{"Services programmed on every worker", func() error { return c.programServices(ctx) }},
+	}
+	if cfg.cp.enabled {
+		steps = c.controlPlaneSteps(ctx)
 	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
@@ -137,6 +160,9 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 	c.checkPodToPod(r)
 	c.checkMasquerade(ctx, r)
 	c.checkServices(ctx, r)
+	if cfg.cp.enabled {
+		c.checkKube(ctx, r)
+	}
 	ph.done("checks")
 	fmt.Printf("\ncluster built and checked in %v\n", time.Since(start).Round(time.Millisecond))
 	if cfg.keep {
@@ -144,6 +170,12 @@ func run(ctx context.Context, cfg config) (failed int, err error) {
 		fmt.Printf("  sudo ip netns exec %s ip addr\n", c.workers[0].pods[0].name)
 		fmt.Printf("  sudo ip netns exec worker-0 iptables-save -t nat\n")
 		fmt.Printf("  sudo podnet-inspect --node /var/run/netns/worker-0 %s\n", c.workers[0].pods[0].name)
+		if cfg.cp.enabled {
+			fmt.Printf("  sudo kubectl --kubeconfig %s get nodes,services,endpointslices -A\n", c.kube.cp.Kubeconfig)
+			fmt.Println("the control plane, agents and proxies run as long as this program: press Ctrl-C to tear it all down.")
+			<-ctx.Done()
+			return r.failed, nil
+		}
 		fmt.Println("remove it by running podnet-cluster again (it removes its leftovers) with --nodes 1 --pods-per-node 1, or ip netns del each one.")
 	}
 	return r.failed, nil
@@ -156,5 +188,8 @@ func (c *cluster) describe() {
 	for _, w := range c.workers {
 		first, last := w.pods[0].ip, w.pods[len(w.pods)-1].ip
 		fmt.Printf("%-8s %s  POD_CIDR %s  cnio0 %s  pods %s … %s\n", w.name, w.ip, w.podCIDR, nth(w.podCIDR, 1), first, last)
+	}
+	if c.kube != nil {
+		c.describeKube()
 	}
 }

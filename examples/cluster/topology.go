@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/addr"
@@ -36,6 +37,7 @@ type config struct {
 	nodeNet            netip.Prefix // 10.240.0.0/24
 	clusterCIDR        netip.Prefix // 10.200.0.0/16
 	serviceCIDR        netip.Prefix // 10.32.0.0/24
+	cp                 cpOptions    // --control-plane
 }
 
 // worker is one node of the cluster.
@@ -46,6 +48,10 @@ type worker struct {
 	podCIDR netip.Prefix // 10.200.N.0/24
 	pods    []*pod
 	dataDir string
+	// With --control-plane: the directory podnet-agent writes its conflist
+	// to, and the conflist, which pods are attached with.
+	confDir  string
+	conflist *libcni.NetworkConfigList
 }
 
 // pod is one pod, attached by podnet-bridge.
@@ -64,7 +70,9 @@ type cluster struct {
 	outIP   netip.Addr
 	workers []*worker
 	cni     *libcni.CNIConfig
-	names   []string // every namespace made, for teardown
+	names   []string     // every namespace made, for teardown
+	kube    *kubeCluster // with --control-plane
+	daemons []*daemon    // processes started, for teardown
 }
 
 // nsName prefixes nothing: the names are Kubernetes The Hard Way's
@@ -88,7 +96,13 @@ func (c *cluster) saveState() error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(stateDir, "namespaces"), []byte(strings.Join(c.names, "\n")+"\n"), 0o600)
+	if err := os.WriteFile(filepath.Join(stateDir, "namespaces"), []byte(strings.Join(c.names, "\n")+"\n"), 0o600); err != nil {
+		return err
+	}
+	if len(c.daemons) == 0 {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(stateDir, "processes"), []byte(strings.Join(c.processLines(), "\n")+"\n"), 0o600)
 }
 
 // cleanupLeftovers removes what an earlier run recorded and did not remove.
@@ -115,14 +129,16 @@ func cleanupLeftovers() (int, error) {
 	return n, os.RemoveAll(stateDir)
 }
 
-// teardown deletes every pod through the plugin (as a runtime would) and
-// then every namespace.
+// teardown deletes every pod through the plugin (as a runtime would),
+// stops what runs beside the workers (with --control-plane), and then
+// deletes every namespace.
 func (c *cluster) teardown(ctx context.Context) {
 	for _, w := range c.workers {
 		for _, p := range w.pods {
 			c.del(ctx, w, p)
 		}
 	}
+	c.stopKube()
 	for _, name := range c.names {
 		netns.DeleteNamed(name)
 	}
@@ -232,6 +248,12 @@ func (c *cluster) routeNodes() error {
 			return err
 		}
 	}
+	return c.routeOutside()
+}
+
+// routeOutside gives the outside host a route to every pod CIDR via its
+// node, as a VPC router has.
+func (c *cluster) routeOutside() error {
 	var toPods []route.Route
 	for _, o := range c.workers {
 		toPods = append(toPods, route.Route{Dst: o.podCIDR, Gateway: o.ip})
@@ -315,7 +337,13 @@ func (c *cluster) addPods(ctx context.Context) error {
 			p.rt = &libcni.RuntimeConf{ContainerID: p.name, NetNS: p.ns.Path(), IfName: "eth0"}
 			var res *current.Result
 			err := w.ns.Do(func() error {
-				r, err := c.cni.AddNetwork(context.WithoutCancel(ctx), conf, p.rt)
+				var r types.Result
+				var err error
+				if w.conflist != nil {
+					r, err = c.cni.AddNetworkList(context.WithoutCancel(ctx), w.conflist, p.rt)
+				} else {
+					r, err = c.cni.AddNetwork(context.WithoutCancel(ctx), conf, p.rt)
+				}
 				if err != nil {
 					return err
 				}
@@ -333,6 +361,9 @@ func (c *cluster) addPods(ctx context.Context) error {
 }
 
 func (c *cluster) del(ctx context.Context, w *worker, p *pod) error {
+	if w.conflist != nil {
+		return w.ns.Do(func() error { return c.cni.DelNetworkList(ctx, w.conflist, p.rt) })
+	}
 	conf, err := c.netconf(w)
 	if err != nil {
 		return err

@@ -86,17 +86,23 @@ func (s *Source) Start(ctx context.Context) error {
 		}
 	}
 	svcReg, err := svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.serviceChanged(obj) },
-		UpdateFunc: func(_, obj any) { s.serviceChanged(obj) },
+		AddFunc: func(obj any) { s.serviceChanged(obj) },
+		UpdateFunc: func(old, obj any) {
+			o, _ := old.(*corev1.Service)
+			n, _ := obj.(*corev1.Service)
+			if o == nil || n == nil || o.ResourceVersion != n.ResourceVersion {
+				s.serviceChanged(obj) // a relist delivers unchanged Services again
+			}
+		},
 		DeleteFunc: func(obj any) { s.serviceChanged(obj) },
 	})
 	if err != nil {
 		return fmt.Errorf("kube source: %w", err)
 	}
 	sliceReg, err := sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.sliceChanged(obj) },
-		UpdateFunc: func(_, obj any) { s.sliceChanged(obj) },
-		DeleteFunc: func(obj any) { s.sliceChanged(obj) },
+		AddFunc:    func(obj any) { s.sliceChanged(nil, obj) },
+		UpdateFunc: func(old, obj any) { s.sliceChanged(old, obj) },
+		DeleteFunc: func(obj any) { s.sliceChanged(nil, obj) },
 	})
 	if err != nil {
 		return fmt.Errorf("kube source: %w", err)
@@ -139,7 +145,13 @@ func (s *Source) serviceChanged(obj any) {
 	s.refresh(svc.Namespace, svc.Name)
 }
 
-func (s *Source) sliceChanged(obj any) {
+// sliceChanged hands a slice's Service to the proxy. old is the slice as
+// it was for an update, nil otherwise. An update that changes nothing (a
+// relist after a broken watch delivers every slice again) is skipped, and a
+// trigger time is recorded only when the slice brings a new one: an old
+// annotation seen again is not a change waiting to be programmed, and
+// counting it would report as latency the time the watch was broken.
+func (s *Source) sliceChanged(old, obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
@@ -151,8 +163,14 @@ func (s *Source) sliceChanged(obj any) {
 	if n == "" {
 		return
 	}
+	prev, _ := old.(*discoveryv1.EndpointSlice)
+	if prev != nil && prev.ResourceVersion == es.ResourceVersion {
+		return
+	}
 	s.sliceChanges.Add(1)
-	s.recordTrigger(es)
+	if prev == nil || prev.Annotations[TriggerTimeAnnotation] != es.Annotations[TriggerTimeAnnotation] {
+		s.recordTrigger(es)
+	}
 	s.refresh(es.Namespace, n)
 }
 
