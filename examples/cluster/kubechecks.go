@@ -443,9 +443,23 @@ func (c *cluster) reportLatency(ctx context.Context, r *report) {
 	hc := &http.Client{Timeout: 5 * time.Second}
 	for _, w := range c.workers {
 		var one histogram
-		text, err := scrape(ctx, hc, c.kube.metrics[w.name])
-		if err == nil {
-			err = one.addScrape(strings.NewReader(text), programmingMetric)
+		var text string
+		// The demo waited for worker-0 to show each change; another
+		// worker's proxy may still be catching up (after the API server's
+		// restart its informers reconnect with a backoff).
+		err := poll(ctx, 10*time.Second, func() (bool, error) {
+			var err error
+			if text, err = scrape(ctx, hc, c.kube.metrics[w.name]); err != nil {
+				return false, err
+			}
+			one = histogram{}
+			if err := one.addScrape(strings.NewReader(text), programmingMetric); err != nil {
+				return false, err
+			}
+			return int(one.samples()) >= c.kube.writes, nil
+		})
+		if err != nil && int(one.samples()) > 0 {
+			err = nil // judged below
 		}
 		if err == nil {
 			err = sum.addScrape(strings.NewReader(text), programmingMetric)

@@ -192,6 +192,11 @@ func TestDaemon(t *testing.T) {
 		}
 	}
 	waitFor("healthz", func() bool { code, _ := get("/healthz"); return code == 200 })
+	// Healthy from the start (nothing waits yet); the first sync follows.
+	waitFor("the first sync in the metrics", func() bool {
+		_, m := get("/metrics")
+		return strings.Contains(m, "kubeproxy_sync_proxy_rules_duration_seconds_count 1\n")
+	})
 	_, metrics := get("/metrics")
 	for _, want := range []string{"podnet_service_proxy_services 1\n", "podnet_service_proxy_endpoints 2\n", "podnet_service_proxy_full_syncs_total 1\n", "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram", "kubeproxy_sync_proxy_rules_duration_seconds_count 1\n"} {
 		if !strings.Contains(metrics, want) {
