@@ -84,7 +84,12 @@ func (a *agent) run(ctx context.Context) error {
 		default:
 		}
 	}
-	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: func(_, n any) { poke(n) }, DeleteFunc: poke})
+	update := func(old, n any) {
+		if a.nodeKey(old) != a.nodeKey(n) {
+			poke(n)
+		}
+	}
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: poke, UpdateFunc: update, DeleteFunc: poke})
 	if err != nil {
 		return err
 	}
@@ -106,6 +111,26 @@ func (a *agent) run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// nodeKey is what a reconcile reads of a Node: its podCIDRs and addresses,
+// and for this node its NetworkUnavailable condition. Updates that leave
+// it alone (kubelet's status heartbeats, labels) cause no reconcile; the
+// periodic one still runs.
+func (a *agent) nodeKey(obj any) string {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return ""
+	}
+	key := fmt.Sprint(n.Name, n.Spec.PodCIDR, n.Spec.PodCIDRs, n.Status.Addresses)
+	if n.Name == a.cfg.node {
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeNetworkUnavailable {
+				key += fmt.Sprint(c.Status, c.Reason)
+			}
+		}
+	}
+	return key
 }
 
 func (a *agent) reconcileOnce(ctx context.Context) {
@@ -287,7 +312,7 @@ func (a *agent) markReady(ctx context.Context, n *corev1.Node) error {
 	return nil
 }
 
-// cleanup removes the agent's routes, masquerade rules and conflist.
+// cleanupNode removes the agent's routes, masquerade rules and conflist.
 func cleanupNode(ctx context.Context, cfg config, ns *netns.NS, ipt *iptables.Kernel, log *slog.Logger) error {
 	sr, err := route.Sync(ns, cfg.protocol, nil)
 	if err != nil {
