@@ -16,6 +16,29 @@ import (
 	"github.com/podnet/podnet/netns"
 )
 
+// TestBehaviour runs every behaviour case against both modes, with real
+// traffic between namespaces.
+func TestBehaviour(t *testing.T) {
+	cases := []struct {
+		name string
+		run  func(*testing.T, *cluster)
+	}{
+		{"ClusterIP", testClusterIP},
+		{"NodePortToOtherNode", testNodePortToOtherNode},
+		{"SpreadAndAffinity", testSpreadAndAffinity},
+		{"Hairpin", testHairpin},
+		{"LocalPolicy", testLocalPolicy},
+		{"NoEndpointsRejected", testNoEndpointsRejected},
+		{"UDPEndpointRemoval", testUDPEndpointRemoval},
+		{"SyncKeepsConnections", testSyncKeepsConnections},
+	}
+	for _, m := range []Mode{ModeIptables, ModeNftables} {
+		for _, tc := range cases {
+			t.Run(string(m)+"/"+tc.name, func(t *testing.T) { tc.run(t, newCluster(t, m)) })
+		}
+	}
+}
+
 func svc(name, clusterIP string, proto Protocol, port uint16, eps []Endpoint) Service {
 	return Service{
 		Name:       Name{"default", name},
@@ -25,10 +48,9 @@ func svc(name, clusterIP string, proto Protocol, port uint16, eps []Endpoint) Se
 	}
 }
 
-// TestClusterIP: TCP and UDP to a cluster IP from a pod reach an endpoint
+// testClusterIP: TCP and UDP to a cluster IP from a pod reach an endpoint
 // on either node with the pod's own address as source.
-func TestClusterIP(t *testing.T) {
-	c := newCluster(t)
+func testClusterIP(t *testing.T, c *cluster) {
 	c.addPod("pod0a", 0, "10.200.0.2")
 	c.addPod("pod1a", 1, "10.200.1.2")
 	client := c.addPod("client", 0, "10.200.0.9")
@@ -46,11 +68,10 @@ func TestClusterIP(t *testing.T) {
 	}
 }
 
-// TestNodePortToOtherNode: the NodePort 31088 example — from outside the
+// testNodePortToOtherNode: the NodePort 31088 example — from outside the
 // cluster, a NodePort on node0 reaches a pod on node1, masqueraded to
 // node0's address so the reply returns through it.
-func TestNodePortToOtherNode(t *testing.T) {
-	c := newCluster(t)
+func testNodePortToOtherNode(t *testing.T, c *cluster) {
 	c.addPod("pod1a", 1, "10.200.1.2")
 	p := c.proxy()
 	s := svc("nginx", "10.96.0.30", TCP, 80, c.endpoints("pod1a"))
@@ -64,10 +85,9 @@ func TestNodePortToOtherNode(t *testing.T) {
 	}
 }
 
-// TestSpreadAndAffinity: without affinity new connections reach every
+// testSpreadAndAffinity: without affinity new connections reach every
 // endpoint; with ClientIP affinity they all stick to one.
-func TestSpreadAndAffinity(t *testing.T) {
-	c := newCluster(t)
+func testSpreadAndAffinity(t *testing.T, c *cluster) {
 	c.addPod("pod0a", 0, "10.200.0.2")
 	c.addPod("pod1a", 1, "10.200.1.2")
 	c.addPod("pod1b", 1, "10.200.1.3")
@@ -93,10 +113,9 @@ func TestSpreadAndAffinity(t *testing.T) {
 	}
 }
 
-// TestHairpin: a pod reaching itself through its Service gets its own
+// testHairpin: a pod reaching itself through its Service gets its own
 // answer, masqueraded to the node's gateway address.
-func TestHairpin(t *testing.T) {
-	c := newCluster(t)
+func testHairpin(t *testing.T, c *cluster) {
 	self := c.addPod("pod0a", 0, "10.200.0.2")
 	p := c.proxy()
 	apply(t, p, svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod0a")))
@@ -105,11 +124,10 @@ func TestHairpin(t *testing.T) {
 	}
 }
 
-// TestLocalPolicy: with externalTrafficPolicy Local, a NodePort from
+// testLocalPolicy: with externalTrafficPolicy Local, a NodePort from
 // outside only reaches node0's endpoint and keeps the client's address; a
 // Service whose endpoints are all on node1 drops it on node0.
-func TestLocalPolicy(t *testing.T) {
-	c := newCluster(t)
+func testLocalPolicy(t *testing.T, c *cluster) {
 	c.addPod("pod0a", 0, "10.200.0.2")
 	c.addPod("pod1a", 1, "10.200.1.2")
 	p := c.proxy()
@@ -133,10 +151,9 @@ func TestLocalPolicy(t *testing.T) {
 	eventually(t, client.ns, "tcp", "10.96.0.41:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
 }
 
-// TestNoEndpointsRejected: a Service without endpoints answers with a
+// testNoEndpointsRejected: a Service without endpoints answers with a
 // rejection at once instead of swallowing packets.
-func TestNoEndpointsRejected(t *testing.T) {
-	c := newCluster(t)
+func testNoEndpointsRejected(t *testing.T, c *cluster) {
 	client := c.addPod("client", 0, "10.200.0.9")
 	p := c.proxy()
 	s := svc("empty", "10.96.0.50", TCP, 80, nil)
@@ -154,11 +171,10 @@ func TestNoEndpointsRejected(t *testing.T) {
 	}
 }
 
-// TestUDPEndpointRemoval: after a UDP endpoint is removed, the next
+// testUDPEndpointRemoval: after a UDP endpoint is removed, the next
 // datagram from the same client socket reaches a live endpoint, though the
 // removed one still answers: its conntrack entry was deleted.
-func TestUDPEndpointRemoval(t *testing.T) {
-	c := newCluster(t)
+func testUDPEndpointRemoval(t *testing.T, c *cluster) {
 	c.addPod("pod0a", 0, "10.200.0.2")
 	c.addPod("pod1a", 1, "10.200.1.2")
 	client := c.addPod("client", 0, "10.200.0.9")
@@ -210,12 +226,11 @@ func TestUDPEndpointRemoval(t *testing.T) {
 	}
 }
 
-// TestSyncKeepsConnections: partial syncs of other Services, a restart of
+// testSyncKeepsConnections: partial syncs of other Services, a restart of
 // the proxy (a new Proxy's full sync) and a canary-triggered resync leave
 // an established connection working; flushing the tables is noticed and
 // repaired.
-func TestSyncKeepsConnections(t *testing.T) {
-	c := newCluster(t)
+func testSyncKeepsConnections(t *testing.T, c *cluster) {
 	c.addPod("pod1a", 1, "10.200.1.2")
 	c.addPod("pod0a", 0, "10.200.0.2")
 	client := c.addPod("client", 0, "10.200.0.9")
@@ -252,16 +267,22 @@ func TestSyncKeepsConnections(t *testing.T) {
 		t.Errorf("restart: %+v", res)
 	}
 	check("after-restart")
-	if got := strings.Count(saveNAT(t, c), "podnet service portals"); got != 2 {
-		t.Errorf("%d portal jumps after restart, want 2 (PREROUTING, OUTPUT)", got)
+	if c.mode == ModeIptables {
+		if got := strings.Count(saveNAT(t, c), "podnet service portals"); got != 2 {
+			t.Errorf("%d portal jumps after restart, want 2 (PREROUTING, OUTPUT)", got)
+		}
 	}
-	if strings.Contains(saveNAT(t, c), "10.96.0.62") {
+	if strings.Contains(c.ruleset(t), "10.96.0.62") {
 		t.Error("restart kept Service c, which the new proxy does not have")
 	}
 
-	// Someone flushes the nat table.
-	for _, args := range [][]string{{"-t", "nat", "-F"}, {"-t", "nat", "-X"}} {
-		if _, err := execns.Output(context.Background(), c.node0, nil, "iptables", append([]string{"-w"}, args...)...); err != nil {
+	// Someone flushes the nat table (iptables), or the proxy's table (nftables).
+	flush := [][]string{{"iptables", "-w", "-t", "nat", "-F"}, {"iptables", "-w", "-t", "nat", "-X"}}
+	if c.mode == ModeNftables {
+		flush = [][]string{{"nft", "flush", "table", "ip", "podnet-proxy"}}
+	}
+	for _, args := range flush {
+		if _, err := execns.Output(context.Background(), c.node0, nil, args[0], args[1:]...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -271,6 +292,18 @@ func TestSyncKeepsConnections(t *testing.T) {
 	}
 	check("after-resync")
 	eventually(t, client.ns, "tcp", "10.96.0.61:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+}
+
+// ruleset returns the node's nat rules (iptables-save) or the proxy's
+// tables (nft list).
+func (c *cluster) ruleset(t *testing.T) string {
+	t.Helper()
+	if c.mode == ModeIptables {
+		return saveNAT(t, c)
+	}
+	out, err := execns.Output(context.Background(), c.node0, nil, "nft", "list", "ruleset")
+	must(t, err)
+	return string(out)
 }
 
 func saveNAT(t *testing.T, c *cluster) string {

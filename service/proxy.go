@@ -22,8 +22,11 @@ type Config struct {
 	// programs. Required unless Backend is set; without it, conntrack
 	// cleanup is skipped.
 	NetNS *netns.NS
-	// Backend applies the rules; nil means iptables.NewKernel(NetNS). Tests
-	// pass a *iptables.Fake.
+	// Mode selects iptables rules or native nftables tables; "" means
+	// ModeIptables. ModeNftables needs NetNS and no Backend.
+	Mode Mode
+	// Backend applies the rules in ModeIptables; nil means
+	// iptables.NewKernel(NetNS). Tests pass a *iptables.Fake.
 	Backend iptables.Backend
 	// ChainPrefix names the chains; "" means DefaultChainPrefix,
 	// KubeChainPrefix gives kube-proxy's names.
@@ -47,6 +50,7 @@ type Config struct {
 // for concurrent use; syncs are serialised.
 type Proxy struct {
 	cfg   Config
+	pl    plane
 	be    iptables.Backend
 	r     renderer
 	ch    Chains
@@ -80,7 +84,16 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	be := cfg.Backend
-	if be == nil {
+	switch cfg.Mode {
+	case "", ModeIptables:
+	case ModeNftables:
+		if be != nil || cfg.NetNS == nil {
+			return nil, podnet.Invalid("service proxy: mode %q needs NetNS and no Backend", cfg.Mode)
+		}
+	default:
+		return nil, podnet.Invalid("service proxy: mode %q: want %q or %q", cfg.Mode, ModeIptables, ModeNftables)
+	}
+	if be == nil && cfg.Mode != ModeNftables {
 		if cfg.NetNS == nil {
 			return nil, podnet.Invalid("service proxy: neither NetNS nor Backend is set")
 		}
@@ -117,7 +130,7 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{
+	p := &Proxy{
 		cfg: cfg, be: be, ch: ch, log: log,
 		r:       renderer{chains: ch, families: fams, cidr: cidr, node: cfg.NodeName, mark: 1 << bit},
 		want:    map[Name]*Service{},
@@ -125,7 +138,13 @@ func New(cfg Config) (*Proxy, error) {
 		full:    true,
 		written: map[Name]*record{},
 		changed: make(chan struct{}, 1),
-	}, nil
+	}
+	if cfg.Mode == ModeNftables {
+		p.pl = newNftPlane(p)
+	} else {
+		p.pl = iptablesPlane{p}
+	}
+	return p, nil
 }
 
 // Chains returns the proxy's chain names.
@@ -262,11 +281,7 @@ func (p *Proxy) Replace(svcs []Service) error {
 func (p *Proxy) Stats() (services, endpoints int) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
-	for _, rec := range p.written {
-		services++
-		endpoints += rec.r.endpoints
-	}
-	return services, endpoints
+	return p.pl.stats()
 }
 
 // SyncResult tells what a Sync did.
@@ -308,7 +323,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	}
 	p.mu.Unlock()
 	if !full {
-		ok, err := p.canaryOK()
+		ok, err := p.pl.intact()
 		if err != nil {
 			return SyncResult{}, fmt.Errorf("sync services in netns %q: check canary: %w", p.nsName(), err)
 		}
@@ -337,10 +352,10 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	var err error
 	var cleanup []conntrack.Filter
 	if full {
-		res, cleanup, err = p.syncFull(ctx, want)
+		res, cleanup, err = p.pl.full(ctx, want)
 		res.Reason = reason
 	} else {
-		res, cleanup, err = p.syncPartial(ctx, dirty, want)
+		res, cleanup, err = p.pl.partial(ctx, dirty, want)
 	}
 	if err != nil {
 		p.mu.Lock()

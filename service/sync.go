@@ -288,6 +288,20 @@ func (p *Proxy) canaryOK() (bool, error) {
 func (p *Proxy) Cleanup(ctx context.Context) error {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
+	if err := p.pl.cleanup(ctx); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.full = true
+	for n := range p.want {
+		p.markDirty(n)
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// cleanupTables is Cleanup in ModeIptables.
+func (p *Proxy) cleanupTables(ctx context.Context) error {
 	tx := iptables.NewTransaction()
 	for _, f := range p.r.families {
 		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
@@ -298,11 +312,5 @@ func (p *Proxy) Cleanup(ctx context.Context) error {
 		return err
 	}
 	p.written = map[Name]*record{}
-	p.mu.Lock()
-	p.full = true
-	for n := range p.want {
-		p.markDirty(n)
-	}
-	p.mu.Unlock()
 	return nil
 }

@@ -32,6 +32,7 @@ type cluster struct {
 	t                     *testing.T
 	node0, node1, outside *netns.NS
 	pods                  map[string]*pod
+	mode                  Mode
 }
 
 type pod struct {
@@ -56,9 +57,9 @@ func must(t *testing.T, err error) {
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T, mode Mode) *cluster {
 	t.Helper()
-	c := &cluster{t: t, node0: nstest.New(t), node1: nstest.New(t), outside: nstest.New(t), pods: map[string]*pod{}}
+	c := &cluster{t: t, mode: mode, node0: nstest.New(t), node1: nstest.New(t), outside: nstest.New(t), pods: map[string]*pod{}}
 	_, err := veth.Create(c.node0, veth.Spec{Name: "eth1", PeerName: "eth1", PeerNS: c.node1})
 	must(t, err)
 	_, err = veth.Create(c.node0, veth.Spec{Name: "ext0", PeerName: "eth0", PeerNS: c.outside})
@@ -103,7 +104,7 @@ func (c *cluster) addPod(name string, node int, a string) *pod {
 
 func (c *cluster) proxy(opts ...func(*Config)) *Proxy {
 	c.t.Helper()
-	cfg := Config{NetNS: c.node0, NodeName: "node0", ClusterCIDRs: []netip.Prefix{pfx("10.200.0.0/16")}}
+	cfg := Config{NetNS: c.node0, Mode: c.mode, NodeName: "node0", ClusterCIDRs: []netip.Prefix{pfx("10.200.0.0/16")}}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -1,0 +1,1086 @@
+package service
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/netns"
+)
+
+// ModeNftables layout. Every rule is written at a full sync; afterwards a
+// partial sync only adds and deletes elements of sets and data maps, which
+// nf_tables commits without validating the table (only new rules and new
+// jump/goto elements of verdict maps make it walk every chain). A Service
+// port is a member of the set of its endpoint count; each such set has one
+// rule, so a new connection meets one hash lookup per distinct endpoint
+// count, whatever the number of Services:
+//
+//	ip-entries:  ip daddr . meta l4proto . th dport @ip-5 dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 5 map @ip-backends
+//
+// A sync pays for validation only when it brings an endpoint count no
+// Service had (one new set and rule). Node ports have the same with sets
+// keyed by protocol and port, and "-pod" sets hold what pods and the node
+// itself use for a Service with a Local external traffic policy.
+//
+// ClientIP affinity takes a slower path, kube-proxy's: the entry is an
+// element of a verdict map (@ip-affinity) leading to a chain per Service
+// port with a dynamic set per endpoint, so that a change to such a
+// Service adds rules and is validated.
+const (
+	// nftChunk is the number of elements per netlink message.
+	nftChunk = 2048
+)
+
+// Chain priorities of the nftables tables. The nat chains sit at dstnat
+// and srcnat, where iptables-nft's nat table also is (the first chain to
+// set up a NAT binding for a connection wins); the filter chains run
+// just before the filter table's (priority 0), so a Service without
+// endpoints is rejected even where the host's filter rules would drop it.
+const (
+	nftPriorityDNAT   = -100
+	nftPrioritySNAT   = 100
+	nftPriorityFilter = -10
+)
+
+// 32-bit registers (NFT_REG32_00 …).
+const reg0 = 8
+
+// ipsDstNAT is IPS_DST_NAT, the conntrack status bit of a DNATed connection.
+const ipsDstNAT = 0x20
+
+var nftSetIDs atomic.Uint32
+
+// TableName returns the name of the proxy's nftables tables (one in the
+// ip family, one in ip6) in ModeNftables: the prefix in lower case and
+// "-proxy", so "podnet-proxy" by default and kube-proxy's own "kube-proxy"
+// with KubeChainPrefix.
+func (c Chains) TableName() string {
+	b := []byte(c.prefix)
+	for i, r := range b {
+		if r >= 'A' && r <= 'Z' {
+			b[i] = r + 'a' - 'A'
+		}
+	}
+	return string(b) + "-proxy"
+}
+
+// nftKind is one kind of entry into the Services: by destination
+// address and port, or by node port; "-pod" entries hold the endpoints
+// that pods and the node itself use for a Service with a Local external
+// traffic policy.
+type nftKind struct {
+	name     string
+	nodePort bool
+}
+
+var nftKinds = []nftKind{{"ip", false}, {"ip-pod", false}, {"nodeport", true}, {"nodeport-pod", true}}
+
+// nftShape is the set (and rule) of entries of one kind with n endpoints.
+type nftShape struct {
+	kind nftKind
+	n    int
+}
+
+func (s nftShape) set() string { return s.kind.name + "-" + strconv.Itoa(s.n) }
+
+// nftFamily is the proxy's table in one family and what it knows of it.
+type nftFamily struct {
+	f       iptables.Family
+	table   *nftables.Table
+	alen    uint32 // address bytes
+	sets    map[string]*nftables.Set
+	shapes  map[nftShape]bool // the endpoint-count sets and rules, true once written
+	refs    map[string]int // hairpin elements, by key, with the number of Services using them
+}
+
+// nftElem names one element: its family, set and key.
+type nftElem struct {
+	f   iptables.Family
+	set string
+	key string
+}
+
+// nftAffinity is the slower path of one Service port's endpoint list
+// with ClientIP affinity: its chain, shape number and endpoints.
+type nftAffinity struct {
+	f       iptables.Family
+	chain   string
+	timeout uint32
+	eps     []netip.AddrPort
+}
+
+// endpointName names the chain and dynamic set of one endpoint.
+func (a *nftAffinity) endpointName(ap netip.AddrPort) string {
+	return a.chain + "-" + hash16(ap.String())
+}
+
+func (a *nftAffinity) equal(b *nftAffinity) bool {
+	return a.timeout == b.timeout && slices.Equal(a.eps, b.eps)
+}
+
+// nftRendering is everything one Service contributes to the tables.
+type nftRendering struct {
+	elems     map[nftElem]string // map and set elements; "" for a set's, the chain for a verdict map's
+	shared    map[nftElem]bool   // refcounted elements (hairpin)
+	affinity  []*nftAffinity
+	udp       []udpPort
+	endpoints int
+}
+
+// nftPlane is ModeNftables.
+type nftPlane struct {
+	p       *Proxy
+	ns      *netns.NS
+	conn    *nftables.Conn
+	fams    map[iptables.Family]*nftFamily
+	written map[Name]*nftRendering
+}
+
+func newNftPlane(p *Proxy) *nftPlane {
+	return &nftPlane{p: p, ns: p.cfg.NetNS, written: map[Name]*nftRendering{}}
+}
+
+// NftablesSupported reports whether the kernel of ns has what ModeNftables
+// needs: it commits, in one transaction, a throwaway table with a nat
+// chain, concatenated maps and a numgen DNAT rule, and deletes it again in
+// the same transaction, so nothing remains.
+func NftablesSupported(ns *netns.NS) error {
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		return err
+	}
+	ff := newNftFamily(iptables.IPv4, "podnet-probe")
+	t := c.AddTable(ff.table)
+	ch := c.AddChain(&nftables.Chain{Name: "probe", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(nftPriorityDNAT)})
+	shape := nftShape{nftKinds[0], 3}
+	for _, s := range []*nftables.Set{ff.shapeSet(shape), ff.sets["ip-backends"]} {
+		if err := c.AddSet(s, nil); err != nil {
+			return err
+		}
+	}
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: ff.shapeRule(shape)})
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("nftables in netns %q: %w", ns, err)
+	}
+	return nil
+}
+
+func (ff *nftFamily) addrType() nftables.SetDatatype {
+	if ff.alen == 16 {
+		return nftables.TypeIP6Addr
+	}
+	return nftables.TypeIPAddr
+}
+
+func (ff *nftFamily) defSet(name string, key nftables.SetDatatype, data *nftables.SetDatatype) *nftables.Set {
+	s := &nftables.Set{Table: ff.table, Name: name, ID: nftSetIDs.Add(1), KeyType: key, Concatenation: strings.Contains(key.Name, " . ")}
+	if data != nil {
+		s.IsMap, s.DataType = true, *data
+	}
+	return s
+}
+
+func (ff *nftFamily) keyType(k nftKind) nftables.SetDatatype {
+	if k.nodePort {
+		return nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
+	}
+	return nftables.MustConcatSetType(ff.addrType(), nftables.TypeInetProto, nftables.TypeInetService)
+}
+
+// shapeSet returns the set of shape s, defining it when new.
+func (ff *nftFamily) shapeSet(s nftShape) *nftables.Set {
+	name := s.set()
+	if set := ff.sets[name]; set != nil {
+		return set
+	}
+	set := ff.defSet(name, ff.keyType(s.kind), nil)
+	ff.sets[name] = set
+	return set
+}
+
+func newNftFamily(f iptables.Family, table string) *nftFamily {
+	ff := &nftFamily{f: f, alen: 4, table: &nftables.Table{Name: table, Family: nftables.TableFamilyIPv4},
+		shapes: map[nftShape]bool{}, refs: map[string]int{}, sets: map[string]*nftables.Set{}}
+	if f == iptables.IPv6 {
+		ff.alen, ff.table.Family = 16, nftables.TableFamilyIPv6
+	}
+	addr := ff.addrType()
+	ipKey, npKey := ff.keyType(nftKinds[0]), ff.keyType(nftKinds[2])
+	backend := nftables.MustConcatSetType(addr, nftables.TypeInetService)
+	def := func(name string, key nftables.SetDatatype, data *nftables.SetDatatype) {
+		ff.sets[name] = ff.defSet(name, key, data)
+	}
+	verdict := nftables.TypeVerdict
+	for _, k := range nftKinds {
+		key := ff.keyType(k)
+		def(k.name+"-affinity", key, &verdict)
+		slot := nftables.MustConcatSetType(append(nftables.ConcatSetTypeElements(key), nftables.TypeMark)...)
+		def(k.name+"-backends", slot, &backend)
+	}
+	def("hairpin", nftables.MustConcatSetType(addr, addr), nil)
+	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "external-reject", "external-drop"} {
+		def(n, ipKey, nil)
+	}
+	for _, n := range []string{"nodeport-masq", "nodeport-masq-local", "nodeport-reject", "nodeport-drop"} {
+		def(n, npKey, nil)
+	}
+	return ff
+}
+
+// --- expressions -----------------------------------------------------------
+
+func ne32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+func (ff *nftFamily) addrRegs() uint32 { return ff.alen / 4 }
+
+// keyRegs is the number of registers the key of kind k takes.
+func (ff *nftFamily) keyRegs(k nftKind) uint32 {
+	if k.nodePort {
+		return 2
+	}
+	return ff.addrRegs() + 2
+}
+
+func (ff *nftFamily) saddr(reg uint32) expr.Any {
+	off := uint32(12)
+	if ff.alen == 16 {
+		off = 8
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: ff.alen}
+}
+
+func (ff *nftFamily) daddr(reg uint32) expr.Any {
+	off := uint32(16)
+	if ff.alen == 16 {
+		off = 24
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: ff.alen}
+}
+
+// key loads the lookup key of kind k from reg on: daddr . l4proto . dport,
+// or l4proto . dport for node ports.
+func (ff *nftFamily) key(k nftKind, reg uint32) []expr.Any {
+	var out []expr.Any
+	if !k.nodePort {
+		out = append(out, ff.daddr(reg))
+		reg += ff.addrRegs()
+	}
+	return append(out,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+		&expr.Payload{DestRegister: reg + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+}
+
+func (ff *nftFamily) lookup(set string, sreg uint32) *expr.Lookup {
+	s := ff.sets[set]
+	return &expr.Lookup{SourceRegister: sreg, SetName: s.Name, SetID: s.ID}
+}
+
+func (ff *nftFamily) mapTo(set string, sreg, dreg uint32) *expr.Lookup {
+	l := ff.lookup(set, sreg)
+	l.DestRegister, l.IsDestRegSet = dreg, true
+	return l
+}
+
+// inSet matches when the key of kind k is in set.
+func (ff *nftFamily) inSet(k nftKind, set string) []expr.Any {
+	return append(ff.key(k, reg0), ff.lookup(set, reg0))
+}
+
+// fromCIDR matches a source inside (or, with not, outside) the prefix.
+func (ff *nftFamily) fromCIDR(c netip.Prefix, not bool) []expr.Any {
+	mask := netip.PrefixFrom(c.Addr(), c.Bits())
+	m := make([]byte, ff.alen)
+	for i := 0; i < c.Bits(); i++ {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	op := expr.CmpOpEq
+	if not {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{ff.saddr(1),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: ff.alen, Mask: m, Xor: make([]byte, ff.alen)},
+		&expr.Cmp{Op: op, Register: 1, Data: mask.Masked().Addr().AsSlice()}}
+}
+
+// local matches a local source (saddr) or destination address.
+func local(saddr bool) []expr.Any {
+	return []expr.Any{&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: saddr, FlagDADDR: !saddr},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ne32(unix.RTN_LOCAL)}}
+}
+
+func setMark(bits uint32) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(^bits), Xor: ne32(bits)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}}
+}
+
+func ctNew() []expr.Any {
+	return []expr.Any{&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(expr.CtStateBitNEW), Xor: ne32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)}}
+}
+
+func verdict(kind expr.VerdictKind, chain string) *expr.Verdict {
+	return &expr.Verdict{Kind: kind, Chain: chain}
+}
+
+func (ff *nftFamily) reject() expr.Any {
+	if ff.alen == 16 {
+		return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4} // ICMPv6 port unreachable
+	}
+	return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3} // ICMP port unreachable
+}
+
+// dnat translates to the address in reg0 on and the port after it.
+func (ff *nftFamily) dnat() expr.Any {
+	fam := uint32(unix.NFPROTO_IPV4)
+	if ff.alen == 16 {
+		fam = unix.NFPROTO_IPV6
+	}
+	return &expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: reg0, RegProtoMin: reg0 + ff.addrRegs(), Specified: true}
+}
+
+// dnatTo translates to ap.
+func (ff *nftFamily) dnatTo(ap netip.AddrPort) []expr.Any {
+	return []expr.Any{&expr.Immediate{Register: reg0, Data: ap.Addr().AsSlice()},
+		&expr.Immediate{Register: reg0 + ff.addrRegs(), Data: portBytes(ap.Port())[:2]}, ff.dnat()}
+}
+
+// shapeRule is the rule of shape s in its kind's entries chain.
+//
+// Equivalent to: KEY @KIND-N dnat to KEY . numgen random mod N map @KIND-backends
+func (ff *nftFamily) shapeRule(s nftShape) []expr.Any {
+	set := ff.shapeSet(s)
+	return slices.Concat(ff.key(s.kind, reg0), []expr.Any{
+		&expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID},
+		&expr.Numgen{Register: reg0 + ff.keyRegs(s.kind), Modulus: uint32(s.n), Type: unix.NFT_NG_RANDOM},
+		ff.mapTo(s.kind.name+"-backends", reg0, reg0), ff.dnat()})
+}
+
+// sortedShapes returns the shapes by kind and endpoint count.
+func sortedShapes(m map[nftShape]bool) []nftShape {
+	out := slices.Collect(mapKeysOf(m))
+	slices.SortFunc(out, func(a, b nftShape) int {
+		if c := strings.Compare(a.kind.name, b.kind.name); c != 0 {
+			return c
+		}
+		return a.n - b.n
+	})
+	return out
+}
+
+func entriesChain(k nftKind) string { return k.name + "-entries" }
+
+// baseChains are the table's fixed chains, with their rules.
+type nftChain struct {
+	c     *nftables.Chain
+	rules [][]expr.Any
+}
+
+func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
+	t := ff.table
+	hooked := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio int32) *nftables.Chain {
+		accept := nftables.ChainPolicyAccept
+		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio)), Policy: &accept}
+	}
+	plain := func(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: t} }
+	mark := np.p.r.mark
+	cidr, hasCIDR := np.p.r.cidr[ff.f]
+	ip, ipPod, nodePort, nodePortPod := nftKinds[0], nftKinds[1], nftKinds[2], nftKinds[3]
+	var services, nodeports [][]expr.Any
+	if hasCIDR {
+		services = append(services, slices.Concat(ff.fromCIDR(cidr, true), ff.inSet(ip, "cluster-masq"), setMark(mark)))
+	}
+	services = append(services,
+		slices.Concat(ff.inSet(ip, "external-masq"), setMark(mark)),
+		slices.Concat(local(true), ff.inSet(ip, "external-masq-local"), setMark(mark)))
+	nodeports = append(nodeports,
+		slices.Concat(ff.inSet(nodePort, "nodeport-masq"), setMark(mark)),
+		slices.Concat(local(true), ff.inSet(nodePort, "nodeport-masq-local"), setMark(mark)))
+	jump := func(c string) []expr.Any { return []expr.Any{verdict(expr.VerdictJump, c)} }
+	if hasCIDR {
+		services = append(services, slices.Concat(ff.fromCIDR(cidr, false), jump(entriesChain(ipPod))))
+		nodeports = append(nodeports, slices.Concat(ff.fromCIDR(cidr, false), jump(entriesChain(nodePortPod))))
+	}
+	services = append(services,
+		slices.Concat(local(true), jump(entriesChain(ipPod))),
+		jump(entriesChain(ip)),
+		slices.Concat(local(false), jump("nodeports")))
+	nodeports = append(nodeports,
+		slices.Concat(local(true), jump(entriesChain(nodePortPod))),
+		jump(entriesChain(nodePort)))
+	a := ff.addrRegs()
+	masquerading := [][]expr.Any{
+		// Hairpin: an endpoint reaching itself through its Service.
+		{&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(ipsDstNAT), Xor: ne32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)},
+			ff.saddr(reg0), ff.daddr(reg0 + a), ff.lookup("hairpin", reg0), &expr.Masq{FullyRandom: true}},
+		{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(mark), Xor: ne32(0)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ne32(0)}, verdict(expr.VerdictReturn, "")},
+		{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(^uint32(0)), Xor: ne32(mark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+			&expr.Masq{FullyRandom: true}},
+	}
+	firewall := [][]expr.Any{slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()})}
+	external := [][]expr.Any{
+		slices.Concat(ff.inSet(ip, "external-reject"), []expr.Any{ff.reject()}),
+		slices.Concat(ff.inSet(ip, "external-drop"), []expr.Any{verdict(expr.VerdictDrop, "")}),
+		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
+		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-drop"), []expr.Any{verdict(expr.VerdictDrop, "")}),
+	}
+	newJump := func(c string) []expr.Any { return append(ctNew(), verdict(expr.VerdictJump, c)) }
+	chains := []nftChain{
+		{plain("services"), services},
+		{plain("nodeports"), nodeports},
+		{plain("masquerading"), masquerading},
+		{plain("firewall"), firewall},
+		{plain("external-firewall"), external},
+		{hooked("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftPriorityDNAT), [][]expr.Any{jump("services")}},
+		{hooked("nat-output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftPriorityDNAT), [][]expr.Any{jump("services")}},
+		{hooked("nat-postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftPrioritySNAT), [][]expr.Any{jump("masquerading")}},
+		{hooked("filter-input", nftables.ChainTypeFilter, nftables.ChainHookInput, nftPriorityFilter), [][]expr.Any{newJump("firewall"), newJump("external-firewall")}},
+		{hooked("filter-forward", nftables.ChainTypeFilter, nftables.ChainHookForward, nftPriorityFilter), [][]expr.Any{newJump("firewall"), newJump("external-firewall")}},
+		{hooked("filter-output", nftables.ChainTypeFilter, nftables.ChainHookOutput, nftPriorityFilter), [][]expr.Any{newJump("firewall")}},
+	}
+	// Each kind's entries: affinity first, then the shapes' rules (added
+	// as shapes appear).
+	for _, k := range nftKinds {
+		chains = append(chains, nftChain{plain(entriesChain(k)), [][]expr.Any{append(ff.key(k, reg0), ff.mapTo(k.name+"-affinity", reg0, 0))}})
+	}
+	return chains
+}
+
+// --- rendering -------------------------------------------------------------
+
+func protoNum(p Protocol) byte {
+	switch p {
+	case UDP:
+		return unix.IPPROTO_UDP
+	case SCTP:
+		return unix.IPPROTO_SCTP
+	}
+	return unix.IPPROTO_TCP
+}
+
+func portBytes(port uint16) []byte { return []byte{byte(port >> 8), byte(port), 0, 0} }
+
+func ipKey(a netip.Addr, p Protocol, port uint16) string {
+	return string(slices.Concat(a.AsSlice(), []byte{protoNum(p), 0, 0, 0}, portBytes(port)))
+}
+
+func npKey(p Protocol, port uint16) string {
+	return string(slices.Concat([]byte{protoNum(p), 0, 0, 0}, portBytes(port)))
+}
+
+func backendVal(ap netip.AddrPort) string {
+	return string(slices.Concat(ap.Addr().AsSlice(), portBytes(ap.Port())))
+}
+
+func (r *nftRendering) add(f iptables.Family, set, key, val string) {
+	r.elems[nftElem{f, set, key}] = val
+}
+
+// nftTarget is an endpoint list that entries lead to.
+type nftTarget struct {
+	eps []epChoice
+	aff *nftAffinity // ClientIP affinity: the chain with the endpoints
+}
+
+// target returns the endpoints of a list, or nil when it is empty. A list
+// with ClientIP affinity gets its own chain.
+func (np *nftPlane) target(out *nftRendering, ff *nftFamily, sp *servicePort, local bool, eps []epChoice) *nftTarget {
+	if len(eps) == 0 {
+		return nil
+	}
+	t := &nftTarget{eps: eps}
+	if sp.aff > 0 {
+		l := "cluster"
+		if local {
+			l = "local"
+		}
+		t.aff = &nftAffinity{f: ff.f, chain: "affinity-" + hash16(sp.spn+string(sp.np)+l), timeout: sp.aff}
+		for _, c := range eps {
+			t.aff.eps = append(t.aff.eps, c.ap)
+		}
+		out.affinity = append(out.affinity, t.aff)
+	}
+	return t
+}
+
+// entry leads the key of kind k to t: a member of the set of its endpoint
+// count with its endpoints in the kind's backends, or an element of the
+// affinity map.
+func (np *nftPlane) entry(out *nftRendering, ff *nftFamily, k nftKind, key string, t *nftTarget) {
+	if t.aff != nil {
+		out.add(ff.f, k.name+"-affinity", key, t.aff.chain)
+		return
+	}
+	shape := nftShape{k, len(t.eps)}
+	if _, ok := ff.shapes[shape]; !ok {
+		ff.shapes[shape] = false
+	}
+	out.add(ff.f, ff.shapeSet(shape).Name, key, "")
+	for i, c := range t.eps {
+		out.add(ff.f, k.name+"-backends", key+string(ne32(uint32(i))), backendVal(c.ap))
+	}
+}
+
+// render returns the elements of s in every family the proxy serves,
+// allocating shapes as needed.
+func (np *nftPlane) render(s *Service) *nftRendering {
+	out := &nftRendering{elems: map[nftElem]string{}, shared: map[nftElem]bool{}}
+	aff := s.affinitySeconds()
+	for _, f := range np.p.r.families {
+		fs := np.p.r.family(s, f, aff, &rendering{})
+		if fs == nil {
+			continue
+		}
+		for _, p := range s.Ports {
+			np.renderPort(out, np.fams[f], fs.port(p))
+		}
+	}
+	return out
+}
+
+func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort) {
+	f := ff.f
+	svc := np.target(out, ff, sp, false, sp.svcEps)
+	var svl *nftTarget
+	if sp.intLocal || sp.extLocal {
+		svl = np.target(out, ff, sp, true, sp.svlEps)
+	}
+	seen := map[netip.Addr]bool{}
+	for _, c := range slices.Concat(sp.svcEps, sp.svlEps) {
+		if a := c.ap.Addr(); !seen[a] {
+			seen[a] = true
+			out.shared[nftElem{f, "hairpin", string(slices.Concat(a.AsSlice(), a.AsSlice()))}] = true
+		}
+	}
+	out.endpoints += len(seen)
+	if sp.cip.IsValid() {
+		k := ipKey(sp.cip, sp.proto, sp.p.Port)
+		t := svc
+		if sp.intLocal {
+			t = svl
+		}
+		switch {
+		case t == nil:
+			out.add(f, "no-endpoints", k, "")
+		default:
+			np.entry(out, ff, nftKinds[0], k, t)
+			if !sp.intLocal && sp.hasCIDR {
+				out.add(f, "cluster-masq", k, "")
+			}
+		}
+	}
+	ext := svc
+	if sp.extLocal {
+		ext = svl
+	}
+	entry := func(prefix string, m, pod nftKind, k string) {
+		switch {
+		case ext == nil && len(sp.svcEps) > 0:
+			out.add(f, prefix+"-drop", k, "")
+		case ext == nil:
+			out.add(f, prefix+"-reject", k, "")
+		case sp.extLocal:
+			np.entry(out, ff, m, k, ext)
+			np.entry(out, ff, pod, k, svc)
+			out.add(f, prefix+"-masq-local", k, "")
+		default:
+			np.entry(out, ff, m, k, ext)
+			out.add(f, prefix+"-masq", k, "")
+		}
+	}
+	for _, eip := range sp.eips {
+		entry("external", nftKinds[0], nftKinds[1], ipKey(eip, sp.proto, sp.p.Port))
+	}
+	if sp.servesNodePort() {
+		entry("nodeport", nftKinds[2], nftKinds[3], npKey(sp.proto, sp.p.NodePort))
+	}
+	if sp.proto == UDP {
+		out.udp = append(out.udp, sp.udp())
+	}
+}
+
+// --- syncing ---------------------------------------------------------------
+
+// connect returns the netlink socket in the proxy's namespace, opening it
+// with buffers large enough for a full sync's batch.
+func (np *nftPlane) connect() (*nftables.Conn, error) {
+	if np.conn != nil {
+		return np.conn, nil
+	}
+	bufs := nftables.SockOption(func(c *netlink.Conn) error {
+		rc, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = rc.Control(func(fd uintptr) {
+			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 256<<20),
+				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20))
+		})
+		return errors.Join(err, serr)
+	})
+	c, err := nftables.New(nftables.WithNetNSFd(np.ns.Fd()), nftables.AsLasting(), nftables.WithSockOptions(bufs))
+	if err != nil {
+		return nil, fmt.Errorf("nftables socket in netns %q: %w", np.ns, err)
+	}
+	np.conn = c
+	return c, nil
+}
+
+// flush commits the queued batch; after an error the socket is replaced.
+func (np *nftPlane) flush(c *nftables.Conn) error {
+	if err := c.Flush(); err != nil {
+		c.CloseLasting()
+		np.conn = nil
+		return err
+	}
+	return nil
+}
+
+func (np *nftPlane) tableNames() []*nftables.Table {
+	var ts []*nftables.Table
+	for _, f := range np.p.r.families {
+		ts = append(ts, newNftFamily(f, np.p.ch.TableName()).table)
+	}
+	return ts
+}
+
+// intact reads the one rule of each family's nat-prerouting chain: gone
+// when someone deleted or flushed the table (nft flush ruleset, nft
+// delete table, nft flush table).
+func (np *nftPlane) intact() (bool, error) {
+	c, err := np.connect()
+	if err != nil {
+		return false, err
+	}
+	for _, t := range np.tableNames() {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: "nat-prerouting", Table: t})
+		if err != nil || len(rules) != 1 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// elemBatch collects element additions and deletions per set.
+type elemBatch struct {
+	add, del map[*nftables.Set][]nftables.SetElement
+	n        int
+}
+
+func newElemBatch() *elemBatch {
+	return &elemBatch{add: map[*nftables.Set][]nftables.SetElement{}, del: map[*nftables.Set][]nftables.SetElement{}}
+}
+
+func elem(s *nftables.Set, key, val string) nftables.SetElement {
+	e := nftables.SetElement{Key: []byte(key)}
+	switch {
+	case s.DataType.Name == nftables.TypeVerdict.Name:
+		e.VerdictData = verdict(expr.VerdictGoto, val)
+	case s.IsMap:
+		e.Val = []byte(val)
+	}
+	return e
+}
+
+func (b *elemBatch) queue(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
+	for s, es := range m {
+		for len(es) > 0 {
+			n := min(len(es), nftChunk)
+			if err := op(s, es[:n]); err != nil {
+				return err
+			}
+			es = es[n:]
+		}
+	}
+	return nil
+}
+
+// addShape queues the set of shape s and its rule.
+func (np *nftPlane) addShape(c *nftables.Conn, ff *nftFamily, s nftShape) error {
+	if err := c.AddSet(ff.shapeSet(s), nil); err != nil {
+		return err
+	}
+	c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(s.kind), Table: ff.table}, Exprs: ff.shapeRule(s)})
+	return nil
+}
+
+// writeAffinity queues the chain of a, replacing old's (nil when new):
+// endpoints that stay keep their chain and dynamic set, so their clients
+// keep their affinity.
+//
+// Equivalent to:
+//
+//	chain affinity-H { ip saddr @affinity-H-E update @affinity-H-E { ip saddr } dnat to E … (each endpoint)
+//	                   numgen random mod N vmap { 0 : goto affinity-H-E, … } }
+//	chain affinity-H-E { update @affinity-H-E { ip saddr } dnat to E }
+//	set affinity-H-E { type ipv4_addr; flags dynamic,timeout; timeout T }
+func (np *nftPlane) writeAffinity(c *nftables.Conn, ff *nftFamily, a, old *nftAffinity) error {
+	t := ff.table
+	group := &nftables.Chain{Name: a.chain, Table: t}
+	kept := map[netip.AddrPort]bool{}
+	if old != nil {
+		c.FlushChain(group)
+		for _, ap := range old.eps {
+			if old.timeout == a.timeout && slices.Contains(a.eps, ap) {
+				kept[ap] = true
+				continue
+			}
+			np.dropAffinityEndpoint(c, ff, old, ap)
+		}
+	} else {
+		c.AddChain(group)
+	}
+	epSet := func(ap netip.AddrPort) *nftables.Set {
+		return &nftables.Set{Table: t, Name: a.endpointName(ap), KeyType: ff.addrType(), HasTimeout: true, Dynamic: true, Timeout: time.Duration(a.timeout) * time.Second}
+	}
+	update := func(s *nftables.Set) expr.Any {
+		return &expr.Dynset{SrcRegKey: reg0, SetName: s.Name, Operation: unix.NFT_DYNSET_OP_UPDATE}
+	}
+	pick := &nftables.Set{Table: t, Name: "__map%d", ID: nftSetIDs.Add(1), Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
+	var picks []nftables.SetElement
+	var rules [][]expr.Any
+	for i, ap := range a.eps {
+		s := epSet(ap)
+		if !kept[ap] {
+			if err := c.AddSet(s, nil); err != nil {
+				return err
+			}
+			ch := c.AddChain(&nftables.Chain{Name: s.Name, Table: t})
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat([]expr.Any{ff.saddr(reg0), update(s)}, ff.dnatTo(ap))})
+		}
+		rules = append(rules, slices.Concat([]expr.Any{ff.saddr(reg0), &expr.Lookup{SourceRegister: reg0, SetName: s.Name}, update(s)}, ff.dnatTo(ap)))
+		picks = append(picks, nftables.SetElement{Key: ne32(uint32(i)), VerdictData: verdict(expr.VerdictGoto, s.Name)})
+	}
+	if err := c.AddSet(pick, picks); err != nil {
+		return err
+	}
+	rules = append(rules, []expr.Any{&expr.Numgen{Register: reg0, Modulus: uint32(len(a.eps)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg0, SetName: pick.Name, SetID: pick.ID, IsDestRegSet: true, DestRegister: 0}})
+	for _, r := range rules {
+		c.AddRule(&nftables.Rule{Table: t, Chain: group, Exprs: r})
+	}
+	return nil
+}
+
+func (np *nftPlane) dropAffinityEndpoint(c *nftables.Conn, ff *nftFamily, a *nftAffinity, ap netip.AddrPort) {
+	ch := &nftables.Chain{Name: a.endpointName(ap), Table: ff.table}
+	c.FlushChain(ch)
+	c.DelChain(ch)
+	c.DelSet(&nftables.Set{Table: ff.table, Name: a.endpointName(ap)})
+}
+
+// dropAffinity queues the deletion of a's chains and sets; the shape
+// elements that lead to it must be deleted before.
+func (np *nftPlane) dropAffinity(c *nftables.Conn, ff *nftFamily, a *nftAffinity) {
+	group := &nftables.Chain{Name: a.chain, Table: ff.table}
+	c.FlushChain(group)
+	for _, ap := range a.eps {
+		np.dropAffinityEndpoint(c, ff, a, ap)
+	}
+	c.DelChain(group)
+}
+
+// full replaces each family's table in one transaction: the table is
+// deleted and written anew with every set, element, chain and rule.
+// Connections keep their NAT bindings in conntrack, so none breaks;
+// ClientIP affinity starts afresh.
+//
+// Equivalent to: nft -f with "add table ip NAME; delete table ip NAME; table ip NAME { … }"
+func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
+	res := SyncResult{Full: true}
+	c, err := np.connect()
+	if err != nil {
+		return res, nil, err
+	}
+	np.fams = map[iptables.Family]*nftFamily{}
+	for _, f := range np.p.r.families {
+		np.fams[f] = newNftFamily(f, np.p.ch.TableName())
+	}
+	renders := make(map[Name]*nftRendering, len(want))
+	b := newElemBatch()
+	for _, n := range sortedNames(want) {
+		r := np.render(want[n])
+		renders[n] = r
+		for e, v := range r.elems {
+			s := np.fams[e.f].sets[e.set]
+			b.add[s] = append(b.add[s], elem(s, e.key, v))
+		}
+		for e := range r.shared {
+			ff := np.fams[e.f]
+			if ff.refs[e.key]++; ff.refs[e.key] == 1 {
+				s := ff.sets[e.set]
+				b.add[s] = append(b.add[s], elem(s, e.key, ""))
+			}
+		}
+	}
+	for _, f := range np.p.r.families {
+		ff := np.fams[f]
+		c.AddTable(ff.table)
+		c.DelTable(ff.table)
+		c.AddTable(ff.table)
+		for _, name := range slices.Sorted(mapKeysOf(ff.sets)) {
+			if err := c.AddSet(ff.sets[name], nil); err != nil {
+				return res, nil, err
+			}
+		}
+		chains := np.fixedChains(ff)
+		for _, ch := range chains {
+			c.AddChain(ch.c)
+		}
+		for _, ch := range chains {
+			for _, r := range ch.rules {
+				c.AddRule(&nftables.Rule{Table: ff.table, Chain: ch.c, Exprs: r})
+				res.Rules++
+			}
+		}
+		for _, sh := range sortedShapes(ff.shapes) {
+			c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(sh.kind), Table: ff.table}, Exprs: ff.shapeRule(sh)})
+			res.Rules++
+		}
+	}
+	for _, n := range sortedNames(renders) {
+		for _, a := range renders[n].affinity {
+			if err := np.writeAffinity(c, np.fams[a.f], a, nil); err != nil {
+				return res, nil, err
+			}
+		}
+	}
+	if err := b.queue(b.add, c.SetAddElements); err != nil {
+		return res, nil, err
+	}
+	if err := np.flush(c); err != nil {
+		return res, nil, err
+	}
+	for _, ff := range np.fams {
+		for sh := range ff.shapes {
+			ff.shapes[sh] = true
+		}
+	}
+	var filters []conntrack.Filter
+	for n, old := range np.written {
+		if renders[n] == nil {
+			filters = append(filters, nftFlowFilters(old, nil)...)
+		}
+	}
+	for n, r := range renders {
+		filters = append(filters, nftFlowFilters(np.written[n], r)...)
+	}
+	np.written = renders
+	res.Services = len(renders)
+	return res, filters, nil
+}
+
+func mapKeysOf[K comparable, V any](m map[K]V) func(func(K) bool) {
+	return func(yield func(K) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// partial writes the dirty Services as element changes: deletions of
+// what they no longer have, additions of what is new. A shape seen for
+// the first time adds its chains, and so does a Service port with
+// ClientIP affinity. Nothing is read back.
+//
+// Equivalent to: nft -f with "delete element …; add element …"
+func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
+	var res SyncResult
+	if len(dirty) == 0 {
+		return res, nil, nil
+	}
+	c, err := np.connect()
+	if err != nil {
+		return res, nil, err
+	}
+	b := newElemBatch()
+	renders := map[Name]*nftRendering{}
+	refDelta := map[nftElem]int{}
+	type affChange struct{ a, old *nftAffinity }
+	var affs []affChange
+	for _, n := range sortedNames(dirty) {
+		or := np.written[n]
+		var nr *nftRendering
+		if s := want[n]; s != nil {
+			nr = np.render(s)
+		}
+		renders[n] = nr
+		var oldElems, newElems map[nftElem]string
+		oldAff := map[string]*nftAffinity{}
+		if or != nil {
+			oldElems = or.elems
+			for e := range or.shared {
+				refDelta[e]--
+			}
+			for _, a := range or.affinity {
+				oldAff[a.f.String()+a.chain] = a
+			}
+		}
+		if nr != nil {
+			newElems = nr.elems
+			for e := range nr.shared {
+				refDelta[e]++
+			}
+			for _, a := range nr.affinity {
+				old := oldAff[a.f.String()+a.chain]
+				delete(oldAff, a.f.String()+a.chain)
+				if old == nil || !old.equal(a) {
+					affs = append(affs, affChange{a, old})
+				}
+			}
+		}
+		for _, a := range oldAff {
+			affs = append(affs, affChange{nil, a})
+		}
+		for e, v := range oldElems {
+			if nv, ok := newElems[e]; !ok || nv != v {
+				s := np.fams[e.f].sets[e.set]
+				b.del[s] = append(b.del[s], elem(s, e.key, v))
+			}
+		}
+		for e, v := range newElems {
+			if ov, ok := oldElems[e]; !ok || ov != v {
+				s := np.fams[e.f].sets[e.set]
+				b.add[s] = append(b.add[s], elem(s, e.key, v))
+				res.Rules++
+			}
+		}
+	}
+	refs := map[nftElem]int{}
+	for e, d := range refDelta {
+		ff := np.fams[e.f]
+		before := ff.refs[e.key]
+		after := before + d
+		refs[e] = after
+		s := ff.sets[e.set]
+		switch {
+		case before == 0 && after > 0:
+			b.add[s] = append(b.add[s], elem(s, e.key, ""))
+		case before > 0 && after == 0:
+			b.del[s] = append(b.del[s], elem(s, e.key, ""))
+		}
+	}
+	// Deletions first, so that a chain is no longer referenced when it
+	// goes, and a changed map element can be added again.
+	if err := b.queue(b.del, c.SetDeleteElements); err != nil {
+		return res, nil, err
+	}
+	for _, ch := range affs {
+		if ch.a == nil {
+			np.dropAffinity(c, np.fams[ch.old.f], ch.old)
+		}
+	}
+	var added []*nftFamily
+	for _, ff := range np.fams {
+		for _, sh := range sortedShapes(ff.shapes) {
+			if !ff.shapes[sh] {
+				if err := np.addShape(c, ff, sh); err != nil {
+					return res, nil, err
+				}
+				added = append(added, ff)
+			}
+		}
+	}
+	for _, ch := range affs {
+		if ch.a != nil {
+			if err := np.writeAffinity(c, np.fams[ch.a.f], ch.a, ch.old); err != nil {
+				return res, nil, err
+			}
+		}
+	}
+	if err := b.queue(b.add, c.SetAddElements); err != nil {
+		return res, nil, err
+	}
+	if err := np.flush(c); err != nil {
+		return res, nil, err
+	}
+	for _, ff := range added {
+		for sh := range ff.shapes {
+			ff.shapes[sh] = true
+		}
+	}
+	for e, n := range refs {
+		if n == 0 {
+			delete(np.fams[e.f].refs, e.key)
+		} else {
+			np.fams[e.f].refs[e.key] = n
+		}
+	}
+	var filters []conntrack.Filter
+	for n, nr := range renders {
+		or := np.written[n]
+		filters = append(filters, nftFlowFilters(or, nr)...)
+		if nr == nil {
+			delete(np.written, n)
+		} else {
+			np.written[n] = nr
+		}
+	}
+	res.Services = len(renders)
+	return res, filters, nil
+}
+
+func nftFlowFilters(old, new *nftRendering) []conntrack.Filter {
+	var o, n *rendering
+	if old != nil {
+		o = &rendering{udp: old.udp}
+	}
+	if new != nil {
+		n = &rendering{udp: new.udp}
+	}
+	return flowFilters(o, n)
+}
+
+// cleanup deletes the proxy's table in each family.
+//
+// Equivalent to: nft delete table ip NAME; nft delete table ip6 NAME
+func (np *nftPlane) cleanup(ctx context.Context) error {
+	c, err := np.connect()
+	if err != nil {
+		return err
+	}
+	for _, t := range np.tableNames() {
+		c.AddTable(t)
+		c.DelTable(t)
+	}
+	if err := np.flush(c); err != nil {
+		return fmt.Errorf("delete nftables table %q in netns %q: %w", np.p.ch.TableName(), np.ns, err)
+	}
+	np.written = map[Name]*nftRendering{}
+	np.fams = nil
+	return nil
+}
+
+func (np *nftPlane) stats() (services, endpoints int) {
+	for _, r := range np.written {
+		services++
+		endpoints += r.endpoints
+	}
+	return services, endpoints
+}
