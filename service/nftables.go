@@ -100,12 +100,12 @@ func (s nftShape) set() string { return s.kind.name + "-" + strconv.Itoa(s.n) }
 
 // nftFamily is the proxy's table in one family and what it knows of it.
 type nftFamily struct {
-	f       iptables.Family
-	table   *nftables.Table
-	alen    uint32 // address bytes
-	sets    map[string]*nftables.Set
-	shapes  map[nftShape]bool // the endpoint-count sets and rules, true once written
-	refs    map[string]int // hairpin elements, by key, with the number of Services using them
+	f      iptables.Family
+	table  *nftables.Table
+	alen   uint32 // address bytes
+	sets   map[string]*nftables.Set
+	shapes map[nftShape]bool // the endpoint-count sets and rules, true once written
+	refs   map[string]int    // hairpin elements, by key, with the number of Services using them
 }
 
 // nftElem names one element: its family, set and key.
@@ -688,7 +688,6 @@ func (np *nftPlane) intact() (bool, error) {
 // elemBatch collects element additions and deletions per set.
 type elemBatch struct {
 	add, del map[*nftables.Set][]nftables.SetElement
-	n        int
 }
 
 func newElemBatch() *elemBatch {
