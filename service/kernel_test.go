@@ -14,6 +14,7 @@ import (
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/route"
 )
 
 // TestBehaviour runs every behaviour case against both modes, with real
@@ -31,6 +32,11 @@ func TestBehaviour(t *testing.T) {
 		{"NoEndpointsRejected", testNoEndpointsRejected},
 		{"UDPEndpointRemoval", testUDPEndpointRemoval},
 		{"SyncKeepsConnections", testSyncKeepsConnections},
+		{"IPv6", testIPv6},
+		{"DualStack", testDualStack},
+		{"SCTP", testSCTP},
+		{"TerminatingFallback", testTerminatingFallback},
+		{"ExternalIP", testExternalIP},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {
@@ -311,4 +317,158 @@ func saveNAT(t *testing.T, c *cluster) string {
 	out, err := execns.Output(context.Background(), c.node0, nil, "iptables-save", "-t", "nat")
 	must(t, err)
 	return string(out)
+}
+
+// testIPv6: an IPv6-only Service over TCP and UDP from a pod keeps the
+// pod's address; from the node (off the cluster network) it is
+// masqueraded to the node's address; a NodePort from outside reaches a
+// pod on the other node.
+func testIPv6(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy(dualStack)
+	s := svc("web6", "fd00:96::20", TCP, 80, c.endpoints6("pod1a"))
+	s.Ports[0].NodePort = 31080
+	u := svc("dns6", "fd00:96::10", UDP, 53, c.endpoints6("pod1a"))
+	apply(t, p, s, u)
+	if r := ask(t, client.ns, "tcp", "[fd00:96::20]:80"); r.Name != "pod1a" || r.Source.Addr() != client.addr6 {
+		t.Errorf("tcp: %+v", r)
+	}
+	if r := ask(t, client.ns, "udp", "[fd00:96::10]:53"); r.Name != "pod1a" || r.Source.Addr() != client.addr6 {
+		t.Errorf("udp: %+v", r)
+	}
+	if r := ask(t, c.node0, "tcp", "[fd00:96::20]:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP6) {
+		t.Errorf("from node: %+v", r)
+	}
+	if r := ask(t, c.outside, "tcp", "["+node0Ext6+"]:31080"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP6) {
+		t.Errorf("node port from outside: %+v", r)
+	}
+}
+
+// testDualStack: one Service with a cluster IP in each family answers on
+// both, each from the endpoints of its own family.
+func testDualStack(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy(dualStack)
+	s := svc("web", "10.96.0.20", TCP, 80, append(c.endpoints("pod0a"), c.endpoints6("pod1a")...))
+	s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr("fd00:96::20"))
+	apply(t, p, s)
+	if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod0a" || r.Source.Addr() != client.addr {
+		t.Errorf("IPv4: %+v", r)
+	}
+	if r := ask(t, client.ns, "tcp", "[fd00:96::20]:80"); r.Name != "pod1a" || r.Source.Addr() != client.addr6 {
+		t.Errorf("IPv6: %+v", r)
+	}
+}
+
+// testSCTP: an SCTP Service port is programmed; with SCTP sockets in the
+// kernel, an association through it reaches the endpoint.
+func testSCTP(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	apply(t, p, svc("sig", "10.96.0.70", SCTP, 3868, c.endpoints("pod1a")))
+	rules := c.ruleset(t)
+	want := "10.96.0.70 . sctp . 3868"
+	if c.mode == ModeIptables {
+		want = "-d 10.96.0.70/32 -p sctp -m comment --comment \"default/sig:p cluster IP\" -m sctp --dport 3868"
+	}
+	if !strings.Contains(rules, want) {
+		t.Fatalf("no %q in\n%s", want, rules)
+	}
+	// An SCTP echo of one message: the server sends its name on each
+	// association it accepts.
+	var lfd int
+	err := c.pods["pod1a"].ns.Do(func() error {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, syscall.IPPROTO_SCTP)
+		if err != nil {
+			return err
+		}
+		lfd = fd
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: 8080, Addr: [4]byte{10, 200, 1, 2}}); err != nil {
+			return err
+		}
+		return syscall.Listen(fd, 8)
+	})
+	if errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.ESOCKTNOSUPPORT) {
+		t.Skipf("rules checked; no SCTP sockets in this kernel (%v), so no traffic", err)
+	}
+	must(t, err)
+	t.Cleanup(func() { syscall.Close(lfd) })
+	go func() {
+		for {
+			fd, _, err := syscall.Accept(lfd)
+			if err != nil {
+				return
+			}
+			syscall.Write(fd, []byte("pod1a"))
+			syscall.Close(fd)
+		}
+	}()
+	var got string
+	must(t, client.ns.Do(func() error {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, syscall.IPPROTO_SCTP)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		tv := syscall.Timeval{Sec: 2}
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv)
+		if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: 3868, Addr: [4]byte{10, 96, 0, 70}}); err != nil {
+			return err
+		}
+		buf := make([]byte, 64)
+		n, err := syscall.Read(fd, buf)
+		if err != nil {
+			return err
+		}
+		got = string(buf[:n])
+		return nil
+	}))
+	if got != "pod1a" {
+		t.Errorf("SCTP through the Service: %q", got)
+	}
+}
+
+// testTerminatingFallback: a serving terminating endpoint takes no new
+// connections while a ready one exists, and takes them all when it is the
+// only one left.
+func testTerminatingFallback(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	eps := c.endpoints("pod0a", "pod1a")
+	eps[1].Ready, eps[1].Terminating = false, true
+	s := svc("web", "10.96.0.20", TCP, 80, eps)
+	apply(t, p, s)
+	for range 10 {
+		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod0a" {
+			t.Fatalf("a terminating endpoint took a new connection: %+v", r)
+		}
+	}
+	s.Endpoints = eps[1:]
+	apply(t, p, s)
+	for range 5 {
+		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod1a" {
+			t.Fatalf("only the terminating endpoint is left, yet: %+v", r)
+		}
+	}
+}
+
+// testExternalIP: an external IP routed to node0 reaches the endpoint from
+// outside, masqueraded (policy Cluster).
+func testExternalIP(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	must(t, route.Ensure(c.outside, route.Route{Dst: pfx("203.0.113.7/32"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
+	p := c.proxy()
+	s := svc("ext", "10.96.0.80", TCP, 80, c.endpoints("pod1a"))
+	s.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.7")}
+	apply(t, p, s)
+	if r := ask(t, c.outside, "tcp", "203.0.113.7:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
+		t.Errorf("%+v", r)
+	}
 }

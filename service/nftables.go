@@ -41,10 +41,10 @@ import (
 // element of a verdict map (@ip-affinity) leading to a chain per Service
 // port with a dynamic set per endpoint, so that a change to such a
 // Service adds rules and is validated.
-const (
-	// nftChunk is the number of elements per netlink message.
-	nftChunk = 2048
-)
+// nftChunkBytes bounds the elements of one netlink message: the list of
+// elements is one attribute, whose length field has 16 bits, so a longer
+// list would be cut short by the kernel without an error.
+const nftChunkBytes = 48 << 10
 
 // Chain priorities of the nftables tables. The nat chains sit at dstnat
 // and srcnat, where iptables-nft's nat table also is (the first chain to
@@ -705,10 +705,23 @@ func elem(s *nftables.Set, key, val string) nftables.SetElement {
 	return e
 }
 
+// elemSize is an upper bound of the bytes e takes in a message.
+func elemSize(e nftables.SetElement) int {
+	n := 64 + len(e.Key) + len(e.Val)
+	if e.VerdictData != nil {
+		n += 32 + len(e.VerdictData.Chain)
+	}
+	return n
+}
+
 func (b *elemBatch) queue(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
 	for s, es := range m {
 		for len(es) > 0 {
-			n := min(len(es), nftChunk)
+			n, size := 0, 0
+			for n < len(es) && size < nftChunkBytes {
+				size += elemSize(es[n])
+				n++
+			}
 			if err := op(s, es[:n]); err != nil {
 				return err
 			}
