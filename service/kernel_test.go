@@ -32,6 +32,7 @@ func TestBehaviour(t *testing.T) {
 		{"NoEndpointsRejected", testNoEndpointsRejected},
 		{"UDPEndpointRemoval", testUDPEndpointRemoval},
 		{"SyncKeepsConnections", testSyncKeepsConnections},
+		{"Balance", testBalance},
 		{"IPv6", testIPv6},
 		{"DualStack", testDualStack},
 		{"SCTP", testSCTP},
@@ -115,6 +116,44 @@ func testSpreadAndAffinity(t *testing.T, c *cluster) {
 	for range 20 {
 		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != first {
 			t.Fatalf("affinity broken: %s then %s", first, r.Name)
+		}
+	}
+	// The kernel holds the client with the Service's timeout.
+	rules := c.ruleset(t)
+	if c.mode == ModeNftables {
+		for _, want := range []string{"timeout 1m", "elements = { 10.200.0.9 expires "} {
+			if !strings.Contains(rules, want) {
+				t.Errorf("no %q in\n%s", want, rules)
+			}
+		}
+	} else {
+		if !strings.Contains(rules, "--rcheck --seconds 60 --reap") {
+			t.Errorf("no 60 s recent check in\n%s", rules)
+		}
+		out, err := execns.Output(context.Background(), c.node0, nil, "sh", "-c", "cat /proc/net/xt_recent/PODNET-SEP-*")
+		if err != nil || !strings.Contains(string(out), "src=10.200.0.9 ") {
+			t.Errorf("xt_recent: %s %v", out, err)
+		}
+	}
+}
+
+// testBalance: 300 new connections over three endpoints spread evenly:
+// each endpoint takes between 60 and 140 (100 ± 5 standard deviations).
+func testBalance(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	c.addPod("pod1b", 1, "10.200.1.3")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	apply(t, p, svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod0a", "pod1a", "pod1b")))
+	seen := map[string]int{}
+	for range 300 {
+		seen[ask(t, client.ns, "tcp", "10.96.0.20:80").Name]++
+	}
+	for _, n := range []string{"pod0a", "pod1a", "pod1b"} {
+		if seen[n] < 60 || seen[n] > 140 {
+			t.Errorf("uneven: %v", seen)
+			break
 		}
 	}
 }
