@@ -137,3 +137,42 @@ func TestNftablesListable(t *testing.T) {
 		}
 	}
 }
+
+// TestNftElements: the elements read back name each Service's path in
+// nft's notation, for both families, and a namespace without the proxy's
+// tables has none.
+func TestNftElements(t *testing.T) {
+	ns := nstest.New(t)
+	if es, err := NftElements(ns, ""); err != nil || len(es) != 0 {
+		t.Fatalf("empty namespace: %v %v", es, err)
+	}
+	p, err := New(Config{NetNS: ns, Mode: ModeNftables, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR}})
+	must(t, err)
+	t.Cleanup(func() { p.Cleanup(context.Background()) })
+	s := svc("web", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true}, {Addr: ip("fd00:200::2"), Ready: true, Serving: true}})
+	s.ClusterIPs = append(s.ClusterIPs, ip("fd00:96::20"))
+	s.Ports[0].NodePort = 30080
+	sticky := svc("sticky", "10.96.0.21", UDP, 53, []Endpoint{{Addr: ip("10.200.0.3"), Ready: true, Serving: true}})
+	sticky.Affinity = AffinityClientIP
+	apply(t, p, s, sticky)
+	es, err := NftElements(ns, "")
+	must(t, err)
+	var got []string
+	for _, e := range es {
+		got = append(got, e.String())
+	}
+	text := strings.Join(got, "\n")
+	for _, want := range []string{
+		"ip-1: 10.96.0.20 . tcp . 80",
+		"ip-backends: 10.96.0.20 . tcp . 80 . 0 : 10.200.0.2 . 8080",
+		"ip-backends: fd00:96::20 . tcp . 80 . 0 : fd00:200::2 . 8080",
+		"nodeport-backends: tcp . 30080 . 0 : 10.200.0.2 . 8080",
+		"hairpin: 10.200.0.2 . 10.200.0.2",
+		"cluster-masq: 10.96.0.20 . tcp . 80",
+		"ip-affinity: 10.96.0.21 . udp . 53 : goto affinity-",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("no %q in\n%s", want, text)
+		}
+	}
+}

@@ -151,8 +151,15 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 			evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s%s", network, vip, rep.Name, rep.Source, note))
 		}
 		if w == c.workers[0] {
-			evidence = append(evidence, w.name+": iptables-save -t nat | grep kube-dns:dns-tcp")
-			evidence = append(evidence, indent(c.rulesMentioning(ctx, w, dnsName.String()+":dns-tcp"))...)
+			if rules := c.rulesMentioning(ctx, w, dnsName.String()+":dns-tcp"); len(rules) > 0 {
+				evidence = append(evidence, w.name+": iptables-save -t nat | grep kube-dns:dns-tcp")
+				evidence = append(evidence, indent(rules)...)
+			} else {
+				// podnet-service-proxy's default backend: elements of
+				// its nftables table.
+				evidence = append(evidence, w.name+": nft list table ip podnet-proxy | grep "+c.dnsIP().String())
+				evidence = append(evidence, indent(nftMentioning(w, c.dnsIP().String()+" . "))...)
+			}
 		}
 		r.check(fmt.Sprintf("ClusterIP %s (kube-dns) answers %s on %s over UDP and TCP", c.dnsIP(), client.name, w.name), ok, evidence...)
 	}
@@ -182,6 +189,22 @@ func (c *cluster) checkServices(ctx context.Context, r *report) {
 	}
 	r.check(fmt.Sprintf("NodePort %d on %s reaches nginx on %s (DNAT %s:%d → %s:80)", nodePort, entry.name, ng.worker.name,
 		entry.ip, nodePort, ng.ip), ok, evidence...)
+}
+
+// nftMentioning returns the elements of the service proxy's nftables
+// tables whose key or value contains s.
+func nftMentioning(w *worker, s string) []string {
+	es, err := service.NftElements(w.ns, "")
+	if err != nil {
+		return []string{"nft: " + err.Error()}
+	}
+	var lines []string
+	for _, e := range es {
+		if strings.Contains(e.Key, s) || strings.Contains(e.Value, s) {
+			lines = append(lines, e.String())
+		}
+	}
+	return lines
 }
 
 // rulesMentioning returns the nat rules of w whose text contains s, as

@@ -21,6 +21,7 @@ import (
 	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/service"
 	"github.com/podnet/podnet/veth"
 )
 
@@ -175,5 +176,46 @@ func TestInspectErrors(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut.String(), c.want) || strings.Contains(errOut.String(), "goroutine") {
 			t.Errorf("inspect %s: exit %d, stderr %q; want 1 and %q", c.arg, code, errOut.String(), c.want)
 		}
+	}
+}
+
+// TestInspectServicePath: a Service whose endpoint is the pod shows in the
+// report under either service proxy backend: as the DNAT rule of its
+// iptables chain, or as the elements of the nftables table that lead to
+// the pod.
+func TestInspectServicePath(t *testing.T) {
+	for _, mode := range []service.Mode{service.ModeIptables, service.ModeNftables} {
+		t.Run(string(mode), func(t *testing.T) {
+			node := nstest.NewNamed(t)
+			pod, ip := addPod(t, node, "podnet-bridge", t.TempDir())
+			p, err := service.New(service.Config{NetNS: node, Mode: mode, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/24")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { p.Cleanup(context.Background()) })
+			if err := p.Update(service.Service{Name: service.Name{Namespace: "default", Name: "web"}, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.30")},
+				Ports:     []service.Port{{Protocol: service.TCP, Port: 80, TargetPort: 8080}},
+				Endpoints: []service.Endpoint{{Addr: ip, Ready: true, Serving: true}}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			r, raw := inspectJSON(t, "--node", node.Path(), pod.Name())
+			if mode == service.ModeIptables {
+				if !slices.ContainsFunc(r.NATRules, func(n NATRule) bool { return strings.Contains(n.Rule, "--to-destination "+ip.String()+":8080") }) {
+					t.Errorf("no DNAT to the pod:\n%s", raw)
+				}
+				return
+			}
+			want := fmt.Sprintf("ip-backends: 10.96.0.30 . tcp . 80 . 0 : %s . 8080", ip)
+			if !slices.Contains(r.ServiceElements, ServiceElement{Table: "ip podnet-proxy", Element: want}) {
+				t.Errorf("no %q:\n%s", want, raw)
+			}
+			var text, errOut bytes.Buffer
+			if run([]string{"--node", node.Path(), pod.Name()}, &text, &errOut) != 0 || !strings.Contains(text.String(), "ip podnet-proxy: "+want) {
+				t.Errorf("text output:\n%s%s", text.String(), errOut.String())
+			}
+		})
 	}
 }

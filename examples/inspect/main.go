@@ -11,6 +11,9 @@
 //     ip route get);
 //   - the node's iptables rules that mention the pod's address or subnet
 //     (iptables-save: masquerade, Service DNAT endpoints);
+//   - the elements of the service proxy's nftables tables that name the
+//     pod's address: the Service ports leading to it (nft list table ip
+//     podnet-proxy), so the Service path shows under either backend;
 //   - the node's conntrack flows with the pod's address, with their
 //     translations (conntrack -L).
 //
@@ -183,6 +186,13 @@ func printText(w io.Writer, r *Report) {
 	}
 	for _, nr := range r.NATRules {
 		p("-t %s %s", nr.Table, nr.Rule)
+	}
+	p("\n# nftables Service elements of the node naming the pod (nft list table ip podnet-proxy)")
+	if len(r.ServiceElements) == 0 {
+		p("none")
+	}
+	for _, e := range r.ServiceElements {
+		p("%s: %s", e.Table, e.Element)
 	}
 	p("\n# conntrack flows of the pod (conntrack -L)")
 	if len(r.Conntrack) == 0 {

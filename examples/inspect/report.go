@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
+	"github.com/podnet/podnet/service"
 	"github.com/podnet/podnet/veth"
 )
 
@@ -27,6 +29,10 @@ type Report struct {
 	PodRoutes  []string     `json:"podRoutes"`
 	NodeRoutes []NodeRoute  `json:"nodeRoutes"`
 	NATRules   []NATRule    `json:"natRules"`
+	// ServiceElements are the elements of the service proxy's nftables
+	// tables (podnet-proxy, kube-proxy) naming the pod's addresses: the
+	// Service ports that lead to it, its hairpin entry.
+	ServiceElements []ServiceElement `json:"serviceElements"`
 	Conntrack  []string     `json:"conntrack"`
 	Warnings   []string     `json:"warnings,omitempty"`
 	Addresses  []netip.Addr `json:"addresses"`
@@ -166,6 +172,10 @@ func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
 	if err != nil {
 		r.Warnings = append(r.Warnings, "read iptables: "+err.Error())
 	}
+	r.ServiceElements, err = serviceElements(node, r.Addresses)
+	if err != nil {
+		r.Warnings = append(r.Warnings, "read nftables: "+err.Error())
+	}
 	flows, err := conntrack.List(ctx, node, conntrack.Filter{}.Match)
 	if err != nil {
 		r.Warnings = append(r.Warnings, "read conntrack: "+err.Error())
@@ -240,6 +250,43 @@ func podSubnets(links []link.Info, pod *netns.NS) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// ServiceElement is one element of a service proxy's nftables table.
+type ServiceElement struct {
+	Table   string `json:"table"` // e.g. "ip podnet-proxy"
+	Element string `json:"element"`
+}
+
+// serviceElements returns the elements of the proxy tables of both chain
+// prefixes (podnet's and kube-proxy's names) in which one of addrs is a
+// field of the key or the value.
+func serviceElements(node *netns.NS, addrs []netip.Addr) ([]ServiceElement, error) {
+	var out []ServiceElement
+	for _, prefix := range []string{service.DefaultChainPrefix, service.KubeChainPrefix} {
+		ch, err := service.NewChains(prefix)
+		if err != nil {
+			return out, err
+		}
+		es, err := service.NftElements(node, prefix)
+		if err != nil {
+			return out, err
+		}
+		for _, e := range es {
+			fields := strings.Fields(e.Key + " " + e.Value)
+			for _, a := range addrs {
+				if slices.Contains(fields, a.String()) {
+					fam := "ip"
+					if e.Family == iptables.IPv6 {
+						fam = "ip6"
+					}
+					out = append(out, ServiceElement{Table: fam + " " + ch.TableName(), Element: e.String()})
+					break
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // natRules returns the node's rules in every table that name one of the

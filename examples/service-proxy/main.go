@@ -1,8 +1,8 @@
-// Command podnet-service-proxy keeps kube-proxy-style iptables rules for
-// the Services and EndpointSlices of a Kubernetes API server, or of
-// manifests on disk.
+// Command podnet-service-proxy keeps the Service rules of a node — native
+// nftables tables, or kube-proxy-style iptables rules — for the Services
+// and EndpointSlices of a Kubernetes API server, or of manifests on disk.
 //
-//	podnet-service-proxy --kubeconfig FILE [--node-name node0] [--cluster-cidr 10.200.0.0/16] [--netns /var/run/netns/node0]
+//	podnet-service-proxy --kubeconfig FILE [--node-name node0] [--cluster-cidr 10.200.0.0/16] [--netns /var/run/netns/node0] [--backend nftables|iptables]
 //	podnet-service-proxy --manifests DIR --node-name node0 --cluster-cidr 10.200.0.0/16
 //
 // Exactly one source: --kubeconfig (or, with neither flag, the in-cluster
@@ -17,6 +17,13 @@
 // is away, or a manifest is bad, the last good rules stay. Stopping the
 // proxy leaves the rules in place (established connections keep working);
 // --cleanup removes them.
+//
+// --backend chooses the rules: nftables (one table per family, named after
+// --chain-prefix: podnet-proxy) or iptables (kube-proxy's chains). By
+// default it is nftables where the kernel supports it and iptables
+// otherwise; the choice is logged. At start the proxy removes what the
+// other backend left with the same prefix, so switching backends leaves no
+// stale rules; --cleanup removes both.
 //
 // --metrics-addr serves /metrics (kube-proxy's metric names where they
 // mean the same), /healthz (503 once a change has waited more than twice
@@ -54,6 +61,7 @@ type options struct {
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
 	poll          time.Duration
+	backend       string
 }
 
 func main() {
@@ -71,6 +79,7 @@ func main() {
 	flag.DurationVar(&o.syncPeriod, "sync-period", service.DefaultSyncPeriod, "how often to check the canary chain and resync")
 	flag.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "least time between two syncs; changes arriving sooner are written together (0: at once)")
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
+	flag.StringVar(&o.backend, "backend", "", "nftables or iptables (default: nftables where the kernel supports it, else iptables)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -94,6 +103,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if o.cleanup {
 		return cleanup(ctx, ns, o, log)
 	}
+	mode, err := chooseBackend(ns, o.backend, log)
+	if err != nil {
+		return err
+	}
 	src, err := newSource(o, log)
 	if err != nil {
 		return err
@@ -103,8 +116,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
-	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
+	p, err := service.New(service.Config{NetNS: ns, Mode: mode, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
 	if err != nil {
+		return err
+	}
+	if err := removeOther(ctx, ns, o.prefix, mode, log); err != nil {
 		return err
 	}
 	if o.once {
@@ -133,15 +149,64 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	return nil
 }
 
-func cleanup(ctx context.Context, ns *netns.NS, o options, log *slog.Logger) error {
-	p, err := service.New(service.Config{NetNS: ns, ChainPrefix: o.prefix})
+// chooseBackend returns the mode the flag names, or by default nftables
+// where the kernel supports it.
+func chooseBackend(ns *netns.NS, flagValue string, log *slog.Logger) (service.Mode, error) {
+	switch service.Mode(flagValue) {
+	case service.ModeIptables:
+		return service.ModeIptables, nil
+	case service.ModeNftables:
+		if err := service.NftablesSupported(ns); err != nil {
+			return "", fmt.Errorf("--backend nftables: %w", err)
+		}
+		return service.ModeNftables, nil
+	case "":
+		if err := service.NftablesSupported(ns); err != nil {
+			log.Info("backend iptables: this kernel has no nftables support for the proxy", "err", err)
+			return service.ModeIptables, nil
+		}
+		log.Info("backend nftables (the kernel supports it; --backend iptables for kube-proxy's chains)")
+		return service.ModeNftables, nil
+	}
+	return "", fmt.Errorf("--backend %q: want nftables or iptables", flagValue)
+}
+
+// cleanupMode removes everything a proxy of mode and prefix owns, in both
+// families.
+func cleanupMode(ctx context.Context, ns *netns.NS, prefix string, mode service.Mode) error {
+	p, err := service.New(service.Config{NetNS: ns, Mode: mode, ChainPrefix: prefix, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}})
 	if err != nil {
 		return err
 	}
-	if err := p.Cleanup(ctx); err != nil {
+	return p.Cleanup(ctx)
+}
+
+// removeOther removes what the backend not in use left with the same
+// prefix (a proxy that ran with the other backend before).
+func removeOther(ctx context.Context, ns *netns.NS, prefix string, mode service.Mode, log *slog.Logger) error {
+	other := service.ModeNftables
+	if mode == service.ModeNftables {
+		other = service.ModeIptables
+	} else if service.NftablesSupported(ns) != nil {
+		return nil
+	}
+	if err := cleanupMode(ctx, ns, prefix, other); err != nil {
+		return fmt.Errorf("remove the %s backend's rules: %w", other, err)
+	}
+	log.Debug("removed the other backend's rules", "backend", other)
+	return nil
+}
+
+func cleanup(ctx context.Context, ns *netns.NS, o options, log *slog.Logger) error {
+	if err := cleanupMode(ctx, ns, o.prefix, service.ModeIptables); err != nil {
 		return err
 	}
-	log.Info("removed the proxy's rules", "netns", ns.String(), "prefix", o.prefix)
+	if err := service.NftablesSupported(ns); err == nil {
+		if err := cleanupMode(ctx, ns, o.prefix, service.ModeNftables); err != nil {
+			return err
+		}
+	}
+	log.Info("removed the proxy's rules (iptables chains and nftables tables)", "netns", ns.String(), "prefix", o.prefix)
 	return nil
 }
 

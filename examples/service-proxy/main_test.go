@@ -73,11 +73,13 @@ func proxyCmd(ns *netns.NS, args ...string) *exec.Cmd {
 	return exec.Command(filepath.Join(binDir, "podnet-service-proxy"), append([]string{"--netns", ns.Path(), "--node-name", "node0", "--cluster-cidr", "10.200.0.0/16"}, args...)...)
 }
 
+// save returns the namespace's rules under both backends: iptables-save of
+// nat and filter, then nft list ruleset.
 func save(t *testing.T, ns *netns.NS) string {
 	t.Helper()
 	var b strings.Builder
-	for _, tbl := range []string{"nat", "filter"} {
-		out, err := execns.Output(context.Background(), ns, nil, "iptables-save", "-t", tbl)
+	for _, args := range [][]string{{"iptables-save", "-t", "nat"}, {"iptables-save", "-t", "filter"}, {"nft", "list", "ruleset"}} {
+		out, err := execns.Output(context.Background(), ns, nil, args[0], args[1:]...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,17 +88,23 @@ func save(t *testing.T, ns *netns.NS) string {
 	return b.String()
 }
 
-// TestOnceAndCleanup: --once writes the rules of a manifest directory
-// (multi-document YAML and a JSON List) and exits, the rules staying;
-// --chain-prefix KUBE gives kube-proxy's chain names; --cleanup removes
-// everything the proxy owns.
+// hasClusterIP reports whether rules (of either backend) send ip somewhere:
+// an iptables match on ip/32 or an nftables element keyed by it.
+func hasClusterIP(rules, ip string) bool {
+	return strings.Contains(rules, ip+"/32") || strings.Contains(rules, ip+" . ")
+}
+
+// TestOnceAndCleanup: --once --backend iptables writes the rules of a
+// manifest directory (multi-document YAML and a JSON List) and exits, the
+// rules staying; --chain-prefix KUBE gives kube-proxy's chain names;
+// --cleanup removes everything the proxy owns.
 func TestOnceAndCleanup(t *testing.T) {
 	ns := nstest.NewNamed(t)
 	dir := t.TempDir()
 	writeFile(t, dir, "web.yaml", webManifest)
 	writeFile(t, dir, "dns.json", dnsManifest)
 	for _, prefix := range []string{"PODNET", "KUBE"} {
-		if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--chain-prefix", prefix).CombinedOutput(); err != nil {
+		if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "iptables", "--chain-prefix", prefix).CombinedOutput(); err != nil {
 			t.Fatalf("--once: %v\n%s", err, out)
 		}
 		rules := save(t, ns)
@@ -122,6 +130,59 @@ func TestOnceAndCleanup(t *testing.T) {
 	}
 	if rules := save(t, ns); strings.Contains(rules, "-SERVICES") || strings.Contains(rules, "podnet service") || strings.Contains(rules, "-SEP-") {
 		t.Errorf("after --cleanup:\n%s", rules)
+	}
+}
+
+// TestBackends: by default the proxy writes nftables (and says so); a run
+// with the other backend removes the first one's rules, and --cleanup
+// removes both backends' objects.
+func TestBackends(t *testing.T) {
+	ns := nstest.NewNamed(t)
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+	out, err := proxyCmd(ns, "--manifests", dir, "--once").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "backend nftables") {
+		t.Fatalf("--once: %v\n%s", err, out)
+	}
+	rules := save(t, ns)
+	for _, want := range []string{"table ip podnet-proxy {", "10.96.0.20 . tcp . 80", "tcp . 31088", "10.96.0.20 . tcp . 80 . 0x00000000 : 10.200.0.2 . 8080"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("nftables: no %q in\n%s", want, rules)
+		}
+	}
+	if strings.Contains(rules, "PODNET-SERVICES") {
+		t.Errorf("nftables run wrote iptables chains:\n%s", rules)
+	}
+	// Switch to iptables: the nftables table goes.
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "iptables").CombinedOutput(); err != nil {
+		t.Fatalf("--backend iptables: %v\n%s", err, out)
+	}
+	rules = save(t, ns)
+	if !strings.Contains(rules, "PODNET-SERVICES") || strings.Contains(rules, "podnet-proxy") {
+		t.Errorf("after switching to iptables:\n%s", rules)
+	}
+	// And back: the iptables chains go.
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "nftables").CombinedOutput(); err != nil {
+		t.Fatalf("--backend nftables: %v\n%s", err, out)
+	}
+	rules = save(t, ns)
+	if strings.Contains(rules, "PODNET-") || !strings.Contains(rules, "podnet-proxy") {
+		t.Errorf("after switching back to nftables:\n%s", rules)
+	}
+	// Both at once (a proxy of each prefix), then --cleanup of each prefix.
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "iptables", "--chain-prefix", "KUBE").CombinedOutput(); err != nil {
+		t.Fatalf("KUBE iptables: %v\n%s", err, out)
+	}
+	for _, prefix := range []string{"PODNET", "KUBE"} {
+		if out, err := proxyCmd(ns, "--cleanup", "--chain-prefix", prefix).CombinedOutput(); err != nil {
+			t.Fatalf("--cleanup: %v\n%s", err, out)
+		}
+	}
+	if rules := save(t, ns); strings.Contains(rules, "podnet-proxy") || strings.Contains(rules, "KUBE-") || strings.Contains(rules, "PODNET-") {
+		t.Errorf("after --cleanup:\n%s", rules)
+	}
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "ebpf").CombinedOutput(); err == nil || !strings.Contains(string(out), `--backend \"ebpf\": want nftables or iptables`) {
+		t.Errorf("bad --backend: %v\n%s", err, out)
 	}
 }
 
@@ -204,13 +265,13 @@ func TestDaemon(t *testing.T) {
 		}
 	}
 	writeFile(t, dir, "dns.json", dnsManifest)
-	waitFor("the dns Service's rules", func() bool { return strings.Contains(save(t, ns), "10.96.0.10/32") })
+	waitFor("the dns Service's rules", func() bool { return hasClusterIP(save(t, ns), "10.96.0.10") })
 	writeFile(t, dir, "web.yaml", strings.Replace(webManifest, "port: 80,", "port: 70000,", 1))
 	waitFor("the manifest error", func() bool {
 		_, m := get("/metrics")
 		return strings.Contains(m, "podnet_service_proxy_rejected_total 1\n")
 	})
-	if rules := save(t, ns); !strings.Contains(rules, "10.96.0.20/32") || !strings.Contains(rules, "10.96.0.10/32") {
+	if rules := save(t, ns); !hasClusterIP(rules, "10.96.0.20") || !hasClusterIP(rules, "10.96.0.10") {
 		t.Errorf("last good rules not kept:\n%s", rules)
 	}
 	if !strings.Contains(stderr.String(), "web.yaml: document 1: Service default/web") {
@@ -223,7 +284,7 @@ func TestDaemon(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("exit: %v\n%s", err, stderr.String())
 	}
-	if !strings.Contains(save(t, ns), "10.96.0.20/32") {
+	if !hasClusterIP(save(t, ns), "10.96.0.20") {
 		t.Error("rules removed on stop")
 	}
 }
