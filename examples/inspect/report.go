@@ -23,19 +23,19 @@ import (
 
 // Report is the walk of one pod's network path, what --json prints.
 type Report struct {
-	Pod        Namespace    `json:"pod"`
-	Interfaces []Interface  `json:"interfaces"`
-	Veth       *VethPath    `json:"veth,omitempty"`
-	PodRoutes  []string     `json:"podRoutes"`
-	NodeRoutes []NodeRoute  `json:"nodeRoutes"`
-	NATRules   []NATRule    `json:"natRules"`
+	Pod        Namespace   `json:"pod"`
+	Interfaces []Interface `json:"interfaces"`
+	Veth       *VethPath   `json:"veth,omitempty"`
+	PodRoutes  []string    `json:"podRoutes"`
+	NodeRoutes []NodeRoute `json:"nodeRoutes"`
+	NATRules   []NATRule   `json:"natRules"`
 	// ServiceElements are the elements of the service proxy's nftables
 	// tables (podnet-proxy, kube-proxy) naming the pod's addresses: the
 	// Service ports that lead to it, its hairpin entry.
 	ServiceElements []ServiceElement `json:"serviceElements"`
-	Conntrack  []string     `json:"conntrack"`
-	Warnings   []string     `json:"warnings,omitempty"`
-	Addresses  []netip.Addr `json:"addresses"`
+	Conntrack       []string         `json:"conntrack"`
+	Warnings        []string         `json:"warnings,omitempty"`
+	Addresses       []netip.Addr     `json:"addresses"`
 }
 
 // Namespace identifies the pod's network namespace.
