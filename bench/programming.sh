@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/programming.sh — network programming latency through a real
-# kube-apiserver: podnet-service-proxy and, side by side in the same run,
-# kube-proxy v1.34.2 (iptables and nftables modes, up to
-# --kube-proxy-max-services, default 1000).
+# kube-apiserver: podnet-service-proxy (--backend nftables and iptables)
+# and, side by side in the same run, kube-proxy v1.34.2 (iptables and
+# nftables modes, up to --kube-proxy-max-services, default 1000).
 #
 # For each size: N Services x 5 endpoints loaded through the API, each
 # proxy started in a throwaway namespace with a minimum sync period of 0,

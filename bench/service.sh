@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# bench/service.sh — the service proxy's full and partial sync against the
-# iptables-restore floor, at 1k and 10k Services × 5 endpoints.
+# bench/service.sh — the service proxy's two backends side by side, in one
+# run, each in throwaway namespaces:
 #
-# Runs service's BenchmarkSync once per size. Each size loads the proxy's
-# table with one flush-mode iptables-restore into an empty throwaway
-# namespace (the floor), then makes a new Proxy's full sync into another
-# one, then times 20 one-Service partial syncs. It prints floor, full sync,
-# full/floor (target ≤ 1.3) and the mean partial sync (target at 10k:
-# ≤ 100 ms). Everything happens in namespaces the benchmark creates.
+#   BenchmarkModes       full sync, one-Service partial syncs (add, change
+#                        endpoints, delete; median of 10 each) and the kernel
+#                        memory of the rules, nftables and iptables, at 1k,
+#                        10k and 30k Services × 5 endpoints; for nftables also
+#                        what one goto element costs once a verdict map holds
+#                        one per Service (the layout not chosen);
+#   BenchmarkFirstPacket new TCP connections per second to one Service
+#                        through the rules at 100 and 10k Services;
+#   BenchmarkSync        the iptables backend's full sync against the
+#                        iptables-restore floor at 1k and 10k.
 #
-# Usage: sudo bench/service.sh            (about a minute on 2 cores)
+# Usage: sudo bench/service.sh            (about 10 minutes on 2 cores)
+#        PODNET_BENCH_SIZES=1000,10000 sudo bench/service.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-exec go test -run '^$' -bench 'BenchmarkSync' -benchtime 1x -timeout 20m ./service/
+exec go test -run '^$' -bench 'BenchmarkModes|BenchmarkFirstPacket|BenchmarkSync$' -benchtime 1x -timeout 60m ./service/

@@ -1,9 +1,11 @@
 // Package service turns Kubernetes-style Services and their endpoints into
-// kube-proxy's iptables rules, and keeps them in sync — fully at start and
+// the node's Service rules, and keeps them in sync — fully at start and
 // incrementally afterwards — with the conntrack cleanup UDP Services need.
-// It writes rules through package iptables and deletes flows through
-// package conntrack; reading Kubernetes objects is the caller's business
-// (see examples/service-proxy).
+// It has two modes behind one Proxy: ModeIptables writes kube-proxy's
+// iptables layout through package iptables; ModeNftables writes native
+// nftables tables over netlink (github.com/google/nftables). Flows are
+// deleted through package conntrack; reading Kubernetes objects is the
+// caller's business (see examples/service-proxy and service/kube).
 //
 // # Model
 //
@@ -13,7 +15,7 @@
 // ready/serving/terminating, node). Service.Validate rejects bad input with
 // errors matching ErrInvalid that name the Service and field.
 //
-// # Rules
+// # Rules (ModeIptables)
 //
 // The layout is kube-proxy's; with PREFIX "KUBE" the names are exactly
 // kube-proxy's (KUBE-SVC-ERIFXISQEP7F7OF4 for kube-system/kube-dns:dns-tcp),
@@ -34,11 +36,44 @@
 // only when no endpoint is ready. A Service without endpoints is rejected
 // (ICMP port unreachable), never black-holed.
 //
+// # Tables (ModeNftables)
+//
+// One table per family, named after the prefix (Chains.TableName:
+// "podnet-proxy"; "kube-proxy" with KubeChainPrefix), holds everything;
+// nothing outside it is touched, so it coexists with iptables-nft's tables
+// and other nftables tables. Its rules are fixed; the Services are
+// elements of sets and data maps:
+//
+//	nat-prerouting, nat-output (nat, priority dstnat -100)  -> services
+//	services    mark off-cluster sources of cluster IPs (@cluster-masq) and external traffic (@external-masq…) for masquerade;
+//	            pods and the node -> ip-pod-entries (Local external policy); -> ip-entries; local destination -> nodeports
+//	ip-entries  KEY vmap @ip-affinity                                   (ClientIP affinity: a chain per Service port)
+//	            KEY @ip-N dnat to KEY . numgen random mod N map @ip-backends   (one rule per endpoint count N in use)
+//	nodeports   the same keyed by protocol . port
+//	nat-postrouting (nat, priority srcnat 100)   masquerade hairpin traffic (@hairpin) and marked packets (0x4000)
+//	filter-input, filter-forward, filter-output (filter, priority -10) for new connections:
+//	            reject cluster IPs without endpoints (@no-endpoints), reject or drop node ports and external IPs without (local) ones
+//
+// where KEY is ip daddr . meta l4proto . th dport. A partial sync adds and
+// deletes elements only, which nf_tables commits without validating the
+// table; only the first Service port with a new endpoint count adds a set
+// and a rule, and a change to a Service with ClientIP affinity rewrites
+// its chain (kube-proxy's per-endpoint dynamic sets), paying one
+// validation of the table. New connections meet a hash lookup per endpoint
+// count in use, however many Services there are. The nat chains share
+// their hooks' priorities with iptables-nft's nat table; the first to
+// translate a connection wins. NftElements reads the elements back.
+//
 // # Sync
 //
 // Proxy.Update, Delete and Replace change the model; Proxy.Sync writes the
-// changes in one iptables.Transaction (one iptables-restore --noflush per
-// family). A partial sync rewrites only the chains of changed Services and
+// changes: in ModeIptables in one iptables.Transaction (one
+// iptables-restore --noflush per family), in ModeNftables in one netlink
+// batch (one nf_tables transaction). The partial/full decision, the
+// record of what was written and conntrack cleanup are the same in both
+// modes. In ModeNftables a full sync deletes and rewrites each table in
+// the same transaction, and the canary is the one rule of nat-prerouting:
+// gone after nft flush table, delete table or flush ruleset. A partial sync rewrites only the chains of changed Services and
 // edits the shared chains (SERVICES, NODEPORTS, EXTERNAL-SERVICES) with
 // full-spec -I and -D lines, from the proxy's own record of what it wrote:
 // it never reads the tables back, so its cost does not grow with the
@@ -58,17 +93,22 @@
 //
 // # Limits
 //
-// A partial sync's cost does not grow with the number of Services on the
-// proxy's side, but the kernel re-validates every rule reachable from a
-// hooked base chain on each commit that adds a rule, so at tens of
-// thousands of Services a one-Service change takes a fraction of a second
-// whatever writes it. A full sync of 1000 chains or more resets the packet
+// In ModeIptables a partial sync's cost does not grow with the number of
+// Services on the proxy's side, but the kernel re-validates every rule
+// reachable from a hooked base chain on each commit that adds a rule, so
+// at tens of thousands of Services a one-Service change takes a fraction
+// of a second whatever writes it; ModeNftables avoids that (see above). In
+// ModeNftables a full sync (at start, after a failure, after a flush)
+// starts ClientIP affinity afresh, and two Services claiming the same IP,
+// protocol and port make the sync fail rather than one shadowing the
+// other. A full sync of 1000 chains or more resets the packet
 // counters of the tables it writes (see iptables.Transaction.ZeroCounters).
 // docs/performance.md has the figures and the commands that measure them.
 //
 // # Network namespaces
 //
-// The proxy acts in Config.NetNS (through iptables.Kernel and a conntrack socket
-// opened there); the caller's thread never changes namespace. Tests use a
+// The proxy acts in Config.NetNS (through iptables.Kernel, or an nf_tables
+// netlink socket, and a conntrack socket opened there); the caller's
+// thread never changes namespace. Tests use a
 // iptables.Fake as Config.Backend.
 package service

@@ -2,8 +2,6 @@ package service
 
 import (
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -14,10 +12,10 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
@@ -41,11 +39,6 @@ import (
 // element of a verdict map (@ip-affinity) leading to a chain per Service
 // port with a dynamic set per endpoint, so that a change to such a
 // Service adds rules and is validated.
-// nftChunkBytes bounds the elements of one netlink message: the list of
-// elements is one attribute, whose length field has 16 bits, so a longer
-// list would be cut short by the kernel without an error.
-const nftChunkBytes = 48 << 10
-
 // Chain priorities of the nftables tables. The nat chains sit at dstnat
 // and srcnat, where iptables-nft's nat table also is (the first chain to
 // set up a NAT binding for a connection wins); the filter chains run
@@ -245,8 +238,6 @@ func newNftFamily(f iptables.Family, table string) *nftFamily {
 
 // --- expressions -----------------------------------------------------------
 
-func ne32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
-
 func (ff *nftFamily) addrRegs() uint32 { return ff.alen / 4 }
 
 // keyRegs is the number of registers the key of kind k takes.
@@ -257,21 +248,9 @@ func (ff *nftFamily) keyRegs(k nftKind) uint32 {
 	return ff.addrRegs() + 2
 }
 
-func (ff *nftFamily) saddr(reg uint32) expr.Any {
-	off := uint32(12)
-	if ff.alen == 16 {
-		off = 8
-	}
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: ff.alen}
-}
+func (ff *nftFamily) saddr(reg uint32) expr.Any { return nft.SAddr(ff.f, reg) }
 
-func (ff *nftFamily) daddr(reg uint32) expr.Any {
-	off := uint32(16)
-	if ff.alen == 16 {
-		off = 24
-	}
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: ff.alen}
-}
+func (ff *nftFamily) daddr(reg uint32) expr.Any { return nft.DAddr(ff.f, reg) }
 
 // key loads the lookup key of kind k from reg on: daddr . l4proto . dport,
 // or l4proto . dport for node ports.
@@ -304,40 +283,25 @@ func (ff *nftFamily) inSet(k nftKind, set string) []expr.Any {
 
 // fromCIDR matches a source inside (or, with not, outside) the prefix.
 func (ff *nftFamily) fromCIDR(c netip.Prefix, not bool) []expr.Any {
-	mask := netip.PrefixFrom(c.Addr(), c.Bits())
-	m := make([]byte, ff.alen)
-	for i := 0; i < c.Bits(); i++ {
-		m[i/8] |= 0x80 >> (i % 8)
-	}
-	op := expr.CmpOpEq
-	if not {
-		op = expr.CmpOpNeq
-	}
-	return []expr.Any{ff.saddr(1),
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: ff.alen, Mask: m, Xor: make([]byte, ff.alen)},
-		&expr.Cmp{Op: op, Register: 1, Data: mask.Masked().Addr().AsSlice()}}
+	return nft.InPrefix(nft.SAddr, c, not)
 }
 
 // local matches a local source (saddr) or destination address.
 func local(saddr bool) []expr.Any {
 	return []expr.Any{&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: saddr, FlagDADDR: !saddr},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ne32(unix.RTN_LOCAL)}}
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nft.NE32(unix.RTN_LOCAL)}}
 }
 
 func setMark(bits uint32) []expr.Any {
 	return []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(^bits), Xor: ne32(bits)},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.NE32(^bits), Xor: nft.NE32(bits)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1}}
 }
 
 func ctNew() []expr.Any {
 	return []expr.Any{&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(expr.CtStateBitNEW), Xor: ne32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)}}
-}
-
-func verdict(kind expr.VerdictKind, chain string) *expr.Verdict {
-	return &expr.Verdict{Kind: kind, Chain: chain}
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.NE32(expr.CtStateBitNEW), Xor: nft.NE32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nft.NE32(0)}}
 }
 
 func (ff *nftFamily) reject() expr.Any {
@@ -413,7 +377,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	nodeports = append(nodeports,
 		slices.Concat(ff.inSet(nodePort, "nodeport-masq"), setMark(mark)),
 		slices.Concat(local(true), ff.inSet(nodePort, "nodeport-masq-local"), setMark(mark)))
-	jump := func(c string) []expr.Any { return []expr.Any{verdict(expr.VerdictJump, c)} }
+	jump := func(c string) []expr.Any { return []expr.Any{nft.Verdict(expr.VerdictJump, c)} }
 	if hasCIDR {
 		services = append(services, slices.Concat(ff.fromCIDR(cidr, false), jump(entriesChain(ipPod))))
 		nodeports = append(nodeports, slices.Concat(ff.fromCIDR(cidr, false), jump(entriesChain(nodePortPod))))
@@ -429,25 +393,25 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	masquerading := [][]expr.Any{
 		// Hairpin: an endpoint reaching itself through its Service.
 		{&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(ipsDstNAT), Xor: ne32(0)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ne32(0)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.NE32(ipsDstNAT), Xor: nft.NE32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nft.NE32(0)},
 			ff.saddr(reg0), ff.daddr(reg0 + a), ff.lookup("hairpin", reg0), &expr.Masq{FullyRandom: true}},
 		{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(mark), Xor: ne32(0)},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ne32(0)}, verdict(expr.VerdictReturn, "")},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.NE32(mark), Xor: nft.NE32(0)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nft.NE32(0)}, nft.Verdict(expr.VerdictReturn, "")},
 		{&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: ne32(^uint32(0)), Xor: ne32(mark)},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nft.NE32(^uint32(0)), Xor: nft.NE32(mark)},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 			&expr.Masq{FullyRandom: true}},
 	}
 	firewall := [][]expr.Any{slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()})}
 	external := [][]expr.Any{
 		slices.Concat(ff.inSet(ip, "external-reject"), []expr.Any{ff.reject()}),
-		slices.Concat(ff.inSet(ip, "external-drop"), []expr.Any{verdict(expr.VerdictDrop, "")}),
+		slices.Concat(ff.inSet(ip, "external-drop"), []expr.Any{nft.Verdict(expr.VerdictDrop, "")}),
 		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
-		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-drop"), []expr.Any{verdict(expr.VerdictDrop, "")}),
+		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-drop"), []expr.Any{nft.Verdict(expr.VerdictDrop, "")}),
 	}
-	newJump := func(c string) []expr.Any { return append(ctNew(), verdict(expr.VerdictJump, c)) }
+	newJump := func(c string) []expr.Any { return append(ctNew(), nft.Verdict(expr.VerdictJump, c)) }
 	chains := []nftChain{
 		{plain("services"), services},
 		{plain("nodeports"), nodeports},
@@ -540,7 +504,7 @@ func (np *nftPlane) entry(out *nftRendering, ff *nftFamily, k nftKind, key strin
 	}
 	out.add(ff.f, ff.shapeSet(shape).Name, key, "")
 	for i, c := range t.eps {
-		out.add(ff.f, k.name+"-backends", key+string(ne32(uint32(i))), backendVal(c.ap))
+		out.add(ff.f, k.name+"-backends", key+string(nft.NE32(uint32(i))), backendVal(c.ap))
 	}
 }
 
@@ -630,21 +594,9 @@ func (np *nftPlane) connect() (*nftables.Conn, error) {
 	if np.conn != nil {
 		return np.conn, nil
 	}
-	bufs := nftables.SockOption(func(c *netlink.Conn) error {
-		rc, err := c.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		err = rc.Control(func(fd uintptr) {
-			serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 256<<20),
-				unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20))
-		})
-		return errors.Join(err, serr)
-	})
-	c, err := nftables.New(nftables.WithNetNSFd(np.ns.Fd()), nftables.AsLasting(), nftables.WithSockOptions(bufs))
+	c, err := nft.Open(np.ns)
 	if err != nil {
-		return nil, fmt.Errorf("nftables socket in netns %q: %w", np.ns, err)
+		return nil, err
 	}
 	np.conn = c
 	return c, nil
@@ -698,34 +650,17 @@ func elem(s *nftables.Set, key, val string) nftables.SetElement {
 	e := nftables.SetElement{Key: []byte(key)}
 	switch {
 	case s.DataType.Name == nftables.TypeVerdict.Name:
-		e.VerdictData = verdict(expr.VerdictGoto, val)
+		e.VerdictData = nft.Verdict(expr.VerdictGoto, val)
 	case s.IsMap:
 		e.Val = []byte(val)
 	}
 	return e
 }
 
-// elemSize is an upper bound of the bytes e takes in a message.
-func elemSize(e nftables.SetElement) int {
-	n := 64 + len(e.Key) + len(e.Val)
-	if e.VerdictData != nil {
-		n += 32 + len(e.VerdictData.Chain)
-	}
-	return n
-}
-
 func (b *elemBatch) queue(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
 	for s, es := range m {
-		for len(es) > 0 {
-			n, size := 0, 0
-			for n < len(es) && size < nftChunkBytes {
-				size += elemSize(es[n])
-				n++
-			}
-			if err := op(s, es[:n]); err != nil {
-				return err
-			}
-			es = es[n:]
+		if err := nft.Chunked(s, es, op); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -785,7 +720,7 @@ func (np *nftPlane) writeAffinity(c *nftables.Conn, ff *nftFamily, a, old *nftAf
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: slices.Concat([]expr.Any{ff.saddr(reg0), update(s)}, ff.dnatTo(ap))})
 		}
 		rules = append(rules, slices.Concat([]expr.Any{ff.saddr(reg0), &expr.Lookup{SourceRegister: reg0, SetName: s.Name}, update(s)}, ff.dnatTo(ap)))
-		picks = append(picks, nftables.SetElement{Key: ne32(uint32(i)), VerdictData: verdict(expr.VerdictGoto, s.Name)})
+		picks = append(picks, nftables.SetElement{Key: nft.NE32(uint32(i)), VerdictData: nft.Verdict(expr.VerdictGoto, s.Name)})
 	}
 	if err := c.AddSet(pick, picks); err != nil {
 		return err

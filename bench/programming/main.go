@@ -6,8 +6,9 @@
 //
 // For each size it starts etcd and kube-apiserver on loopback (package
 // kubetest), creates N Services with one EndpointSlice of E endpoints
-// each, and then, for each proxy in turn — podnet-service-proxy and, when
-// --kube-proxy is given, kube-proxy in each of its modes — starts it with
+// each, and then, for each proxy in turn — podnet-service-proxy with each
+// of --podnet-backends and, when --kube-proxy is given, kube-proxy in each
+// of its modes — starts it with
 // a minimum sync period of 0 in a new throwaway network namespace (whose
 // loopback carries its connections to the API server on to it), waits
 // for its first full sync, changes U EndpointSlices one by one (one
@@ -16,7 +17,7 @@
 // Everything it starts it stops, and each namespace goes with its proxy.
 // Run it through bench/programming.sh.
 //
-//	programming --proxy bin/podnet-service-proxy [--kube-proxy .refbin/kube-proxy] [--services 1000,10000] [--endpoints 5] [--updates 200] [--interval 300ms]
+//	programming --proxy bin/podnet-service-proxy [--podnet-backends nftables,iptables] [--kube-proxy .refbin/kube-proxy] [--services 1000,10000] [--endpoints 5] [--updates 200] [--interval 300ms]
 package main
 
 import (
@@ -39,6 +40,7 @@ type config struct {
 	proxy     string
 	kubeProxy string // "" skips kube-proxy
 	kpModes   []string
+	backends  []string
 	kpMax     int
 	sizes     []int
 	endpoints int
@@ -52,12 +54,14 @@ func main() {
 	flag.StringVar(&c.proxy, "proxy", "bin/podnet-service-proxy", "the podnet-service-proxy binary")
 	flag.StringVar(&c.kubeProxy, "kube-proxy", "", "also measure this kube-proxy binary in the same run")
 	modes := flag.String("kube-proxy-modes", "iptables,nftables", "kube-proxy's modes to measure")
+	backends := flag.String("podnet-backends", "nftables,iptables", "podnet-service-proxy's --backend values to measure")
 	flag.IntVar(&c.kpMax, "kube-proxy-max-services", 1000, "measure kube-proxy only up to this many Services (its first iptables sync at 10k takes many minutes)")
 	flag.IntVar(&c.endpoints, "endpoints", 5, "endpoints per Service")
 	flag.IntVar(&c.updates, "updates", 200, "EndpointSlice changes to measure")
 	flag.DurationVar(&c.interval, "interval", 300*time.Millisecond, "time between two changes")
 	flag.Parse()
 	c.kpModes = strings.Split(*modes, ",")
+	c.backends = strings.Split(*backends, ",")
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 || n > 60000 {
@@ -99,7 +103,10 @@ func size(ctx context.Context, c config, n int) error {
 		return fmt.Errorf("load: %w", err)
 	}
 	loaded := time.Since(t)
-	runs := []proxyKind{{name: "podnet-service-proxy", bin: c.proxy}}
+	var runs []proxyKind
+	for _, b := range c.backends {
+		runs = append(runs, proxyKind{name: "podnet " + b, bin: c.proxy, backend: b})
+	}
 	if c.kubeProxy != "" && n <= c.kpMax {
 		for _, m := range c.kpModes {
 			runs = append(runs, proxyKind{name: "kube-proxy " + m, bin: c.kubeProxy, kubeMode: m})

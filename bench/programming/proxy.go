@@ -22,6 +22,7 @@ import (
 type proxyKind struct {
 	name, bin string
 	kubeMode  string // kube-proxy's --proxy-mode; "" for podnet-service-proxy
+	backend   string // podnet-service-proxy's --backend
 }
 
 // running is a proxy process in its own throwaway namespace, with its
@@ -57,7 +58,7 @@ func (k proxyKind) start(kubeconfig, apiAddr string) (*running, error) {
 	var cmd *exec.Cmd
 	if k.kubeMode == "" {
 		cmd = exec.Command("nsenter", "--net="+ns.Path(), k.bin, "--kubeconfig", kubeconfig, "--node-name", "node0",
-			"--cluster-cidr", "10.200.0.0/16", "--min-sync-period", "0", "--metrics-addr", addr)
+			"--cluster-cidr", "10.200.0.0/16", "--min-sync-period", "0", "--metrics-addr", addr, "--backend", k.backend)
 	} else {
 		cmd = exec.Command("nsenter", "--net="+ns.Path(), k.bin, "--kubeconfig", kubeconfig, "--hostname-override", "node0",
 			"--proxy-mode", k.kubeMode, "--cluster-cidr", "10.200.0.0/16", "--iptables-min-sync-period", "0",

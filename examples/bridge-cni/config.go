@@ -119,8 +119,10 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 		}
 		return nil, configError(types.ErrInvalidNetworkConfig, "%q is not supported by podnet-bridge (use the reference bridge plugin for it)", key)
 	}
-	if n.IPMasqBackend != "" && n.IPMasqBackend != "iptables" {
-		return nil, configError(types.ErrInvalidNetworkConfig, "ipMasqBackend %q is not supported (only iptables)", n.IPMasqBackend)
+	switch n.IPMasqBackend {
+	case "", "iptables", "nftables":
+	default:
+		return nil, configError(types.ErrInvalidNetworkConfig, "ipMasqBackend %q: want \"iptables\" or \"nftables\"", n.IPMasqBackend)
 	}
 	if n.Name == "" {
 		return nil, configError(types.ErrInvalidNetworkConfig, "network configuration has no name")

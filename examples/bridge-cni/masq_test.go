@@ -178,3 +178,78 @@ func TestMasqueradeRepaired(t *testing.T) {
 		t.Fatalf("CHECK after repair: %v", err)
 	}
 }
+
+func nftRuleset(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	var out []byte
+	err := ns.Do(func() error {
+		var err error
+		out, err = exec.Command("nft", "list", "ruleset").Output()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// TestMasqueradeNftables: with ipMasqBackend "nftables" the network's
+// masquerade lives in the podnet-masquerade table, one rule set whatever
+// the number of pods, with no iptables rule; a server outside sees the
+// node's address; CHECK sees the table deleted by hand and the next ADD
+// puts it back.
+func TestMasqueradeNftables(t *testing.T) {
+	n := newNode(t)
+	out := outside(t, n)
+	srv, err := probe.Serve(out, netip.MustParseAddrPort("10.240.0.99:8080"), "outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	conf := n.conf("1.0.0", map[string]any{"ipMasq": true, "ipMasqBackend": "nftables"})
+	var sizes []int
+	var first *netns.NS
+	for i := range 3 {
+		pod := nstest.New(t)
+		if i == 0 {
+			first = pod
+		}
+		mustAdd(t, n, conf, pod, "n"+string(rune('a'+i)))
+		r, err := probe.Ask(pod, "tcp", srv.Addr, 3*time.Second)
+		if err != nil {
+			t.Fatalf("pod → outside: %v", err)
+		}
+		if r.Source.Addr() != netip.MustParseAddr("10.240.0.20") {
+			t.Errorf("outside saw %v, want the node's 10.240.0.20", r.Source.Addr())
+		}
+		sizes = append(sizes, strings.Count(nftRuleset(t, n.ns), "\n"))
+	}
+	rules := nftRuleset(t, n.ns)
+	for _, want := range []string{"table ip podnet-masquerade", "type nat hook postrouting priority srcnat", "ip saddr 10.200.0.0/24 jump net-", "ip daddr != 10.200.0.0/24 masquerade", "ip daddr 224.0.0.0/4 return"} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("no %q in\n%s", want, rules)
+		}
+	}
+	if sizes[0] != sizes[2] {
+		t.Errorf("the ruleset grew with pods: %v lines", sizes)
+	}
+	if c := countRules(natRules(t, n.ns)); c != 0 {
+		t.Errorf("%d iptables nat rules with the nftables backend", c)
+	}
+	if err := n.check(conf, runtimeConf(first, "na")); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := n.ns.Do(func() error { return exec.Command("nft", "delete", "table", "ip", "podnet-masquerade").Run() }); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.check(conf, runtimeConf(first, "na")); err == nil || !strings.Contains(err.Error(), "masquerade") {
+		t.Fatalf("CHECK after the table was deleted: %v, want a masquerade error", err)
+	}
+	mustAdd(t, n, conf, nstest.New(t), "nd")
+	if got := nftRuleset(t, n.ns); !strings.Contains(got, "ip daddr != 10.200.0.0/24 masquerade") {
+		t.Fatalf("not repaired:\n%s", got)
+	}
+	if err := n.check(conf, runtimeConf(first, "na")); err != nil {
+		t.Fatalf("CHECK after repair: %v", err)
+	}
+}

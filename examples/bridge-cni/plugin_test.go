@@ -382,7 +382,7 @@ func TestConfigErrors(t *testing.T) {
 		{"vlan", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","vlan":100}`, types.ErrInvalidNetworkConfig},
 		{"vlanTrunk", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","vlanTrunk":[{"id":5}]}`, types.ErrInvalidNetworkConfig},
 		{"macspoofchk", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","macspoofchk":true}`, types.ErrInvalidNetworkConfig},
-		{"nftables", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","ipMasqBackend":"nftables"}`, types.ErrInvalidNetworkConfig},
+		{"ipMasqBackend", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","ipMasqBackend":"ebpf"}`, types.ErrInvalidNetworkConfig},
 		{"bridge name", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","bridge":"averyveryverylongname"}`, types.ErrInvalidNetworkConfig},
 		{"mtu", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","mtu":20}`, types.ErrInvalidNetworkConfig},
 		{"hairpin+promisc", `{"cniVersion":"1.0.0","name":"b","type":"podnet-bridge","hairpinMode":true,"promiscMode":true}`, types.ErrInvalidNetworkConfig},
