@@ -7,6 +7,9 @@
 //     chain per network and family, one POSTROUTING jump per subnet;
 //     multicast is excluded. Ensure is cheap when the rules are already
 //     there: it reads nf_tables over netlink instead of running iptables.
+//     EnsureNftables, CheckNftables and DeleteNftables write the same rule
+//     set as native nftables, in ip/ip6 tables of its own
+//     ("podnet-masquerade"), for ipMasqBackend "nftables".
 //   - HostPorts: CNI port mappings (the portmap plugin's job), with
 //     masquerade for hairpin and localhost traffic.
 //   - FindRefChains and DeleteRefChains: the reference bridge plugin's

@@ -33,6 +33,7 @@ func TestBehaviour(t *testing.T) {
 		{"UDPEndpointRemoval", testUDPEndpointRemoval},
 		{"SyncKeepsConnections", testSyncKeepsConnections},
 		{"Balance", testBalance},
+		{"AffinityTimeout", testAffinityTimeout},
 		{"IPv6", testIPv6},
 		{"DualStack", testDualStack},
 		{"SCTP", testSCTP},
@@ -510,4 +511,31 @@ func testExternalIP(t *testing.T, c *cluster) {
 	if r := ask(t, c.outside, "tcp", "203.0.113.7:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
 		t.Errorf("%+v", r)
 	}
+}
+
+// testAffinityTimeout: with a 1 s ClientIP affinity, a client that stays
+// idle longer than that is balanced afresh: over idle periods it reaches
+// another of the three endpoints (the chance that ten fresh picks all
+// land on the first is 3^-10). The wait is the timeout under test, not
+// synchronisation.
+func testAffinityTimeout(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	c.addPod("pod1b", 1, "10.200.1.3")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	s := svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod0a", "pod1a", "pod1b"))
+	s.Affinity, s.AffinitySeconds = AffinityClientIP, 1
+	apply(t, p, s)
+	first := ask(t, client.ns, "tcp", "10.96.0.20:80").Name
+	if again := ask(t, client.ns, "tcp", "10.96.0.20:80").Name; again != first {
+		t.Fatalf("within the timeout: %s then %s", first, again)
+	}
+	for range 10 {
+		time.Sleep(1200 * time.Millisecond) // let the affinity expire
+		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != first {
+			return
+		}
+	}
+	t.Errorf("after ten idle periods longer than the timeout, still only %s", first)
 }

@@ -175,9 +175,8 @@ func benchMode(b *testing.B, n int, mode Mode) {
 		line += fmt.Sprintf("; vmap design: one goto element %.1f ms", ms(vm))
 	}
 	b.Log(line)
-	if err := p.Cleanup(ctx); err != nil {
-		b.Fatal(err)
-	}
+	// The namespace goes with the benchmark; Cleanup in iptables mode at
+	// 30k (one restore of 180k -F/-X lines) would take minutes.
 }
 
 // vmapDesign fills ip-affinity, a verdict map the hooked chains look up,
@@ -227,35 +226,41 @@ func vmapDesign(b *testing.B, p *Proxy, svcs []Service) time.Duration {
 // with 100 and with 10k Services in the tables, for both modes. The two
 // sizes are set up side by side (a node each) and measured in alternating
 // one-second samples, 7 each, so that the machine's drift cancels out of
-// their ratio; the figures are medians. The Service measured sorts last,
+// their ratio; the figures are medians. A third node has 10k Services
+// with 1 to 64 endpoints (64 distinct counts, so in ModeNftables 64 set
+// lookups before the measured Service's, whose count is met last). The Service measured sorts last,
 // so in ModeIptables its rule is the last one of PODNET-SERVICES. The
 // client resets each connection (SO_LINGER 0) so no TIME_WAIT builds up.
 func BenchmarkFirstPacket(b *testing.B) {
 	for _, mode := range benchModes {
 		b.Run(fmt.Sprintf("mode=%s", mode), func(b *testing.B) {
 			for b.Loop() {
-				small, large := firstPacketNode(b, mode, 100), firstPacketNode(b, mode, 10000)
-				var rs, rl []float64
+				small, large, varied := firstPacketNode(b, mode, 100, 5), firstPacketNode(b, mode, 10000, 5), firstPacketNode(b, mode, 10000, 64)
+				var rs, rl, rv []float64
 				for range 7 {
 					rs = append(rs, small())
 					rl = append(rl, large())
+					rv = append(rv, varied())
 				}
-				slices.Sort(rs)
-				slices.Sort(rl)
-				s, l := rs[len(rs)/2], rl[len(rl)/2]
+				for _, r := range [][]float64{rs, rl, rv} {
+					slices.Sort(r)
+				}
+				s, l, v := rs[len(rs)/2], rl[len(rl)/2], rv[len(rv)/2]
 				b.ReportMetric(s, "conn/s@100")
 				b.ReportMetric(l, "conn/s@10k")
+				b.ReportMetric(v, "conn/s@10k-64counts")
 				b.ReportMetric(l/s, "10k/100")
-				b.Logf("%s: %.0f new connections/s with 100 Services, %.0f with 10k (%.2f×)", mode, s, l, l/s)
+				b.Logf("%s: %.0f new connections/s with 100 Services, %.0f with 10k (%.2f×), %.0f with 10k of 1–64 endpoints (%.2f×)", mode, s, l, l/s, v, v/s)
 			}
 		})
 	}
 }
 
-// firstPacketNode sets up a node with n Services, a client and the
-// measured Service's endpoint, and returns a function that counts the
-// connections the client makes through it in one second.
-func firstPacketNode(b *testing.B, mode Mode, n int) func() float64 {
+// firstPacketNode sets up a node with n Services of 5 endpoints (of 1 to
+// maxEps endpoints, in turn, when maxEps is not 5), a client and the
+// measured Service with one endpoint, and returns a function that counts
+// the connections the client makes through it in one second.
+func firstPacketNode(b *testing.B, mode Mode, n, maxEps int) func() float64 {
 	ctx := context.Background()
 	node, client, server := nstest.New(b), nstest.New(b), nstest.New(b)
 	for _, l := range []struct {
@@ -290,6 +295,16 @@ func firstPacketNode(b *testing.B, mode Mode, n int) func() float64 {
 		}
 	}()
 	svcs := manyServices(n-1, 5)
+	if maxEps != 5 {
+		// Counts 2..maxEps first, so that the target's count (1) comes
+		// last among the shapes.
+		for i := range svcs {
+			svcs[i].Endpoints = manyServices(1, 2+i%(maxEps-1))[0].Endpoints
+			for j := range svcs[i].Endpoints {
+				svcs[i].Endpoints[j].Addr = netip.AddrFrom4([4]byte{10, byte(100 + j), byte(i >> 8), byte(i)})
+			}
+		}
+	}
 	svcs = append(svcs, Service{Name: Name{"zz", "target"}, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.255.254")},
 		Ports:     []Port{{Name: "http", Protocol: TCP, Port: 80, TargetPort: 8080}},
 		Endpoints: []Endpoint{{Addr: netip.MustParseAddr("10.200.1.2"), Ready: true, Serving: true, NodeName: "node0"}}})

@@ -337,14 +337,16 @@ func (ff *nftFamily) shapeRule(s nftShape) []expr.Any {
 		ff.mapTo(s.kind.name+"-backends", reg0, reg0), ff.dnat()})
 }
 
-// sortedShapes returns the shapes by kind and endpoint count.
+// sortedShapes returns the shapes by kind, and by endpoint count from
+// the largest: a full sync writes the rules of Services with many
+// endpoints, which likely take the most new connections, first.
 func sortedShapes(m map[nftShape]bool) []nftShape {
 	out := slices.Collect(mapKeysOf(m))
 	slices.SortFunc(out, func(a, b nftShape) int {
 		if c := strings.Compare(a.kind.name, b.kind.name); c != 0 {
 			return c
 		}
-		return a.n - b.n
+		return b.n - a.n
 	})
 	return out
 }
