@@ -5,7 +5,7 @@ REFBIN := $(CURDIR)/.refbin
 PLUGINS_VERSION := v1.10.0
 CNITOOL_VERSION := v1.3.0
 STATICCHECK_VERSION := v0.8.2
-APT_PKGS := iproute2 iptables conntrack iputils-ping ethtool kmod util-linux etcd-server
+APT_PKGS := iproute2 iptables nftables conntrack iputils-ping ethtool kmod util-linux etcd-server
 KUBE_VERSION := v1.34.2
 KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin

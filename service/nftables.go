@@ -704,7 +704,7 @@ func (np *nftPlane) writeAffinity(c *nftables.Conn, ff *nftFamily, a, old *nftAf
 		c.AddChain(group)
 	}
 	epSet := func(ap netip.AddrPort) *nftables.Set {
-		return &nftables.Set{Table: t, Name: a.endpointName(ap), KeyType: ff.addrType(), HasTimeout: true, Dynamic: true, Timeout: time.Duration(a.timeout) * time.Second}
+		return &nftables.Set{Table: t, Name: a.endpointName(ap), ID: nftSetIDs.Add(1), KeyType: ff.addrType(), HasTimeout: true, Dynamic: true, Timeout: time.Duration(a.timeout) * time.Second}
 	}
 	update := func(s *nftables.Set) expr.Any {
 		return &expr.Dynset{SrcRegKey: reg0, SetName: s.Name, Operation: unix.NFT_DYNSET_OP_UPDATE}

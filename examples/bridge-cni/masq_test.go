@@ -39,12 +39,13 @@ func outside(t *testing.T, n *node) *netns.NS {
 	return out
 }
 
-func natRules(t *testing.T, ns *netns.NS) string {
+// output runs a command inside ns and returns its standard output.
+func output(t *testing.T, ns *netns.NS, name string, args ...string) string {
 	t.Helper()
 	var out []byte
 	err := ns.Do(func() error {
 		var err error
-		out, err = exec.Command("iptables-save", "-t", "nat").Output()
+		out, err = exec.Command(name, args...).Output()
 		return err
 	})
 	if err != nil {
@@ -52,6 +53,8 @@ func natRules(t *testing.T, ns *netns.NS) string {
 	}
 	return string(out)
 }
+
+func natRules(t *testing.T, ns *netns.NS) string { return output(t, ns, "iptables-save", "-t", "nat") }
 
 func countRules(save string) int {
 	n := 0
@@ -179,19 +182,7 @@ func TestMasqueradeRepaired(t *testing.T) {
 	}
 }
 
-func nftRuleset(t *testing.T, ns *netns.NS) string {
-	t.Helper()
-	var out []byte
-	err := ns.Do(func() error {
-		var err error
-		out, err = exec.Command("nft", "list", "ruleset").Output()
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out)
-}
+func nftRuleset(t *testing.T, ns *netns.NS) string { return output(t, ns, "nft", "list", "ruleset") }
 
 // TestMasqueradeNftables: with ipMasqBackend "nftables" the network's
 // masquerade lives in the podnet-masquerade table, one rule set whatever
