@@ -55,14 +55,6 @@ func (m NetworkMasquerade) digest() string {
 	return hex.EncodeToString(h[:6])
 }
 
-func nftFamilyTable(f podnet.Family, name string) *nftables.Table {
-	t := &nftables.Table{Name: name, Family: nftables.TableFamilyIPv4}
-	if f == podnet.IPv6 {
-		t.Family = nftables.TableFamilyIPv6
-	}
-	return t
-}
-
 // nftRules returns the network chain's rules and the postrouting jumps of
 // family f.
 func (m NetworkMasquerade) nftRules(f podnet.Family) (chain, jumps []*nftables.Rule) {
@@ -147,7 +139,7 @@ func (m NetworkMasquerade) EnsureNftables(ns *netns.NS) error {
 	defer c.CloseLasting()
 	writes := false
 	for _, f := range m.families() {
-		t := nftFamilyTable(f, m.NftTable())
+		t := nft.Table(f, m.NftTable())
 		st := m.nftRead(c, t)
 		if m.current(st, f) {
 			continue
@@ -194,7 +186,7 @@ func (m NetworkMasquerade) CheckNftables(ns *netns.NS) error {
 		return err
 	}
 	for _, f := range m.families() {
-		t := nftFamilyTable(f, m.NftTable())
+		t := nft.Table(f, m.NftTable())
 		if !m.current(m.nftRead(c, t), f) {
 			return fmt.Errorf("masquerade %q: the %v rules in nftables table %s of netns %q are missing or differ: %w", m.Network, f, t.Name, ns, podnet.ErrNotFound)
 		}
@@ -218,7 +210,7 @@ func (m NetworkMasquerade) DeleteNftables(ns *netns.NS) error {
 	defer c.CloseLasting()
 	writes := false
 	for _, f := range []podnet.Family{podnet.IPv4, podnet.IPv6} {
-		t := nftFamilyTable(f, m.NftTable())
+		t := nft.Table(f, m.NftTable())
 		st := m.nftRead(c, t)
 		for _, r := range st.jumps {
 			if err := c.DelRule(r); err != nil {

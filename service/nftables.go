@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -208,11 +209,8 @@ func (ff *nftFamily) shapeSet(s nftShape) *nftables.Set {
 }
 
 func newNftFamily(f iptables.Family, table string) *nftFamily {
-	ff := &nftFamily{f: f, alen: 4, table: &nftables.Table{Name: table, Family: nftables.TableFamilyIPv4},
+	ff := &nftFamily{f: f, alen: nft.AddrLen(f), table: nft.Table(f, table),
 		shapes: map[nftShape]bool{}, refs: map[string]int{}, sets: map[string]*nftables.Set{}}
-	if f == iptables.IPv6 {
-		ff.alen, ff.table.Family = 16, nftables.TableFamilyIPv6
-	}
 	addr := ff.addrType()
 	ipKey, npKey := ff.keyType(nftKinds[0]), ff.keyType(nftKinds[2])
 	backend := nftables.MustConcatSetType(addr, nftables.TypeInetService)
@@ -341,7 +339,7 @@ func (ff *nftFamily) shapeRule(s nftShape) []expr.Any {
 // the largest: a full sync writes the rules of Services with many
 // endpoints, which likely take the most new connections, first.
 func sortedShapes(m map[nftShape]bool) []nftShape {
-	out := slices.Collect(mapKeysOf(m))
+	out := slices.Collect(maps.Keys(m))
 	slices.SortFunc(out, func(a, b nftShape) int {
 		if c := strings.Compare(a.kind.name, b.kind.name); c != 0 {
 			return c
@@ -614,10 +612,11 @@ func (np *nftPlane) flush(c *nftables.Conn) error {
 	return nil
 }
 
-func (np *nftPlane) tableNames() []*nftables.Table {
+// tables returns the proxy's table in each family it programs.
+func (np *nftPlane) tables() []*nftables.Table {
 	var ts []*nftables.Table
 	for _, f := range np.p.r.families {
-		ts = append(ts, newNftFamily(f, np.p.ch.TableName()).table)
+		ts = append(ts, nft.Table(f, np.p.ch.TableName()))
 	}
 	return ts
 }
@@ -630,7 +629,7 @@ func (np *nftPlane) intact() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, t := range np.tableNames() {
+	for _, t := range np.tables() {
 		rules, err := c.GetRules(t, &nftables.Chain{Name: "nat-prerouting", Table: t})
 		if err != nil || len(rules) != 1 {
 			return false, nil
@@ -791,7 +790,7 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResul
 		c.AddTable(ff.table)
 		c.DelTable(ff.table)
 		c.AddTable(ff.table)
-		for _, name := range slices.Sorted(mapKeysOf(ff.sets)) {
+		for _, name := range slices.Sorted(maps.Keys(ff.sets)) {
 			if err := c.AddSet(ff.sets[name], nil); err != nil {
 				return res, nil, err
 			}
@@ -841,16 +840,6 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResul
 	np.written = renders
 	res.Services = len(renders)
 	return res, filters, nil
-}
-
-func mapKeysOf[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // partial writes the dirty Services as element changes: deletions of
@@ -1014,7 +1003,7 @@ func (np *nftPlane) cleanup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, t := range np.tableNames() {
+	for _, t := range np.tables() {
 		c.AddTable(t)
 		c.DelTable(t)
 	}

@@ -43,6 +43,14 @@ func Open(ns *netns.NS) (*nftables.Conn, error) {
 	return c, nil
 }
 
+// Table returns the nf_tables table name in the ip (IPv4) or ip6 family.
+func Table(f podnet.Family, name string) *nftables.Table {
+	if f == podnet.IPv6 {
+		return &nftables.Table{Name: name, Family: nftables.TableFamilyIPv6}
+	}
+	return &nftables.Table{Name: name, Family: nftables.TableFamilyIPv4}
+}
+
 // chunkBytes bounds the elements of one netlink message: a message's
 // element list is one attribute, whose length field has 16 bits, so a
 // longer list would be cut short by the kernel without an error.
