@@ -48,7 +48,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		}
 	}
 	if n.IPMasq {
-		if err := removeLegacyMasquerade(host, n, args.ContainerID); err != nil {
+		if err := removeLegacyMasquerade(host, n, args.IfName, args.ContainerID); err != nil {
 			return err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/cni"
@@ -56,11 +57,15 @@ func checkMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error 
 }
 
 // removeLegacyMasquerade deletes the reference bridge plugin's per-container
-// chain (CNI-<hash>, commented `name: "NET" id: "ID"`) of containerID, so a
-// node that ran the reference plugin is cleaned up pod by pod. A node
-// without such chains pays no exec.
-func removeLegacyMasquerade(host *netns.NS, n *netConf, containerID string) error {
-	_, err := nat.DeleteRefChains(context.Background(), iptables.NewKernel(host), n.Name, containerID)
+// masquerade of containerID — its iptables chain (CNI-<hash>, commented
+// `name: "NET" id: "ID"`) or, from its nftables backend, its rule in
+// inet cni_plugins_masquerade — so a node that ran the reference plugin is
+// cleaned up pod by pod. A node without them pays no exec.
+func removeLegacyMasquerade(host *netns.NS, n *netConf, ifName, containerID string) error {
+	if _, err := nat.DeleteRefChains(context.Background(), iptables.NewKernel(host), n.Name, containerID); err != nil {
+		return err
+	}
+	_, err := nat.DeleteRefNftRules(host, n.Name, ifName, containerID)
 	return err
 }
 
@@ -83,6 +88,17 @@ func gcLegacyMasquerade(host *netns.NS, n *netConf) error {
 		}
 		if _, err := nat.DeleteRefChains(ctx, k, n.Name, rc.ContainerID); err != nil {
 			return err
+		}
+	}
+	rules, err := nat.FindRefNftRules(host, n.Name)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if !slices.ContainsFunc(n.ValidAttachments, func(a types.GCAttachment) bool { return a.ContainerID == r.ContainerID && a.IfName == r.IfName }) {
+			if _, err := nat.DeleteRefNftRules(host, n.Name, r.IfName, r.ContainerID); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

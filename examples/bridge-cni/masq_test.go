@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -8,9 +9,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/testenv/probe"
+	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"
@@ -242,5 +245,52 @@ func TestMasqueradeNftables(t *testing.T) {
 	}
 	if err := n.check(conf, runtimeConf(first, "na")); err != nil {
 		t.Fatalf("CHECK after repair: %v", err)
+	}
+}
+
+// TestMigrationFromReferenceNftables: the reference bridge plugin with
+// ipMasqBackend "nftables" writes one rule per container into
+// inet cni_plugins_masquerade; DEL of those pods through podnet-bridge
+// removes each pod's rule, and GC removes the rule of a container that is
+// no longer a valid attachment.
+func TestMigrationFromReferenceNftables(t *testing.T) {
+	n := newNode(t)
+	ref := n.conf("1.0.0", map[string]any{"type": "bridge", "ipMasq": true, "ipMasqBackend": "nftables"})
+	ours := n.conf("1.0.0", map[string]any{"ipMasq": true, "ipMasqBackend": "nftables"})
+	var oldRT []*libcni.RuntimeConf
+	for i := range 3 {
+		rt := runtimeConf(nstest.New(t), "ref"+string(rune('a'+i)))
+		if _, err := n.add(ref, rt); err != nil {
+			t.Fatalf("reference ADD: %v", err)
+		}
+		oldRT = append(oldRT, rt)
+	}
+	perPod := func() int {
+		return strings.Count(output(t, n.ns, "nft", "list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"), " masquerade comment ")
+	}
+	if got := perPod(); got != 3 {
+		t.Fatalf("the reference plugin made %d per-container nftables rules, want 3:\n%s", got, nftRuleset(t, n.ns))
+	}
+	for _, rt := range oldRT[:2] {
+		if err := n.del(ours, rt); err != nil {
+			t.Fatalf("DEL of a reference pod with podnet-bridge: %v", err)
+		}
+	}
+	if got := perPod(); got != 1 {
+		t.Errorf("after two DELs, %d reference rules, want 1:\n%s", got, nftRuleset(t, n.ns))
+	}
+	rules, err := nat.FindRefNftRules(n.ns, "bridge")
+	if err != nil || len(rules) != 1 || rules[0].ContainerID != oldRT[2].ContainerID || rules[0].IfName != "eth0" {
+		t.Errorf("FindRefNftRules: %+v %v", rules, err)
+	}
+	// GC with another valid attachment removes the last one.
+	err = n.in(func(ctx context.Context) error {
+		return n.cni.GCNetworkList(ctx, n.confList(ours), &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: "keep", IfName: "eth0"}}})
+	})
+	if err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if got := perPod(); got != 0 {
+		t.Errorf("after GC, %d reference rules left:\n%s", got, nftRuleset(t, n.ns))
 	}
 }
