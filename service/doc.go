@@ -99,9 +99,10 @@
 // at tens of thousands of Services a one-Service change takes a fraction
 // of a second whatever writes it; ModeNftables avoids that (see above). In
 // ModeNftables a full sync (at start, after a failure, after a flush)
-// starts ClientIP affinity afresh, and two Services claiming the same IP,
-// protocol and port make the sync fail rather than one shadowing the
-// other. A full sync of 1000 chains or more resets the packet
+// starts ClientIP affinity afresh. When two Services claim the same IP,
+// protocol and port (or node port), the first by namespace and name holds
+// it and the other is skipped with a warning until the first lets go of
+// it; in ModeIptables both rules are written and the first one matches. A full sync of 1000 chains or more resets the packet
 // counters of the tables it writes (see iptables.Transaction.ZeroCounters).
 // docs/performance.md has the figures and the commands that measure them.
 //

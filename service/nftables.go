@@ -143,6 +143,11 @@ type nftPlane struct {
 	conn    *nftables.Conn
 	fams    map[iptables.Family]*nftFamily
 	written map[Name]*nftRendering
+	// owners says which Service holds each entry (an address, protocol
+	// and port, or a node port, of one family); losers are the Services
+	// that wanted one another held, to be synced again when it is let go.
+	owners map[string]Name
+	losers map[string]map[Name]bool
 }
 
 func newNftPlane(p *Proxy) *nftPlane {
@@ -463,6 +468,53 @@ func (r *nftRendering) add(f iptables.Family, set, key, val string) {
 	r.elems[nftElem{f, set, key}] = val
 }
 
+// entryOf names the entry an element belongs to: every element but the
+// hairpin set's is keyed by its entry's key (the backends' by the key and
+// a slot).
+func entryOf(e nftElem) string {
+	key := e.key
+	if strings.HasSuffix(e.set, "-backends") {
+		key = key[:len(key)-4]
+	}
+	tag := "ip/"
+	if strings.HasPrefix(e.set, "nodeport") {
+		tag = "np/"
+	}
+	return e.f.String() + "/" + tag + key
+}
+
+// claim gives n the entries of r no other Service holds, and drops from r
+// the elements of those another holds (two Services with one external
+// IP and port, say): the first keeps it, as the first iptables rule
+// would, and the sync does not fail on a duplicate element.
+func (np *nftPlane) claim(n Name, r *nftRendering) {
+	for e := range r.elems {
+		id := entryOf(e)
+		if o, held := np.owners[id]; held && o != n {
+			delete(r.elems, e)
+			if np.losers[id] == nil {
+				np.losers[id] = map[Name]bool{}
+				np.p.log.Warn("service port entry already held by another Service; skipped", "service", n.String(), "holder", o.String())
+			}
+			np.losers[id][n] = true
+			continue
+		}
+		np.owners[id] = n
+	}
+}
+
+// release lets go of the entries of n's old rendering, and returns them.
+func (np *nftPlane) release(n Name, r *nftRendering) []string {
+	var ids []string
+	for e := range r.elems {
+		if id := entryOf(e); np.owners[id] == n {
+			delete(np.owners, id)
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
 // nftTarget is an endpoint list that entries lead to.
 type nftTarget struct {
 	eps []epChoice
@@ -770,8 +822,10 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResul
 	}
 	renders := make(map[Name]*nftRendering, len(want))
 	b := newElemBatch()
+	np.owners, np.losers = map[string]Name{}, map[string]map[Name]bool{}
 	for _, n := range sortedNames(want) {
 		r := np.render(want[n])
+		np.claim(n, r)
 		renders[n] = r
 		for e, v := range r.elems {
 			s := np.fams[e.f].sets[e.set]
@@ -862,11 +916,23 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 	refDelta := map[nftElem]int{}
 	type affChange struct{ a, old *nftAffinity }
 	var affs []affChange
+	// Entries the dirty Services let go of are free for the others among
+	// them, and for the Services that wanted them before: those join
+	// this sync, so an entry passes from one to the other in one
+	// transaction.
+	var released []string
+	for _, n := range sortedNames(dirty) {
+		if or := np.written[n]; or != nil {
+			released = append(released, np.release(n, or)...)
+		}
+	}
+	np.addLosers(released, dirty, want)
 	for _, n := range sortedNames(dirty) {
 		or := np.written[n]
 		var nr *nftRendering
 		if s := want[n]; s != nil {
 			nr = np.render(s)
+			np.claim(n, nr)
 		}
 		renders[n] = nr
 		var oldElems, newElems map[nftElem]string
@@ -984,6 +1050,30 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 	return res, filters, nil
 }
 
+// addLosers adds to dirty and want the Services that wanted one of the
+// released entries while another held it.
+func (np *nftPlane) addLosers(released []string, dirty map[Name]bool, want map[Name]*Service) {
+	var more []Name
+	for _, id := range released {
+		for n := range np.losers[id] {
+			if !dirty[n] {
+				more = append(more, n)
+			}
+		}
+		delete(np.losers, id)
+	}
+	if len(more) == 0 {
+		return
+	}
+	np.p.mu.Lock()
+	defer np.p.mu.Unlock()
+	for _, n := range more {
+		if s := np.p.want[n]; s != nil {
+			dirty[n], want[n] = true, s
+		}
+	}
+}
+
 func nftFlowFilters(old, new *nftRendering) []conntrack.Filter {
 	var o, n *rendering
 	if old != nil {
@@ -1011,7 +1101,7 @@ func (np *nftPlane) cleanup(ctx context.Context) error {
 		return fmt.Errorf("delete nftables table %q in netns %q: %w", np.p.ch.TableName(), np.ns, err)
 	}
 	np.written = map[Name]*nftRendering{}
-	np.fams = nil
+	np.fams, np.owners, np.losers = nil, nil, nil
 	return nil
 }
 

@@ -176,3 +176,46 @@ func TestNftElements(t *testing.T) {
 		}
 	}
 }
+
+// TestNftablesDuplicateEntry: two Services claiming one cluster IP and
+// port do not make the sync fail (nf_tables refuses a second element with
+// the key): the first by name holds it, the other is skipped, and takes
+// it over in the same sync that deletes the first.
+func TestNftablesDuplicateEntry(t *testing.T) {
+	ns := nstest.New(t)
+	p, err := New(Config{NetNS: ns, Mode: ModeNftables})
+	must(t, err)
+	t.Cleanup(func() { p.Cleanup(context.Background()) })
+	a := svc("a", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true}})
+	b := svc("b", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.3"), Ready: true, Serving: true}})
+	c := svc("c", "10.96.0.21", TCP, 80, []Endpoint{{Addr: ip("10.200.0.4"), Ready: true, Serving: true}})
+	backendOf := func() string {
+		t.Helper()
+		es, err := NftElements(ns, "")
+		must(t, err)
+		var got []string
+		for _, e := range es {
+			if e.Set == "ip-backends" && strings.HasPrefix(e.Key, "10.96.0.20 ") {
+				got = append(got, e.Value)
+			}
+		}
+		return strings.Join(got, ",")
+	}
+	apply(t, p, a, b, c)
+	if got := backendOf(); got != "10.200.0.2 . 8080" {
+		t.Fatalf("after the full sync: %q, want a's endpoint alone", got)
+	}
+	// A partial sync with the conflict in it works too.
+	b.Endpoints[0].Addr = ip("10.200.0.5")
+	apply(t, p, b)
+	if got := backendOf(); got != "10.200.0.2 . 8080" {
+		t.Fatalf("after b changed: %q, want a's endpoint", got)
+	}
+	p.Delete(a.Name)
+	if res := apply(t, p); res.Full || res.Services != 2 {
+		t.Errorf("deleting a: %+v, want a partial sync of a and b", res)
+	}
+	if got := backendOf(); got != "10.200.0.5 . 8080" {
+		t.Errorf("b did not take over in the same sync: %q", got)
+	}
+}
