@@ -181,10 +181,11 @@ func (m NetworkMasquerade) CheckNftables(ns *netns.NS) error {
 	if err := m.validate(); err != nil {
 		return err
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	c, err := nft.Open(ns)
 	if err != nil {
 		return err
 	}
+	defer c.CloseLasting()
 	for _, f := range m.families() {
 		t := nft.Table(f, m.NftTable())
 		if !m.current(m.nftRead(c, t), f) {

@@ -28,9 +28,9 @@ type RefNftRule struct {
 	rule                *nftables.Rule
 }
 
-// owns reports whether the rule is the one of containerID (and ifname,
-// unless ""), allowing for an ID cut short with the comment.
-func (r RefNftRule) owns(ifname, containerID string) bool {
+// Owns reports whether the rule is the one of containerID on interface
+// ifname ("" for any), allowing for an ID cut short with the comment.
+func (r RefNftRule) Owns(ifname, containerID string) bool {
 	if ifname != "" && r.IfName != ifname {
 		return false
 	}
@@ -42,10 +42,15 @@ func (r RefNftRule) owns(ifname, containerID string) bool {
 //
 // Equivalent to: nft -a list chain inet cni_plugins_masquerade masq_checks | grep "net: NET,"
 func FindRefNftRules(ns *netns.NS, network string) ([]RefNftRule, error) {
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	c, err := nft.Open(ns)
 	if err != nil {
 		return nil, err
 	}
+	defer c.CloseLasting()
+	return findRefNftRules(c, ns, network)
+}
+
+func findRefNftRules(c *nftables.Conn, ns *netns.NS, network string) ([]RefNftRule, error) {
 	t := &nftables.Table{Name: refNftTable, Family: nftables.TableFamilyINet}
 	if _, err := c.ListChain(t, refNftChain); err != nil {
 		return nil, nil // no such table or chain: nothing of the reference's
@@ -70,23 +75,26 @@ func FindRefNftRules(ns *netns.NS, network string) ([]RefNftRule, error) {
 	return out, nil
 }
 
-// DeleteRefNftRules deletes the reference plugin's nftables masquerade
-// rules of network for containerID on interface ifname ("" for any) in one
-// transaction, and returns how many there were.
+// DeleteRefNftRules deletes, in one transaction, the reference plugin's
+// nftables masquerade rules of network that match selects (a container's
+// on DEL: RefNftRule.Owns; those of gone containers on GC), and returns
+// how many there were. A node without the reference's table costs one
+// netlink query.
 //
 // Equivalent to: nft delete rule inet cni_plugins_masquerade masq_checks handle H
-func DeleteRefNftRules(ns *netns.NS, network, ifname, containerID string) (int, error) {
-	rules, err := FindRefNftRules(ns, network)
-	if err != nil || len(rules) == 0 {
+func DeleteRefNftRules(ns *netns.NS, network string, match func(RefNftRule) bool) (int, error) {
+	c, err := nft.Open(ns)
+	if err != nil {
 		return 0, err
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	defer c.CloseLasting()
+	rules, err := findRefNftRules(c, ns, network)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
 	for _, r := range rules {
-		if r.owns(ifname, containerID) {
+		if match(r) {
 			if err := c.DelRule(r.rule); err != nil {
 				return 0, err
 			}
@@ -97,7 +105,7 @@ func DeleteRefNftRules(ns *netns.NS, network, ifname, containerID string) (int, 
 		return 0, nil
 	}
 	if err := c.Flush(); err != nil {
-		return 0, fmt.Errorf("delete the reference plugin's nftables masquerade of %s in netns %q: %w", containerID, ns, err)
+		return 0, fmt.Errorf("delete the reference plugin's nftables masquerade of network %q in netns %q: %w", network, ns, err)
 	}
 	return n, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
@@ -207,9 +208,7 @@ func vmapDesign(b *testing.B, p *Proxy, svcs []Service) time.Duration {
 	for i := range svcs {
 		es = append(es, nftables.SetElement{Key: []byte(ipKey(netip.AddrFrom4([4]byte{10, 98, byte(i >> 8), byte(i)}), TCP, 80)), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: target}})
 	}
-	batch := newElemBatch()
-	batch.add[set] = es
-	if err := batch.queue(batch.add, c.SetAddElements); err != nil {
+	if err := nft.Chunked(set, es, c.SetAddElements); err != nil {
 		b.Fatal(err)
 	}
 	if err := np.flush(c); err != nil {
@@ -281,15 +280,15 @@ func firstPacketNode(b *testing.B, mode Mode, n, maxEps int) func() float64 {
 		if _, err := veth.Create(node, veth.Spec{Name: l.name, PeerName: l.host, PeerNS: l.peer}); err != nil {
 			b.Fatal(err)
 		}
-		must2(b, addr.Ensure(node, l.name, netip.MustParsePrefix(l.hostIP)))
-		must2(b, addr.Ensure(l.peer, l.host, netip.MustParsePrefix(l.podIP)))
-		must2(b, route.Ensure(l.peer, route.Route{Dst: netip.MustParsePrefix(l.g + "/32"), Dev: l.host}))
-		must2(b, route.EnsureDefault(l.peer, netip.MustParseAddr(l.g), l.host))
-		must2(b, route.Ensure(node, route.Route{Dst: netip.MustParsePrefix(l.podIP), Dev: l.name}))
+		must(b, addr.Ensure(node, l.name, netip.MustParsePrefix(l.hostIP)))
+		must(b, addr.Ensure(l.peer, l.host, netip.MustParsePrefix(l.podIP)))
+		must(b, route.Ensure(l.peer, route.Route{Dst: netip.MustParsePrefix(l.g + "/32"), Dev: l.host}))
+		must(b, route.EnsureDefault(l.peer, netip.MustParseAddr(l.g), l.host))
+		must(b, route.Ensure(node, route.Route{Dst: netip.MustParsePrefix(l.podIP), Dev: l.name}))
 	}
-	must2(b, route.SetForwarding(node, 4, true))
+	must(b, route.SetForwarding(node, 4, true))
 	var ln net.Listener
-	must2(b, server.Do(func() error {
+	must(b, server.Do(func() error {
 		var err error
 		ln, err = net.Listen("tcp", "10.200.1.2:8080")
 		return err
@@ -319,14 +318,14 @@ func firstPacketNode(b *testing.B, mode Mode, n, maxEps int) func() float64 {
 		Ports:     []Port{{Name: "http", Protocol: TCP, Port: 80, TargetPort: 8080}},
 		Endpoints: []Endpoint{{Addr: netip.MustParseAddr("10.200.1.2"), Ready: true, Serving: true, NodeName: "node0"}}})
 	p, err := New(Config{NetNS: node, Mode: mode, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
-	must2(b, err)
-	must2(b, p.Replace(svcs))
+	must(b, err)
+	must(b, p.Replace(svcs))
 	if _, err := p.Sync(ctx); err != nil {
 		b.Fatal(err)
 	}
 	return func() float64 {
 		count := 0
-		must2(b, client.Do(func() error {
+		must(b, client.Do(func() error {
 			d := net.Dialer{Timeout: time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 				return rc.Control(func(fd uintptr) {
 					syscall.SetsockoptLinger(int(fd), syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1, Linger: 0})
@@ -344,12 +343,5 @@ func firstPacketNode(b *testing.B, mode Mode, n, maxEps int) func() float64 {
 			return nil
 		}))
 		return float64(count)
-	}
-}
-
-func must2(b *testing.B, err error) {
-	b.Helper()
-	if err != nil {
-		b.Fatal(err)
 	}
 }

@@ -710,7 +710,8 @@ func elem(s *nftables.Set, key, val string) nftables.SetElement {
 	return e
 }
 
-func (b *elemBatch) queue(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
+// queueAll queues every element list of m with op, in messages that fit.
+func queueAll(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
 	for s, es := range m {
 		if err := nft.Chunked(s, es, op); err != nil {
 			return err
@@ -871,7 +872,7 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResul
 			}
 		}
 	}
-	if err := b.queue(b.add, c.SetAddElements); err != nil {
+	if err := queueAll(b.add, c.SetAddElements); err != nil {
 		return res, nil, err
 	}
 	if err := np.flush(c); err != nil {
@@ -992,7 +993,7 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 	}
 	// Deletions first, so that a chain is no longer referenced when it
 	// goes, and a changed map element can be added again.
-	if err := b.queue(b.del, c.SetDeleteElements); err != nil {
+	if err := queueAll(b.del, c.SetDeleteElements); err != nil {
 		return res, nil, err
 	}
 	for _, ch := range affs {
@@ -1018,7 +1019,7 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 			}
 		}
 	}
-	if err := b.queue(b.add, c.SetAddElements); err != nil {
+	if err := queueAll(b.add, c.SetAddElements); err != nil {
 		return res, nil, err
 	}
 	if err := np.flush(c); err != nil {

@@ -59,7 +59,7 @@ const (
 	node0Ext6  = "fd00:50::1"
 )
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

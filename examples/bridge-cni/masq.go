@@ -65,7 +65,7 @@ func removeLegacyMasquerade(host *netns.NS, n *netConf, ifName, containerID stri
 	if _, err := nat.DeleteRefChains(context.Background(), iptables.NewKernel(host), n.Name, containerID); err != nil {
 		return err
 	}
-	_, err := nat.DeleteRefNftRules(host, n.Name, ifName, containerID)
+	_, err := nat.DeleteRefNftRules(host, n.Name, func(r nat.RefNftRule) bool { return r.Owns(ifName, containerID) })
 	return err
 }
 
@@ -90,16 +90,8 @@ func gcLegacyMasquerade(host *netns.NS, n *netConf) error {
 			return err
 		}
 	}
-	rules, err := nat.FindRefNftRules(host, n.Name)
-	if err != nil {
-		return err
-	}
-	for _, r := range rules {
-		if !slices.ContainsFunc(n.ValidAttachments, func(a types.GCAttachment) bool { return a.ContainerID == r.ContainerID && a.IfName == r.IfName }) {
-			if _, err := nat.DeleteRefNftRules(host, n.Name, r.IfName, r.ContainerID); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	_, err = nat.DeleteRefNftRules(host, n.Name, func(r nat.RefNftRule) bool {
+		return !slices.ContainsFunc(n.ValidAttachments, func(a types.GCAttachment) bool { return r.Owns(a.IfName, a.ContainerID) })
+	})
+	return err
 }
