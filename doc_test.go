@@ -1,10 +1,15 @@
 package podnet_test
 
 import (
+	"bytes"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
 	"io/fs"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -150,4 +155,67 @@ func TestExamplesImportOnlyPublicPackages(t *testing.T) {
 	if n == 0 {
 		t.Fatal("no program files found under examples/")
 	}
+}
+
+// maxTrackedFile is the largest file the repository may track: source,
+// docs and small test data, never build output.
+const maxTrackedFile = 1 << 20
+
+// TestTrackedFilesAreSource fails when git tracks build output: an ELF
+// (or any other binary) executable, an executable file that is not a
+// script, or a file larger than 1 MiB. A committed binary stays in every
+// clone forever.
+func TestTrackedFilesAreSource(t *testing.T) {
+	out, err := exec.Command("git", "ls-files", "-s", "-z").Output()
+	if err != nil {
+		if os.Getenv("PODNET_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatalf("git ls-files: %v (the tree check needs a git checkout)", err)
+		}
+		t.Skipf("not a git checkout: %v", err)
+	}
+	n := 0
+	for entry := range strings.SplitSeq(strings.TrimRight(string(out), "\x00"), "\x00") {
+		// mode SP object SP stage TAB path
+		meta, path, ok := strings.Cut(entry, "\t")
+		if !ok {
+			t.Fatalf("git ls-files: unexpected entry %q", entry)
+		}
+		n++
+		if msg := trackedFileProblem(strings.Fields(meta)[0], path); msg != "" {
+			t.Errorf("%s: %s", path, msg)
+		}
+	}
+	if n == 0 {
+		t.Fatal("git ls-files listed nothing")
+	}
+}
+
+// trackedFileProblem says what is wrong with a tracked file of the given
+// git mode, or "" when nothing is.
+func trackedFileProblem(mode, path string) string {
+	if mode == "120000" || mode == "160000" { // symlink, submodule
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "" // deleted in the work tree, not yet committed
+	}
+	if fi.Size() > maxTrackedFile {
+		return fmt.Sprintf("%d bytes, more than %d: build output or data does not belong in git", fi.Size(), maxTrackedFile)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	head := make([]byte, 4)
+	k, _ := io.ReadFull(f, head)
+	head = head[:k]
+	switch {
+	case bytes.HasPrefix(head, []byte("\x7fELF")):
+		return "an ELF binary: build output does not belong in git"
+	case mode == "100755" && !bytes.HasPrefix(head, []byte("#!")):
+		return "executable but not a script: build output does not belong in git"
+	}
+	return ""
 }
