@@ -55,17 +55,14 @@ unit:
 
 test: deps lint unit
 
-# build puts the programs in bin/: podnet-bridge and podnet-host-local (CNI
-# plugins), podnet-cluster (the demo), podnet-inspect, podnet-service-proxy,
-# podnet-agent.
+# build puts the programs in bin/ under the names they install as (each
+# directory under examples/ is named after its program): podnet-bridge and
+# podnet-host-local (CNI plugins), podnet-cluster (the demo),
+# podnet-inspect, podnet-service-proxy, podnet-agent.
+PROGRAMS := podnet-bridge podnet-host-local podnet-cluster podnet-inspect podnet-service-proxy podnet-agent
 build:
 	@mkdir -p bin
-	$(GO) build -o bin/podnet-bridge ./examples/bridge-cni
-	$(GO) build -o bin/podnet-cluster ./examples/cluster
-	$(GO) build -o bin/podnet-inspect ./examples/inspect
-	$(GO) build -o bin/podnet-host-local ./examples/host-local-ipam
-	$(GO) build -o bin/podnet-service-proxy ./examples/service-proxy
-	$(GO) build -o bin/podnet-agent ./examples/node-agent
+	GOBIN=$(CURDIR)/bin $(GO) install $(addprefix ./examples/,$(PROGRAMS))
 
 # demo builds the article's cluster in namespaces, checks its claims with
 # real traffic, prints the evidence and tears it down.

@@ -125,7 +125,7 @@ func exportedRecv(fl *ast.FieldList) bool {
 // networking an SDK user would program.
 func TestExamplesImportOnlyPublicPackages(t *testing.T) {
 	allowed := map[string][]string{
-		"github.com/podnet/podnet/internal/testenv/probe": {"examples/cluster", "examples/podpair"},
+		"github.com/podnet/podnet/internal/testenv/probe": {"examples/podnet-cluster", "examples/podpair"},
 	}
 	n := 0
 	err := filepath.WalkDir("examples", func(p string, d fs.DirEntry, err error) error {

@@ -42,7 +42,7 @@ if [ "${PODNET_BENCH_INNER:-}" != 1 ]; then
 	WORK=$(mktemp -d /tmp/podnet-bench.XXXXXX)
 	trap 'rm -rf "$WORK"' EXIT
 	mkdir -p "$WORK/bin"
-	(cd "$ROOT" && "$GO" build -o "$WORK/bin/podnet-bridge" ./examples/bridge-cni &&
+	(cd "$ROOT" && "$GO" build -o "$WORK/bin/podnet-bridge" ./examples/podnet-bridge &&
 		"$GO" build -o "$WORK/bin/nopcni" ./bench/nopcni)
 	cp "$REFBIN/bridge" "$REFBIN/host-local" "$REFBIN/cnitool" "$WORK/bin/"
 	# A private mount namespace: cnitool's cache and the named namespaces

@@ -11,7 +11,7 @@ REF=${PODNET_REFBIN:-$ROOT/.refbin}/host-local
 TMP=$(mktemp -d /tmp/podnet-hostlocal-bench.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 [ -x "$REF" ] || { echo "reference host-local missing: $REF (run make deps)" >&2; exit 1; }
-(cd "$ROOT" && go build -o "$TMP/podnet-host-local" ./examples/host-local-ipam)
+(cd "$ROOT" && go build -o "$TMP/podnet-host-local" ./examples/podnet-host-local)
 
 # run BIN NAME: ADD N containers then DEL them, recording each call's ns.
 run() {

@@ -36,6 +36,6 @@
 //
 // # The plugin
 //
-// examples/host-local-ipam builds podnet-host-local, a CNI IPAM plugin with
+// examples/podnet-host-local builds podnet-host-local, a CNI IPAM plugin with
 // host-local's configuration keys, on top of this package.
 package ipam

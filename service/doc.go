@@ -5,7 +5,7 @@
 // iptables layout through package iptables; ModeNftables writes native
 // nftables tables over netlink (github.com/google/nftables). Flows are
 // deleted through package conntrack; reading Kubernetes objects is the
-// caller's business (see examples/service-proxy and service/kube).
+// caller's business (see examples/podnet-service-proxy and service/kube).
 //
 // # Model
 //

@@ -6,7 +6,7 @@
 //
 // A plugin that allocates addresses calls it in-process (no IPAM binary to
 // exec); a standalone IPAM plugin is skel.PluginMainFuncs around Add, Del,
-// Check, GC and Status (examples/host-local-ipam).
+// Check, GC and Status (examples/podnet-host-local).
 package hostlocal
 
 import (

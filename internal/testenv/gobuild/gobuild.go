@@ -13,7 +13,7 @@ import (
 )
 
 // Binary builds the main package at pkg (a path relative to the caller's
-// package directory, such as "../bridge-cni") into dir/name and returns
+// package directory, such as "../podnet-bridge") into dir/name and returns
 // the binary's path.
 func Binary(dir, name, pkg string) (string, error) {
 	goBin, err := exec.LookPath("go")

@@ -61,7 +61,7 @@ func main() {
 	}
 	cfg.cniPath = filepath.SplitList(*cniPath)
 	if _, err := os.Stat(filepath.Join(cfg.cniPath[0], "podnet-bridge")); err != nil {
-		fmt.Fprintf(os.Stderr, "podnet-cluster: no podnet-bridge in %s (build it: go build -o DIR/podnet-bridge ./examples/bridge-cni)\n", cfg.cniPath[0])
+		fmt.Fprintf(os.Stderr, "podnet-cluster: no podnet-bridge in %s (build it: go build -o DIR/podnet-bridge ./examples/podnet-bridge)\n", cfg.cniPath[0])
 		os.Exit(2)
 	}
 	if cfg.cp.enabled {

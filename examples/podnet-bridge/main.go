@@ -7,7 +7,7 @@
 //
 // Build it as
 //
-//	go build -o /opt/cni/bin/podnet-bridge ./examples/bridge-cni
+//	go build -o /opt/cni/bin/podnet-bridge ./examples/podnet-bridge
 //
 // and change only "type": "bridge" to "type": "podnet-bridge" in a
 // configuration such as

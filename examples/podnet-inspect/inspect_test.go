@@ -27,7 +27,7 @@ import (
 
 var pluginDir string
 
-func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", "../bridge-cni") }
+func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", "../podnet-bridge") }
 
 // addPod attaches a new named pod namespace to node with the given plugin
 // type ("podnet-bridge" or the reference "bridge") through libcni.

@@ -128,7 +128,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 	m := nat.NetworkMasquerade{Network: "bridge", Subnets: []netip.Prefix{w.podCIDR}}
 	with := "with ipMasq"
 	if c.kube != nil {
-		// podnet-agent's rule set (examples/node-agent): the cluster CIDR
+		// podnet-agent's rule set (examples/podnet-agent): the cluster CIDR
 		// exempt, everything else from the node's pods masqueraded.
 		m = nat.NetworkMasquerade{Network: "podnet-agent", Subnets: []netip.Prefix{w.podCIDR}, Exempt: []netip.Prefix{c.cfg.clusterCIDR}, RandomFully: true}
 		with = "with podnet-agent's masquerade"

@@ -8,7 +8,7 @@
 //
 // Build it with
 //
-//	go build -o DIR/podnet-host-local ./examples/host-local-ipam
+//	go build -o DIR/podnet-host-local ./examples/podnet-host-local
 //
 // and name it in a network configuration as "ipam": {"type": "podnet-host-local", ...}.
 package main

@@ -19,7 +19,7 @@ var pluginDir string
 func TestMain(m *testing.M) {
 	d, err := os.MkdirTemp("", "podnet-test-bin-")
 	if err == nil {
-		for _, b := range [][2]string{{"podnet-bridge", "../bridge-cni"}, {"podnet-agent", "../node-agent"}, {"podnet-service-proxy", "../service-proxy"}} {
+		for _, b := range [][2]string{{"podnet-bridge", "../podnet-bridge"}, {"podnet-agent", "../podnet-agent"}, {"podnet-service-proxy", "../podnet-service-proxy"}} {
 			if _, err = gobuild.Binary(d, b[0], b[1]); err != nil {
 				break
 			}
