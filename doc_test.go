@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -119,14 +118,8 @@ func exportedRecv(fl *ast.FieldList) bool {
 // TestExamplesImportOnlyPublicPackages fails when a program under
 // examples/ imports an internal package: what the programs build, an
 // importer of the SDK must be able to build too. Test files may use
-// internal test support. The one exception is internal/testenv/probe in
-// the demo programs (cluster, podpair): it is the echo server and client
-// they use to prove claims with traffic, test tooling rather than pod
-// networking an SDK user would program.
+// internal test support.
 func TestExamplesImportOnlyPublicPackages(t *testing.T) {
-	allowed := map[string][]string{
-		"github.com/podnet/podnet/internal/testenv/probe": {"examples/podnet-cluster", "examples/podpair"},
-	}
 	n := 0
 	err := filepath.WalkDir("examples", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
@@ -140,9 +133,6 @@ func TestExamplesImportOnlyPublicPackages(t *testing.T) {
 		for _, imp := range f.Imports {
 			path := strings.Trim(imp.Path.Value, `"`)
 			if !strings.Contains(path+"/", "/internal/") || !strings.HasPrefix(path, "github.com/podnet/podnet/") {
-				continue
-			}
-			if dirs, ok := allowed[path]; ok && slices.Contains(dirs, filepath.ToSlash(filepath.Dir(p))) {
 				continue
 			}
 			t.Errorf("%s imports %s: programs must be built from public packages", p, path)

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }

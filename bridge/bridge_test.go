@@ -15,9 +15,9 @@ import (
 
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/veth"
 )
 

@@ -16,9 +16,9 @@ import (
 	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func restoreRaw(t *testing.T, ns *netns.NS, f Family, text string) {

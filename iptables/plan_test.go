@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 // TestPlanDedup: a chain declared, flushed or deleted several times in one

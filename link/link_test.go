@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }

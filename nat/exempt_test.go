@@ -9,10 +9,10 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 // TestMasqueradeExemptRules: the Exempt destinations are RETURN rules of

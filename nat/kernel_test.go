@@ -15,10 +15,10 @@ import (
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/sysctl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }

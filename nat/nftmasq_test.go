@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func nftList(t *testing.T, ns *netns.NS) string {

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/sysctl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 )
 

@@ -13,10 +13,10 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/sysctl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )

@@ -26,12 +26,12 @@ import (
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )

@@ -14,10 +14,10 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/veth"
 )
 

@@ -12,10 +12,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )

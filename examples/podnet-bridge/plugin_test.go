@@ -22,11 +22,11 @@ import (
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )

@@ -9,10 +9,10 @@ import (
 
 	"github.com/podnet/podnet/bridge"
 	"github.com/podnet/podnet/conntrack"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/veth"
 )
 

@@ -12,9 +12,9 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/service"
 )
 

@@ -8,8 +8,8 @@ import (
 	"strings"
 
 	"github.com/podnet/podnet/conntrack"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/service"
 )
 

@@ -17,10 +17,10 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/internal/testenv/refbin"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/service"
 	"github.com/podnet/podnet/veth"
 )

@@ -23,9 +23,9 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/bridge"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/internal/nl"
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func TestMain(m *testing.M) { Main(m) }

@@ -1,7 +1,8 @@
 // Package probe sends test traffic from inside a namespace: ICMP echo, and
 // TCP/UDP exchanges with small servers that report the source address they
 // saw. It exists so demos and tests prove reachability with real packets
-// without depending on ping or netcat being installed.
+// without depending on ping or netcat being installed; podnet's own tests
+// and the podnet-cluster demo use it, and so can yours.
 package probe
 
 import (

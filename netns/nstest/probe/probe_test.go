@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podnet/podnet/internal/testenv/probe"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func TestMain(m *testing.M) { nstest.Main(m) }
