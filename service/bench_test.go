@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns/nstest"
@@ -41,7 +42,7 @@ func BenchmarkSync(b *testing.B) {
 				floor := time.Since(start)
 
 				ns2 := nstest.New(b)
-				p, err := New(Config{NetNS: ns2, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+				p, err := New(Config{Backend: mustBackend(ModeIptables, ns2), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -86,7 +87,7 @@ func BenchmarkSync(b *testing.B) {
 // empty tables.
 func fullText(b *testing.B, svcs []Service) string {
 	tb := &textBackend{}
-	p, err := New(Config{Backend: tb, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(tb), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -105,11 +106,11 @@ func fullText(b *testing.B, svcs []Service) string {
 type textBackend struct{ text string }
 
 func (tb *textBackend) Run(_ context.Context, tx *iptables.Transaction) (err error) {
-	tb.text, err = tx.Text(iptables.IPv4)
+	tb.text, err = tx.Text(podnet.IPv4)
 	return err
 }
 
-func (tb *textBackend) Save(_ context.Context, _ iptables.Family, t iptables.Table) (*iptables.TableRules, error) {
+func (tb *textBackend) Save(_ context.Context, _ podnet.Family, t iptables.Table) (*iptables.TableRules, error) {
 	return &iptables.TableRules{Name: t}, nil
 }
 

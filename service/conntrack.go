@@ -5,27 +5,46 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/conntrack"
-	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
 
-// flowFilters returns the UDP flows to delete after a Service's rules
-// went from old to new (either may be nil): flows whose replies come from
-// an endpoint no longer used, and every flow to a port that had no
+// udpPorts returns what conntrack cleanup needs to know of the UDP ports
+// of s (nil for none) in the families the proxy serves: the same in both
+// modes, since it follows from the model alone.
+func (r *renderer) udpPorts(s *Service) []udpPort {
+	if s == nil {
+		return nil
+	}
+	var out []udpPort
+	for _, f := range r.families {
+		fs := r.family(s, f, s.affinitySeconds())
+		if fs == nil {
+			continue
+		}
+		for _, p := range s.Ports {
+			if p.protocol() == UDP {
+				out = append(out, fs.port(p).udp())
+			}
+		}
+	}
+	return out
+}
+
+// flowFilters returns the UDP flows to delete after a Service's UDP ports
+// went from old to new (either may be empty): flows whose replies come
+// from an endpoint no longer used, and every flow to a port that had no
 // endpoints and now has some (its packets were rejected; a stale entry
 // would keep them going nowhere — the DNS black hole).
-func flowFilters(old, new *rendering) []conntrack.Filter {
+func flowFilters(old, new []udpPort) []conntrack.Filter {
 	type key struct {
-		f    iptables.Family
+		f    podnet.Family
 		port uint16
 	}
-	var before map[key]udpPort
-	if old != nil {
-		before = map[key]udpPort{}
-		for _, u := range old.udp {
-			before[key{u.fam, u.port}] = u
-		}
+	before := map[key]udpPort{}
+	for _, u := range old {
+		before[key{u.fam, u.port}] = u
 	}
 	var out []conntrack.Filter
 	add := func(u udpPort, ep netip.Addr) {
@@ -37,18 +56,16 @@ func flowFilters(old, new *rendering) []conntrack.Filter {
 		}
 	}
 	seen := map[key]bool{}
-	if new != nil {
-		for _, u := range new.udp {
-			k := key{u.fam, u.port}
-			seen[k] = true
-			ou, had := before[k]
-			if len(u.eps) > 0 && (!had || len(ou.eps) == 0) {
-				add(u, netip.Addr{})
-			}
-			for _, ep := range ou.eps {
-				if !slices.Contains(u.eps, ep) {
-					add(ou, ep)
-				}
+	for _, u := range new {
+		k := key{u.fam, u.port}
+		seen[k] = true
+		ou, had := before[k]
+		if len(u.eps) > 0 && (!had || len(ou.eps) == 0) {
+			add(u, netip.Addr{})
+		}
+		for _, ep := range ou.eps {
+			if !slices.Contains(u.eps, ep) {
+				add(ou, ep)
 			}
 		}
 	}

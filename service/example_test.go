@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
@@ -16,7 +17,7 @@ import (
 // rules; the same code with Config.NetNS programs a namespace.
 func Example() {
 	fake := iptables.NewFake()
-	p, err := service.New(service.Config{Backend: fake, NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
+	p, err := service.New(service.Config{Backend: service.IPTables(fake), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	fmt.Println("full:", res.Full, res.Reason)
-	for _, l := range strings.Split(fake.Dump(iptables.IPv4), "\n") {
+	for _, l := range strings.Split(fake.Dump(podnet.IPv4), "\n") {
 		if strings.HasPrefix(l, "-A PODNET-SERVICES") || strings.HasPrefix(l, "-A PODNET-NODEPORTS") || strings.Contains(l, "DNAT") {
 			fmt.Println(l)
 		}
@@ -55,7 +56,7 @@ func ExampleProxy_Sync() {
 		log.Fatal(err)
 	}
 	defer node.Close()
-	p, err := service.New(service.Config{NetNS: node, NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
+	p, err := service.New(service.Config{Backend: service.IPTables(iptables.NewKernel(node)), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -126,12 +126,12 @@ func (s *Service) Validate() error {
 	if len(s.ClusterIPs) == 0 && len(s.ExternalIPs) == 0 && !s.hasNodePort() {
 		return bad("no cluster IP, external IP or node port")
 	}
-	fams := map[iptables.Family]bool{}
+	fams := map[podnet.Family]bool{}
 	for _, ip := range s.ClusterIPs {
 		if !ip.IsValid() || ip.IsUnspecified() || ip.Zone() != "" {
 			return bad("cluster IP %q is not a unicast address", ip)
 		}
-		f := iptables.FamilyOf(ip)
+		f := podnet.FamilyOf(ip)
 		if fams[f] {
 			return bad("two %v cluster IPs", f)
 		}

@@ -17,9 +17,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/nft"
-	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/route"
@@ -122,7 +122,7 @@ func benchMode(b *testing.B, n int, mode Mode) {
 	ctx := context.Background()
 	svcs := manyServices(n, 5)
 	ns := nstest.New(b)
-	p, err := New(Config{NetNS: ns, Mode: mode, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: mustBackend(mode, ns), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func vmapDesign(b *testing.B, p *Proxy, svcs []Service) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ff := np.fams[iptables.IPv4]
+	ff := np.fams[podnet.IPv4]
 	set := ff.sets["ip-affinity"]
 	target := "ip-entries-probe"
 	c.AddChain(&nftables.Chain{Name: target, Table: ff.table})
@@ -317,7 +317,7 @@ func firstPacketNode(b *testing.B, mode Mode, n, maxEps int) func() float64 {
 	svcs = append(svcs, Service{Name: Name{"zz", "target"}, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.255.254")},
 		Ports:     []Port{{Name: "http", Protocol: TCP, Port: 80, TargetPort: 8080}},
 		Endpoints: []Endpoint{{Addr: netip.MustParseAddr("10.200.1.2"), Ready: true, Serving: true, NodeName: "node0"}}})
-	p, err := New(Config{NetNS: node, Mode: mode, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: mustBackend(mode, node), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	must(b, err)
 	must(b, p.Replace(svcs))
 	if _, err := p.Sync(ctx); err != nil {

@@ -8,8 +8,8 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/execns"
-	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 )
@@ -38,7 +38,7 @@ func setLen(t *testing.T, ns *netns.NS, fam nftables.TableFamily, set string) in
 // Service changes exactly its elements.
 func TestNftablesFullSyncAtScale(t *testing.T) {
 	ns := nstest.New(t)
-	p, err := New(Config{NetNS: ns, Mode: ModeNftables, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: mustBackend(ModeNftables, ns), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	must(t, err)
 	t.Cleanup(func() { p.Cleanup(context.Background()) })
 	svcs := manyServices(3000, 5)
@@ -75,7 +75,7 @@ func TestNftablesCoexists(t *testing.T) {
 	nftOut(t, ns, "add", "table", "ip", "other")
 	nftOut(t, ns, "add", "chain", "ip", "other", "in", "{ type filter hook input priority 0; }")
 	nftOut(t, ns, "add", "rule", "ip", "other", "in", "tcp", "dport", "22", "accept")
-	p, err := New(Config{NetNS: ns, Mode: ModeNftables, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}})
+	p, err := New(Config{Backend: mustBackend(ModeNftables, ns), Families: []podnet.Family{podnet.IPv4, podnet.IPv6}})
 	must(t, err)
 	s := svc("web", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true}})
 	apply(t, p, s)
@@ -113,8 +113,8 @@ func TestNftablesSupported(t *testing.T) {
 // prints names the Services' addresses.
 func TestNftablesListable(t *testing.T) {
 	ns := nstest.New(t)
-	p, err := New(Config{NetNS: ns, Mode: ModeNftables, NodeName: "node0",
-		Families: []iptables.Family{iptables.IPv4, iptables.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/48")}})
+	p, err := New(Config{Backend: mustBackend(ModeNftables, ns), NodeName: "node0",
+		Families: []podnet.Family{podnet.IPv4, podnet.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/48")}})
 	must(t, err)
 	t.Cleanup(func() { p.Cleanup(context.Background()) })
 	eps := []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true, NodeName: "node0"}, {Addr: ip("10.200.1.2"), Ready: true, Serving: true, NodeName: "node1"},
@@ -146,7 +146,7 @@ func TestNftElements(t *testing.T) {
 	if es, err := NftElements(ns, ""); err != nil || len(es) != 0 {
 		t.Fatalf("empty namespace: %v %v", es, err)
 	}
-	p, err := New(Config{NetNS: ns, Mode: ModeNftables, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: mustBackend(ModeNftables, ns), Families: []podnet.Family{podnet.IPv4, podnet.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR}})
 	must(t, err)
 	t.Cleanup(func() { p.Cleanup(context.Background()) })
 	s := svc("web", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true}, {Addr: ip("fd00:200::2"), Ready: true, Serving: true}})
@@ -183,7 +183,7 @@ func TestNftElements(t *testing.T) {
 // it over in the same sync that deletes the first.
 func TestNftablesDuplicateEntry(t *testing.T) {
 	ns := nstest.New(t)
-	p, err := New(Config{NetNS: ns, Mode: ModeNftables})
+	p, err := New(Config{Backend: mustBackend(ModeNftables, ns)})
 	must(t, err)
 	t.Cleanup(func() { p.Cleanup(context.Background()) })
 	a := svc("a", "10.96.0.20", TCP, 80, []Endpoint{{Addr: ip("10.200.0.2"), Ready: true, Serving: true}})

@@ -12,14 +12,14 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/netns"
 )
 
 // NftElement is one element of a proxy's nftables table, written as nft
 // writes it.
 type NftElement struct {
-	Family iptables.Family
+	Family podnet.Family
 	Set    string // e.g. "ip-backends"
 	Key    string // e.g. "10.96.0.10 . udp . 53 . 0"
 	Value  string // e.g. "10.200.0.5 . 53", "goto affinity-…"; "" in a set
@@ -48,7 +48,7 @@ func NftElements(ns *netns.NS, prefix string) ([]NftElement, error) {
 		return nil, err
 	}
 	var out []NftElement
-	for _, f := range []iptables.Family{iptables.IPv4, iptables.IPv6} {
+	for _, f := range []podnet.Family{podnet.IPv4, podnet.IPv6} {
 		ff := newNftFamily(f, ch.TableName())
 		tables, err := c.ListTablesOfFamily(ff.table.Family)
 		if err != nil {

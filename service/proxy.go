@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -11,25 +12,18 @@ import (
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/conntrack"
-	"github.com/podnet/podnet/iptables"
-	"github.com/podnet/podnet/netns"
 )
 
 // Config configures a Proxy. The zero value of every optional field is
 // correct.
 type Config struct {
-	// NetNS is the namespace whose tables and conntrack the proxy
-	// programs. Required unless Backend is set; without it, conntrack
-	// cleanup is skipped.
-	NetNS *netns.NS
-	// Mode selects iptables rules or native nftables tables; "" means
-	// ModeIptables. ModeNftables needs NetNS and no Backend.
-	Mode Mode
-	// Backend applies the rules in ModeIptables; nil means
-	// iptables.NewKernel(NetNS). Tests pass a *iptables.Fake.
-	Backend iptables.Backend
-	// ChainPrefix names the chains; "" means DefaultChainPrefix,
-	// KubeChainPrefix gives kube-proxy's names.
+	// Backend writes the rules: IPTables(iptables.NewKernel(ns)) for
+	// kube-proxy's iptables layout, Nftables(ns) for native nftables
+	// tables, IPTables(iptables.NewFake()) in unit tests. Required. The
+	// proxy cleans up the conntrack flows of the backend's namespace.
+	Backend Backend
+	// ChainPrefix names the chains (and the nftables tables); ""
+	// means DefaultChainPrefix, KubeChainPrefix gives kube-proxy's names.
 	ChainPrefix string
 	// NodeName selects the local endpoints for traffic policy Local.
 	NodeName string
@@ -37,7 +31,7 @@ type Config struct {
 	// to a cluster IP from outside them is masqueraded.
 	ClusterCIDRs []netip.Prefix
 	// Families the proxy programs; nil means IPv4 only.
-	Families []iptables.Family
+	Families []podnet.Family
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
 	// 0 means DefaultMasqueradeBit.
 	MasqueradeBit int
@@ -45,13 +39,12 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Proxy keeps the iptables rules of a set of Services in one namespace:
-// Update and Delete change its model, Sync writes what changed. It is safe
-// for concurrent use; syncs are serialised.
+// Proxy keeps the Service rules of a set of Services in one namespace:
+// Update and Delete change its model, Sync writes what changed through
+// the Backend. It is safe for concurrent use; syncs are serialised.
 type Proxy struct {
 	cfg   Config
 	pl    plane
-	be    iptables.Backend
 	r     renderer
 	ch    Chains
 	log   *slog.Logger
@@ -64,48 +57,55 @@ type Proxy struct {
 	pending, lastSync time.Time
 	triggers          []time.Time   // see RecordTrigger
 	changed           chan struct{} // 1-buffered: a change arrived, for Run
-	syncMu            sync.Mutex    // serialises Sync and Cleanup; guards written
-	// written is what the last successful syncs put into the tables, per
-	// Service: the proxy's own record, so a partial sync never reads the
-	// tables back.
-	written map[Name]*record
-}
-
-type record struct {
-	svc *Service
-	r   *rendering
+	syncMu            sync.Mutex    // serialises Sync and Cleanup; guards synced
+	// synced is the model as the last successful syncs wrote it: what
+	// conntrack cleanup compares the next one with.
+	synced map[Name]*Service
 }
 
 // New validates cfg and returns a Proxy with no Services. Nothing is
 // written until Sync; the first Sync is a full one.
 func New(cfg Config) (*Proxy, error) {
+	if cfg.Backend == nil {
+		return nil, podnet.Invalid("service proxy: no Backend (IPTables or Nftables)")
+	}
+	if err := cfg.Backend.check(); err != nil {
+		return nil, err
+	}
 	ch, err := NewChains(cfg.ChainPrefix)
 	if err != nil {
 		return nil, err
 	}
-	be := cfg.Backend
-	switch cfg.Mode {
-	case "", ModeIptables:
-	case ModeNftables:
-		if be != nil || cfg.NetNS == nil {
-			return nil, podnet.Invalid("service proxy: mode %q needs NetNS and no Backend", cfg.Mode)
-		}
-	default:
-		return nil, podnet.Invalid("service proxy: mode %q: want %q or %q", cfg.Mode, ModeIptables, ModeNftables)
+	r, err := newRenderer(cfg, ch)
+	if err != nil {
+		return nil, err
 	}
-	if be == nil && cfg.Mode != ModeNftables {
-		if cfg.NetNS == nil {
-			return nil, podnet.Invalid("service proxy: neither NetNS nor Backend is set")
-		}
-		be = iptables.NewKernel(cfg.NetNS)
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	p := &Proxy{
+		cfg: cfg, ch: ch, log: log, r: r,
+		want:    map[Name]*Service{},
+		dirty:   map[Name]bool{},
+		full:    true,
+		synced:  map[Name]*Service{},
+		changed: make(chan struct{}, 1),
+	}
+	p.pl = cfg.Backend.plane(&env{r: r, log: log, wanted: p.wanted})
+	return p, nil
+}
+
+// newRenderer checks the families, the masquerade bit and the cluster
+// CIDRs of cfg.
+func newRenderer(cfg Config, ch Chains) (renderer, error) {
 	fams := cfg.Families
 	if len(fams) == 0 {
-		fams = []iptables.Family{iptables.IPv4}
+		fams = []podnet.Family{podnet.IPv4}
 	}
 	for _, f := range fams {
-		if f != iptables.IPv4 && f != iptables.IPv6 {
-			return nil, podnet.Invalid("service proxy: family %v", f)
+		if !f.Valid() {
+			return renderer{}, podnet.Invalid("service proxy: family %v", f)
 		}
 	}
 	bit := cfg.MasqueradeBit
@@ -113,38 +113,27 @@ func New(cfg Config) (*Proxy, error) {
 		bit = DefaultMasqueradeBit
 	}
 	if bit < 0 || bit > 31 {
-		return nil, podnet.Invalid("service proxy: masquerade bit %d outside 0-31", bit)
+		return renderer{}, podnet.Invalid("service proxy: masquerade bit %d outside 0-31", bit)
 	}
-	cidr := map[iptables.Family]netip.Prefix{}
+	cidr := map[podnet.Family]netip.Prefix{}
 	for _, c := range cfg.ClusterCIDRs {
 		if !c.IsValid() {
-			return nil, podnet.Invalid("service proxy: invalid cluster CIDR")
+			return renderer{}, podnet.Invalid("service proxy: invalid cluster CIDR")
 		}
-		f := iptables.FamilyOf(c.Addr())
+		f := podnet.FamilyOf(c.Addr())
 		if _, dup := cidr[f]; dup {
-			return nil, podnet.Invalid("service proxy: two %v cluster CIDRs", f)
+			return renderer{}, podnet.Invalid("service proxy: two %v cluster CIDRs", f)
 		}
 		cidr[f] = c.Masked()
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	p := &Proxy{
-		cfg: cfg, be: be, ch: ch, log: log,
-		r:       renderer{chains: ch, families: fams, cidr: cidr, node: cfg.NodeName, mark: 1 << bit},
-		want:    map[Name]*Service{},
-		dirty:   map[Name]bool{},
-		full:    true,
-		written: map[Name]*record{},
-		changed: make(chan struct{}, 1),
-	}
-	if cfg.Mode == ModeNftables {
-		p.pl = newNftPlane(p)
-	} else {
-		p.pl = iptablesPlane{p}
-	}
-	return p, nil
+	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, node: cfg.NodeName, mark: 1 << bit}, nil
+}
+
+// wanted returns the Service the model holds under n, or nil.
+func (p *Proxy) wanted(n Name) *Service {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.want[n]
 }
 
 // Chains returns the proxy's chain names.
@@ -158,8 +147,8 @@ func (p *Proxy) Update(s Service) error {
 		return err
 	}
 	for _, ip := range slices.Concat(s.ClusterIPs, s.ExternalIPs) {
-		if !slices.Contains(p.r.families, iptables.FamilyOf(ip)) {
-			return podnet.Invalid("service %q: %s is %v, which the proxy does not program", s.Name.String(), ip, iptables.FamilyOf(ip))
+		if !slices.Contains(p.r.families, podnet.FamilyOf(ip)) {
+			return podnet.Invalid("service %q: %s is %v, which the proxy does not program", s.Name.String(), ip, podnet.FamilyOf(ip))
 		}
 	}
 	p.mu.Lock()
@@ -217,7 +206,7 @@ func (p *Proxy) RecordTrigger(t time.Time) {
 }
 
 // Families returns the address families the proxy programs.
-func (p *Proxy) Families() []iptables.Family { return slices.Clone(p.r.families) }
+func (p *Proxy) Families() []podnet.Family { return slices.Clone(p.r.families) }
 
 // Status is what a health check needs to know about the proxy.
 type Status struct {
@@ -297,102 +286,177 @@ type SyncResult struct {
 	Triggers []time.Time
 }
 
-// Sync writes the changes since the last successful sync in one
-// transaction (one iptables-restore per family): a partial sync rewrites
-// only the chains of changed Services and edits the shared dispatch chains
-// rule by rule. It makes a full sync — every owned chain rewritten, stale
-// ones removed, the jumps from the built-in chains ensured — the first
-// time, after a failed sync, and when the canary chain has vanished
-// (someone flushed the tables). After a successful sync it deletes the UDP
-// conntrack flows that would otherwise keep reaching removed endpoints or
-// the rejection of a Service that had none.
+// Sync writes the changes since the last successful sync through the
+// Backend in one transaction: one iptables-restore per family, or one
+// nf_tables netlink batch. A partial sync writes only what the changed
+// Services contribute. Sync makes a full sync — everything the proxy owns
+// rewritten, stale objects removed — the first time, after a failed sync,
+// and when the canary is gone (someone flushed the tables). After a
+// successful sync it deletes the UDP conntrack flows that would otherwise
+// keep reaching removed endpoints or the rejection of a Service that had
+// none, deciding them from the Services before and after.
 //
-// A full sync of 1000 chains or more starts each table with -Z, resetting
-// the packet counters of the namespace's nat and filter rules: it keeps
-// iptables-nft's restore linear (see iptables.Transaction.ZeroCounters).
+// In ModeIptables a full sync of 1000 chains or more starts each table
+// with -Z, resetting the packet counters of the namespace's nat and
+// filter rules: it keeps iptables-nft's restore linear (see
+// iptables.Transaction.ZeroCounters).
 //
-// Equivalent to: iptables-restore --noflush (kube-proxy's syncProxyRules)
+// Equivalent to: iptables-restore --noflush, or nft -f (kube-proxy's syncProxyRules)
 func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
 	start := time.Now()
-	p.mu.Lock()
-	full, reason := p.full, "start"
-	if !p.lastSync.IsZero() {
-		reason = "previous sync failed"
-	}
-	p.mu.Unlock()
-	if !full {
-		ok, err := p.pl.intact()
-		if err != nil {
-			return SyncResult{}, fmt.Errorf("sync services in netns %q: check canary: %w", p.nsName(), err)
-		}
-		if !ok {
-			full, reason = true, "canary chain missing"
-		}
-	}
-	// Take the changes; put them back if the sync fails.
-	p.mu.Lock()
-	dirty, pending, triggers := p.dirty, p.pending, p.triggers
-	p.dirty, p.pending, p.triggers = map[Name]bool{}, time.Time{}, nil
-	want := make(map[Name]*Service, len(p.want))
-	if full {
-		for n, s := range p.want {
-			want[n] = s
-		}
-	} else {
-		for n := range dirty {
-			if s := p.want[n]; s != nil {
-				want[n] = s
-			}
-		}
-	}
-	p.mu.Unlock()
-	var res SyncResult
-	var err error
-	var cleanup []conntrack.Filter
-	if full {
-		res, cleanup, err = p.pl.full(ctx, want)
-		res.Reason = reason
-	} else {
-		res, cleanup, err = p.pl.partial(ctx, dirty, want)
-	}
+	full, reason, err := p.syncKind()
 	if err != nil {
-		p.mu.Lock()
-		p.full = true
-		for n := range dirty {
-			p.dirty[n] = true
-		}
-		if !pending.IsZero() && (p.pending.IsZero() || pending.Before(p.pending)) {
-			p.pending = pending
-		}
-		p.triggers = append(triggers, p.triggers...)
-		p.mu.Unlock()
+		return SyncResult{}, fmt.Errorf("sync services in netns %q: check canary: %w", p.nsName(), err)
+	}
+	tk := p.take(full)
+	res := SyncResult{Full: full}
+	if full {
+		res.Reason = reason
+		res.Rules, err = p.pl.full(ctx, tk.want)
+	} else {
+		// partial may add Services that wait for an entry a change
+		// lets go.
+		res.Rules, err = p.pl.partial(ctx, tk.want)
+	}
+	res.Services = len(tk.want)
+	if err != nil {
+		p.giveBack(tk)
 		p.log.Error("sync failed", "full", full, "err", err)
 		return SyncResult{Full: full, Reason: res.Reason}, fmt.Errorf("sync services in netns %q: %w", p.nsName(), err)
 	}
 	p.mu.Lock()
-	if full {
-		p.full = false
-	}
+	p.full = false
 	p.lastSync = time.Now()
 	p.mu.Unlock()
-	res.Triggers = triggers
-	if p.cfg.NetNS != nil && len(cleanup) > 0 {
-		n, err := deleteFlows(ctx, p.cfg.NetNS, cleanup)
-		res.Flows = n
-		if err != nil {
-			p.log.Warn("conntrack cleanup failed", "err", err)
-		}
-	}
+	res.Triggers = tk.triggers
+	res.Flows = p.cleanFlows(ctx, full, tk.want)
 	res.Duration = time.Since(start)
 	p.log.Info("synced", "full", res.Full, "reason", res.Reason, "services", res.Services, "rules", res.Rules, "flows_deleted", res.Flows, "duration", res.Duration)
 	return res, nil
 }
 
+// syncKind decides between a full and a partial sync, and why a full one.
+func (p *Proxy) syncKind() (full bool, reason string, err error) {
+	p.mu.Lock()
+	full, reason = p.full, "start"
+	if !p.lastSync.IsZero() {
+		reason = "previous sync failed"
+	}
+	p.mu.Unlock()
+	if full {
+		return true, reason, nil
+	}
+	ok, err := p.pl.intact()
+	if err != nil {
+		return false, "", err
+	}
+	if !ok {
+		return true, "canary chain missing", nil
+	}
+	return false, "", nil
+}
+
+// taken is the changes one sync takes from the model.
+type taken struct {
+	dirty    map[Name]bool
+	pending  time.Time
+	triggers []time.Time
+	// want is every Service for a full sync; for a partial one, the
+	// dirty Services, nil for those deleted.
+	want map[Name]*Service
+}
+
+// take takes the changes waiting for a sync.
+func (p *Proxy) take(full bool) taken {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	tk := taken{dirty: p.dirty, pending: p.pending, triggers: p.triggers}
+	p.dirty, p.pending, p.triggers = map[Name]bool{}, time.Time{}, nil
+	if full {
+		tk.want = maps.Clone(p.want)
+		return tk
+	}
+	tk.want = make(map[Name]*Service, len(tk.dirty))
+	for n := range tk.dirty {
+		tk.want[n] = p.want[n]
+	}
+	return tk
+}
+
+// giveBack puts the changes of a failed sync back; the next one is full.
+func (p *Proxy) giveBack(tk taken) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.full = true
+	for n := range tk.dirty {
+		p.dirty[n] = true
+	}
+	if !tk.pending.IsZero() && (p.pending.IsZero() || tk.pending.Before(p.pending)) {
+		p.pending = tk.pending
+	}
+	p.triggers = append(tk.triggers, p.triggers...)
+}
+
+// cleanFlows records what a successful sync wrote and deletes the UDP
+// flows its changes strand, returning how many it deleted.
+func (p *Proxy) cleanFlows(ctx context.Context, full bool, want map[Name]*Service) int {
+	var filters []conntrack.Filter
+	changed := want
+	if full {
+		changed = maps.Clone(want)
+		for n := range p.synced {
+			if _, ok := want[n]; !ok {
+				changed[n] = nil
+			}
+		}
+	}
+	for n, s := range changed {
+		filters = append(filters, flowFilters(p.r.udpPorts(p.synced[n]), p.r.udpPorts(s))...)
+		if s == nil {
+			delete(p.synced, n)
+		} else {
+			p.synced[n] = s
+		}
+	}
+	ns := p.cfg.Backend.NetNS()
+	if ns == nil || len(filters) == 0 {
+		return 0
+	}
+	n, err := deleteFlows(ctx, ns, filters)
+	if err != nil {
+		p.log.Warn("conntrack cleanup failed", "err", err)
+	}
+	return n
+}
+
 func (p *Proxy) nsName() string {
-	if p.cfg.NetNS != nil {
-		return p.cfg.NetNS.String()
+	if ns := p.cfg.Backend.NetNS(); ns != nil {
+		return ns.String()
 	}
 	return "backend"
+}
+
+// Cleanup removes every rule, chain and table the proxy owns (found by
+// reading the tables, so what an earlier run left goes too) in one
+// transaction, and forgets what it wrote: the next Sync is a full one.
+// Services stay in the model.
+//
+// Equivalent to: iptables-restore --noflush of -D for each jump and -F/-X
+// for each owned chain, or nft delete table (kube-proxy --cleanup)
+func (p *Proxy) Cleanup(ctx context.Context) error {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	if err := p.pl.cleanup(ctx); err != nil {
+		return err
+	}
+	p.synced = map[Name]*Service{}
+	p.mu.Lock()
+	p.full = true
+	for n := range p.want {
+		p.markDirty(n)
+	}
+	p.mu.Unlock()
+	return nil
 }

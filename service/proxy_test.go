@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/iptables"
 )
@@ -40,7 +41,7 @@ func web() Service {
 func fakeProxy(t *testing.T, prefix string, svcs ...Service) (*Proxy, *iptables.Fake) {
 	t.Helper()
 	fk := iptables.NewFake()
-	p, err := New(Config{Backend: fk, ChainPrefix: prefix, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(fk), ChainPrefix: prefix, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +235,7 @@ func TestTraceAffinity(t *testing.T) {
 	if len(d) != 1 || !near(d[second], 1) {
 		t.Errorf("%v", d)
 	}
-	if !strings.Contains(fk.Dump(iptables.IPv4), "--rcheck --seconds 10800 --reap --name PODNET-SEP-") {
+	if !strings.Contains(fk.Dump(podnet.IPv4), "--rcheck --seconds 10800 --reap --name PODNET-SEP-") {
 		t.Error("no recent check with the default timeout")
 	}
 }
@@ -334,7 +335,7 @@ func TestPartialSync(t *testing.T) {
 		if res.Full {
 			t.Errorf("%s: full sync (%s)", what, res.Reason)
 		}
-		text := fk.LastText(iptables.IPv4)
+		text := fk.LastText(podnet.IPv4)
 		for _, s := range mustMention {
 			if !strings.Contains(text, s) {
 				t.Errorf("%s: restore input lacks %q:\n%s", what, s, text)
@@ -346,7 +347,7 @@ func TestPartialSync(t *testing.T) {
 			}
 		}
 		_, ref := fakeProxy(t, "", wantSvcs...)
-		if got, want := normalise(fk.Dump(iptables.IPv4)), normalise(ref.Dump(iptables.IPv4)); got != want {
+		if got, want := normalise(fk.Dump(podnet.IPv4)), normalise(ref.Dump(podnet.IPv4)); got != want {
 			t.Errorf("%s: tables differ from a full sync:\n%s\nwant\n%s", what, got, want)
 		}
 	}
@@ -384,11 +385,11 @@ func TestFullSyncTriggers(t *testing.T) {
 	ctx := context.Background()
 	fk := iptables.NewFake()
 	// A previous run's chain, another component's PODNET chain, a foreign rule.
-	if err := fk.Load(iptables.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n"+
+	if err := fk.Load(podnet.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n"+
 		"-A POSTROUTING -s 10.200.0.0/24 -j PODNET-MASQ-KT4DQWV2HPXJMLKJ\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\n-A FOREIGN -j RETURN\nCOMMIT\n"); err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{Backend: fk, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestFullSyncTriggers(t *testing.T) {
 	if err != nil || !res.Full || res.Reason != "start" {
 		t.Fatalf("first sync: %+v %v", res, err)
 	}
-	dump := fk.Dump(iptables.IPv4)
+	dump := fk.Dump(podnet.IPv4)
 	if strings.Contains(dump, "PODNET-SVC-AAAAAAAAAAAAAAAA") || !strings.Contains(dump, "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") || !strings.Contains(dump, "FOREIGN -j RETURN") {
 		t.Errorf("after first sync:\n%s", dump)
 	}
@@ -405,7 +406,7 @@ func TestFullSyncTriggers(t *testing.T) {
 		t.Errorf("second sync: %+v %v", res, err)
 	}
 	// Someone flushes the nat table: the canary is gone.
-	if err := fk.Load(iptables.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\nCOMMIT\n"); err != nil {
+	if err := fk.Load(podnet.IPv4, "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:PODNET-MASQ-KT4DQWV2HPXJMLKJ - [0:0]\n:FOREIGN - [0:0]\n-A PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d 10.200.0.0/24 -j MASQUERADE\nCOMMIT\n"); err != nil {
 		t.Fatal(err)
 	}
 	res, err = p.Sync(ctx)
@@ -419,7 +420,7 @@ func TestFullSyncTriggers(t *testing.T) {
 	// A foreign rule referencing an endpoint chain makes its removal fail.
 	s := web()
 	sep := p.Chains().Endpoint(s.Name, "http", TCP, netip.MustParseAddrPort("10.200.0.2:8080"))
-	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"}, iptables.Rule{Target: iptables.Jump(sep)})); err != nil {
+	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: podnet.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"}, iptables.Rule{Target: iptables.Jump(sep)})); err != nil {
 		t.Fatal(err)
 	}
 	s.Endpoints = s.Endpoints[1:]
@@ -427,11 +428,11 @@ func TestFullSyncTriggers(t *testing.T) {
 	if _, err := p.Sync(ctx); err == nil {
 		t.Fatal("sync deleting a referenced chain succeeded")
 	}
-	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: iptables.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"})); err != nil {
+	if err := fk.Run(ctx, iptables.NewTransaction().Declare(iptables.Chain{Family: podnet.IPv4, Table: iptables.TableNAT, Name: "FOREIGN"})); err != nil {
 		t.Fatal(err)
 	}
 	res, err = p.Sync(ctx)
-	if err != nil || !res.Full || res.Reason != "previous sync failed" || strings.Contains(fk.Dump(iptables.IPv4), sep) {
+	if err != nil || !res.Full || res.Reason != "previous sync failed" || strings.Contains(fk.Dump(podnet.IPv4), sep) {
 		t.Errorf("retry: %+v %v", res, err)
 	}
 	// Cleanup leaves only what others own.
@@ -439,7 +440,7 @@ func TestFullSyncTriggers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
-		tbl, _ := fk.Save(ctx, iptables.IPv4, f)
+		tbl, _ := fk.Save(ctx, podnet.IPv4, f)
 		for _, c := range tbl.Chains {
 			if p.Chains().Owns(c.Name) {
 				t.Errorf("cleanup left %s", c.Name)
@@ -451,25 +452,25 @@ func TestFullSyncTriggers(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(fk.Dump(iptables.IPv4), "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") {
+	if !strings.Contains(fk.Dump(podnet.IPv4), "PODNET-MASQ-KT4DQWV2HPXJMLKJ ! -d") {
 		t.Error("cleanup removed another component's chain")
 	}
 }
 
 // TestFlowFilters: which UDP flows a change deletes.
 func TestFlowFilters(t *testing.T) {
-	r := renderer{chains: Chains{prefix: "PODNET"}, families: []iptables.Family{iptables.IPv4}, node: "node0"}
+	r := renderer{chains: Chains{prefix: "PODNET"}, families: []podnet.Family{podnet.IPv4}, node: "node0"}
 	s := web()
 	s.Ports[0].Protocol = UDP
-	two, _ := r.render(&s)
+	two := r.udpPorts(s.clone())
 	s.Endpoints = s.Endpoints[1:]
-	one, _ := r.render(&s)
+	one := r.udpPorts(s.clone())
 	s.Endpoints = nil
-	none, _ := r.render(&s)
+	none := r.udpPorts(s.clone())
 	gone := ip("10.200.0.2")
 	for _, tc := range []struct {
 		name     string
-		old, new *rendering
+		old, new []udpPort
 		want     []conntrack.Filter
 	}{
 		{"endpoint removed", two, one, []conntrack.Filter{
@@ -519,7 +520,7 @@ func TestTraceExternalIP(t *testing.T) {
 // with the endpoints of its family.
 func TestDualStack(t *testing.T) {
 	fk := iptables.NewFake()
-	p, err := New(Config{Backend: fk, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/56")}})
+	p, err := New(Config{Backend: IPTables(fk), Families: []podnet.Family{podnet.IPv4, podnet.IPv6}, ClusterCIDRs: []netip.Prefix{podCIDR, pfx("fd00:200::/56")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -532,7 +533,7 @@ func TestDualStack(t *testing.T) {
 	if _, err := p.Sync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	v4, v6 := fk.Dump(iptables.IPv4), fk.Dump(iptables.IPv6)
+	v4, v6 := fk.Dump(podnet.IPv4), fk.Dump(podnet.IPv6)
 	if strings.Count(v4, "-j DNAT") != 3 || strings.Contains(v4, "fd00") {
 		t.Errorf("IPv4:\n%s", v4)
 	}
@@ -544,7 +545,7 @@ func TestDualStack(t *testing.T) {
 	if strings.Count(v6, "-j DNAT") != 1 {
 		t.Errorf("IPv6:\n%s", v6)
 	}
-	only4, _ := New(Config{Backend: iptables.NewFake()})
+	only4, _ := New(Config{Backend: IPTables(iptables.NewFake())})
 	if err := only4.Update(s); !errors.Is(err, ErrInvalid) {
 		t.Errorf("IPv6 Service on an IPv4-only proxy: %v", err)
 	}

@@ -103,7 +103,7 @@ func next(t *testing.T, results <-chan SyncResult) SyncResult {
 }
 
 func TestRunSyncsChangesAndReportsTriggers(t *testing.T) {
-	p, err := New(Config{Backend: iptables.NewFake(), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(iptables.NewFake()), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestRunSyncsChangesAndReportsTriggers(t *testing.T) {
 }
 
 func TestRunCoalescesWithinMinSyncPeriod(t *testing.T) {
-	p, err := New(Config{Backend: iptables.NewFake(), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(iptables.NewFake()), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestRunCoalescesWithinMinSyncPeriod(t *testing.T) {
 
 func TestRunRetriesAFailedSyncAsFull(t *testing.T) {
 	be := &flaky{Fake: iptables.NewFake()}
-	p, err := New(Config{Backend: be, NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	p, err := New(Config{Backend: IPTables(be), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
 	if err != nil {
 		t.Fatal(err)
 	}

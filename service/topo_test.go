@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/sysctl"
-	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/netns/nstest/probe"
@@ -151,13 +151,13 @@ func (c *cluster) addPod(name string, node int, a string) *pod {
 
 // dualStack makes the proxy program both families, with both pod networks.
 func dualStack(cfg *Config) {
-	cfg.Families = []iptables.Family{iptables.IPv4, iptables.IPv6}
+	cfg.Families = []podnet.Family{podnet.IPv4, podnet.IPv6}
 	cfg.ClusterCIDRs = []netip.Prefix{pfx("10.200.0.0/16"), pfx("fd00:200::/48")}
 }
 
 func (c *cluster) proxy(opts ...func(*Config)) *Proxy {
 	c.t.Helper()
-	cfg := Config{NetNS: c.node0, Mode: c.mode, NodeName: "node0", ClusterCIDRs: []netip.Prefix{pfx("10.200.0.0/16")}}
+	cfg := Config{Backend: mustBackend(c.mode, c.node0), NodeName: "node0", ClusterCIDRs: []netip.Prefix{pfx("10.200.0.0/16")}}
 	for _, o := range opts {
 		o(&cfg)
 	}

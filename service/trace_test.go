@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/iptables"
 )
 
@@ -35,7 +36,7 @@ type branch struct {
 
 func newTracer(t *testing.T, fk *iptables.Fake, table iptables.Table, local ...string) *tracer {
 	t.Helper()
-	rs, err := iptables.ParseSave(iptables.IPv4, fk.Dump(iptables.IPv4))
+	rs, err := iptables.ParseSave(podnet.IPv4, fk.Dump(podnet.IPv4))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func newTracer(t *testing.T, fk *iptables.Fake, table iptables.Table, local ...s
 	}
 	for _, c := range rs.Table(table).Chains {
 		for _, spec := range c.Rules {
-			r, err := iptables.ParseRule(iptables.IPv4, spec)
+			r, err := iptables.ParseRule(podnet.IPv4, spec)
 			if err != nil {
 				t.Fatalf("parse %q: %v", spec, err)
 			}

@@ -78,7 +78,7 @@ func (c *cluster) programServices(ctx context.Context) error {
 	svcs := c.services()
 	for _, w := range c.workers {
 		p, err := service.New(service.Config{
-			NetNS:        w.ns,
+			Backend:      service.IPTables(iptables.NewKernel(w.ns)),
 			NodeName:     w.name,
 			ClusterCIDRs: []netip.Prefix{c.cfg.clusterCIDR},
 		})

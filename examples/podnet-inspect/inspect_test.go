@@ -188,7 +188,11 @@ func TestInspectServicePath(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			node := nstest.NewNamed(t)
 			pod, ip := addPod(t, node, "podnet-bridge", t.TempDir())
-			p, err := service.New(service.Config{NetNS: node, Mode: mode, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/24")}})
+			backend, err := service.NewBackend(mode, node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := service.New(service.Config{Backend: backend, ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/24")}})
 			if err != nil {
 				t.Fatal(err)
 			}

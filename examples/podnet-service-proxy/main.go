@@ -43,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
@@ -116,7 +117,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 			return err
 		}
 	}
-	p, err := service.New(service.Config{NetNS: ns, Mode: mode, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
+	be, err := service.NewBackend(mode, ns)
+	if err != nil {
+		return err
+	}
+	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -174,7 +179,11 @@ func chooseBackend(ns *netns.NS, flagValue string, log *slog.Logger) (service.Mo
 // cleanupMode removes everything a proxy of mode and prefix owns, in both
 // families.
 func cleanupMode(ctx context.Context, ns *netns.NS, prefix string, mode service.Mode) error {
-	p, err := service.New(service.Config{NetNS: ns, Mode: mode, ChainPrefix: prefix, Families: []iptables.Family{iptables.IPv4, iptables.IPv6}})
+	be, err := service.NewBackend(mode, ns)
+	if err != nil {
+		return err
+	}
+	p, err := service.New(service.Config{Backend: be, ChainPrefix: prefix, Families: []podnet.Family{podnet.IPv4, podnet.IPv6}})
 	if err != nil {
 		return err
 	}

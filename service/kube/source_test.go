@@ -32,7 +32,7 @@ func TestMain(m *testing.M) { kubetest.Main(m) }
 func follow(t *testing.T, cs kubernetes.Interface) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
 	t.Helper()
 	fk := iptables.NewFake()
-	p, err := service.New(service.Config{Backend: fk, NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
+	p, err := service.New(service.Config{Backend: service.IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		t.Fatal(err)
 	}

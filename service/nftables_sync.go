@@ -15,7 +15,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
@@ -94,7 +94,7 @@ func (s nftShape) set() string { return s.kind.name + "-" + strconv.Itoa(s.n) }
 
 // nftFamily is the proxy's table in one family and what it knows of it.
 type nftFamily struct {
-	f      iptables.Family
+	f      podnet.Family
 	table  *nftables.Table
 	alen   uint32 // address bytes
 	sets   map[string]*nftables.Set
@@ -104,7 +104,7 @@ type nftFamily struct {
 
 // nftElem names one element: its family, set and key.
 type nftElem struct {
-	f   iptables.Family
+	f   podnet.Family
 	set string
 	key string
 }
@@ -112,7 +112,7 @@ type nftElem struct {
 // nftAffinity is the slower path of one Service port's endpoint list
 // with ClientIP affinity: its chain, shape number and endpoints.
 type nftAffinity struct {
-	f       iptables.Family
+	f       podnet.Family
 	chain   string
 	timeout uint32
 	eps     []netip.AddrPort
@@ -132,16 +132,35 @@ type nftRendering struct {
 	elems     map[nftElem]string // map and set elements; "" for a set's, the chain for a verdict map's
 	shared    map[nftElem]bool   // refcounted elements (hairpin)
 	affinity  []*nftAffinity
-	udp       []udpPort
 	endpoints int
+}
+
+// nftConn is the part of *nftables.Conn the proxy writes through: a
+// batch of operations committed by Flush as one nf_tables transaction.
+// Tests put a recorder in its place.
+type nftConn interface {
+	AddTable(*nftables.Table) *nftables.Table
+	DelTable(*nftables.Table)
+	AddSet(*nftables.Set, []nftables.SetElement) error
+	DelSet(*nftables.Set)
+	SetAddElements(*nftables.Set, []nftables.SetElement) error
+	SetDeleteElements(*nftables.Set, []nftables.SetElement) error
+	AddChain(*nftables.Chain) *nftables.Chain
+	FlushChain(*nftables.Chain)
+	DelChain(*nftables.Chain)
+	AddRule(*nftables.Rule) *nftables.Rule
+	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
+	Flush() error
+	CloseLasting() error
 }
 
 // nftPlane is ModeNftables.
 type nftPlane struct {
-	p       *Proxy
+	env     *env
 	ns      *netns.NS
-	conn    *nftables.Conn
-	fams    map[iptables.Family]*nftFamily
+	dial    func() (nftConn, error)
+	conn    nftConn
+	fams    map[podnet.Family]*nftFamily
 	written map[Name]*nftRendering
 	// owners says which Service holds each entry (an address, protocol
 	// and port, or a node port, of one family); losers are the Services
@@ -150,8 +169,11 @@ type nftPlane struct {
 	losers map[string]map[Name]bool
 }
 
-func newNftPlane(p *Proxy) *nftPlane {
-	return &nftPlane{p: p, ns: p.cfg.NetNS, written: map[Name]*nftRendering{}}
+func newNftPlane(e *env, ns *netns.NS, dial func() (nftConn, error)) *nftPlane {
+	if dial == nil {
+		dial = func() (nftConn, error) { return nft.Open(ns) }
+	}
+	return &nftPlane{env: e, ns: ns, dial: dial, written: map[Name]*nftRendering{}}
 }
 
 // NftablesSupported reports whether the kernel of ns has what ModeNftables
@@ -213,7 +235,7 @@ func (ff *nftFamily) shapeSet(s nftShape) *nftables.Set {
 	return set
 }
 
-func newNftFamily(f iptables.Family, table string) *nftFamily {
+func newNftFamily(f podnet.Family, table string) *nftFamily {
 	ff := &nftFamily{f: f, alen: nft.AddrLen(f), table: nft.Table(f, table),
 		shapes: map[nftShape]bool{}, refs: map[string]int{}, sets: map[string]*nftables.Set{}}
 	addr := ff.addrType()
@@ -369,8 +391,8 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: nftables.ChainPriorityRef(nftables.ChainPriority(prio)), Policy: &accept}
 	}
 	plain := func(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: t} }
-	mark := np.p.r.mark
-	cidr, hasCIDR := np.p.r.cidr[ff.f]
+	mark := np.env.r.mark
+	cidr, hasCIDR := np.env.r.cidr[ff.f]
 	ip, ipPod, nodePort, nodePortPod := nftKinds[0], nftKinds[1], nftKinds[2], nftKinds[3]
 	var services, nodeports [][]expr.Any
 	if hasCIDR {
@@ -464,7 +486,7 @@ func backendVal(ap netip.AddrPort) string {
 	return string(slices.Concat(ap.Addr().AsSlice(), portBytes(ap.Port())))
 }
 
-func (r *nftRendering) add(f iptables.Family, set, key, val string) {
+func (r *nftRendering) add(f podnet.Family, set, key, val string) {
 	r.elems[nftElem{f, set, key}] = val
 }
 
@@ -494,7 +516,7 @@ func (np *nftPlane) claim(n Name, r *nftRendering) {
 			delete(r.elems, e)
 			if np.losers[id] == nil {
 				np.losers[id] = map[Name]bool{}
-				np.p.log.Warn("service port entry already held by another Service; skipped", "service", n.String(), "holder", o.String())
+				np.env.log.Warn("service port entry already held by another Service; skipped", "service", n.String(), "holder", o.String())
 			}
 			np.losers[id][n] = true
 			continue
@@ -565,8 +587,8 @@ func (np *nftPlane) entry(out *nftRendering, ff *nftFamily, k nftKind, key strin
 func (np *nftPlane) render(s *Service) *nftRendering {
 	out := &nftRendering{elems: map[nftElem]string{}, shared: map[nftElem]bool{}}
 	aff := s.affinitySeconds()
-	for _, f := range np.p.r.families {
-		fs := np.p.r.family(s, f, aff, &rendering{})
+	for _, f := range np.env.r.families {
+		fs := np.env.r.family(s, f, aff)
 		if fs == nil {
 			continue
 		}
@@ -633,20 +655,17 @@ func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort
 	if sp.servesNodePort() {
 		entry("nodeport", nftKinds[2], nftKinds[3], npKey(sp.proto, sp.p.NodePort))
 	}
-	if sp.proto == UDP {
-		out.udp = append(out.udp, sp.udp())
-	}
 }
 
 // --- syncing ---------------------------------------------------------------
 
 // connect returns the netlink socket in the proxy's namespace, opening it
 // with buffers large enough for a full sync's batch.
-func (np *nftPlane) connect() (*nftables.Conn, error) {
+func (np *nftPlane) connect() (nftConn, error) {
 	if np.conn != nil {
 		return np.conn, nil
 	}
-	c, err := nft.Open(np.ns)
+	c, err := np.dial()
 	if err != nil {
 		return nil, err
 	}
@@ -655,7 +674,7 @@ func (np *nftPlane) connect() (*nftables.Conn, error) {
 }
 
 // flush commits the queued batch; after an error the socket is replaced.
-func (np *nftPlane) flush(c *nftables.Conn) error {
+func (np *nftPlane) flush(c nftConn) error {
 	if err := c.Flush(); err != nil {
 		c.CloseLasting()
 		np.conn = nil
@@ -667,8 +686,8 @@ func (np *nftPlane) flush(c *nftables.Conn) error {
 // tables returns the proxy's table in each family it programs.
 func (np *nftPlane) tables() []*nftables.Table {
 	var ts []*nftables.Table
-	for _, f := range np.p.r.families {
-		ts = append(ts, nft.Table(f, np.p.ch.TableName()))
+	for _, f := range np.env.r.families {
+		ts = append(ts, nft.Table(f, np.env.r.chains.TableName()))
 	}
 	return ts
 }
@@ -693,6 +712,11 @@ func (np *nftPlane) intact() (bool, error) {
 // elemBatch collects element additions and deletions per set.
 type elemBatch struct {
 	add, del map[*nftables.Set][]nftables.SetElement
+}
+
+// queue adds the element key (with val) of s to the list m holds for s.
+func (b *elemBatch) queue(m map[*nftables.Set][]nftables.SetElement, s *nftables.Set, key, val string) {
+	m[s] = append(m[s], elem(s, key, val))
 }
 
 func newElemBatch() *elemBatch {
@@ -721,7 +745,7 @@ func queueAll(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, 
 }
 
 // addShape queues the set of shape s and its rule.
-func (np *nftPlane) addShape(c *nftables.Conn, ff *nftFamily, s nftShape) error {
+func (np *nftPlane) addShape(c nftConn, ff *nftFamily, s nftShape) error {
 	if err := c.AddSet(ff.shapeSet(s), nil); err != nil {
 		return err
 	}
@@ -739,7 +763,7 @@ func (np *nftPlane) addShape(c *nftables.Conn, ff *nftFamily, s nftShape) error 
 //	                   numgen random mod N vmap { 0 : goto affinity-H-E, … } }
 //	chain affinity-H-E { update @affinity-H-E { ip saddr } dnat to E }
 //	set affinity-H-E { type ipv4_addr; flags dynamic,timeout; timeout T }
-func (np *nftPlane) writeAffinity(c *nftables.Conn, ff *nftFamily, a, old *nftAffinity) error {
+func (np *nftPlane) writeAffinity(c nftConn, ff *nftFamily, a, old *nftAffinity) error {
 	t := ff.table
 	group := &nftables.Chain{Name: a.chain, Table: t}
 	kept := map[netip.AddrPort]bool{}
@@ -787,7 +811,7 @@ func (np *nftPlane) writeAffinity(c *nftables.Conn, ff *nftFamily, a, old *nftAf
 	return nil
 }
 
-func (np *nftPlane) dropAffinityEndpoint(c *nftables.Conn, ff *nftFamily, a *nftAffinity, ap netip.AddrPort) {
+func (np *nftPlane) dropAffinityEndpoint(c nftConn, ff *nftFamily, a *nftAffinity, ap netip.AddrPort) {
 	ch := &nftables.Chain{Name: a.endpointName(ap), Table: ff.table}
 	c.FlushChain(ch)
 	c.DelChain(ch)
@@ -796,7 +820,7 @@ func (np *nftPlane) dropAffinityEndpoint(c *nftables.Conn, ff *nftFamily, a *nft
 
 // dropAffinity queues the deletion of a's chains and sets; the shape
 // elements that lead to it must be deleted before.
-func (np *nftPlane) dropAffinity(c *nftables.Conn, ff *nftFamily, a *nftAffinity) {
+func (np *nftPlane) dropAffinity(c nftConn, ff *nftFamily, a *nftAffinity) {
 	group := &nftables.Chain{Name: a.chain, Table: ff.table}
 	c.FlushChain(group)
 	for _, ap := range a.eps {
@@ -811,192 +835,241 @@ func (np *nftPlane) dropAffinity(c *nftables.Conn, ff *nftFamily, a *nftAffinity
 // ClientIP affinity starts afresh.
 //
 // Equivalent to: nft -f with "add table ip NAME; delete table ip NAME; table ip NAME { … }"
-func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
-	res := SyncResult{Full: true}
+func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (rules int, err error) {
 	c, err := np.connect()
 	if err != nil {
-		return res, nil, err
+		return 0, err
 	}
-	np.fams = map[iptables.Family]*nftFamily{}
-	for _, f := range np.p.r.families {
-		np.fams[f] = newNftFamily(f, np.p.ch.TableName())
+	defer np.dropOnError(&err)
+	np.fams = map[podnet.Family]*nftFamily{}
+	for _, f := range np.env.r.families {
+		np.fams[f] = newNftFamily(f, np.env.r.chains.TableName())
 	}
+	np.owners, np.losers = map[string]Name{}, map[string]map[Name]bool{}
+	renders, b := np.renderAll(want)
+	for _, f := range np.env.r.families {
+		n, err := np.writeTable(c, np.fams[f])
+		if err != nil {
+			return 0, err
+		}
+		rules += n
+	}
+	for _, n := range sortedNames(renders) {
+		for _, a := range renders[n].affinity {
+			if err := np.writeAffinity(c, np.fams[a.f], a, nil); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if err := queueAll(b.add, c.SetAddElements); err != nil {
+		return 0, err
+	}
+	if err := np.flush(c); err != nil {
+		return 0, err
+	}
+	for _, ff := range np.fams {
+		ff.markWritten()
+	}
+	np.written = renders
+	return rules, nil
+}
+
+// dropOnError forgets the socket when *err is set: the batch queued on it
+// so far must not reach the kernel with the next sync's.
+func (np *nftPlane) dropOnError(err *error) {
+	if *err != nil && np.conn != nil {
+		np.conn.CloseLasting()
+		np.conn = nil
+	}
+}
+
+// renderAll renders every Service of want, gives each the entries it may
+// hold, and collects their elements (the shared ones once).
+func (np *nftPlane) renderAll(want map[Name]*Service) (map[Name]*nftRendering, *elemBatch) {
 	renders := make(map[Name]*nftRendering, len(want))
 	b := newElemBatch()
-	np.owners, np.losers = map[string]Name{}, map[string]map[Name]bool{}
 	for _, n := range sortedNames(want) {
 		r := np.render(want[n])
 		np.claim(n, r)
 		renders[n] = r
 		for e, v := range r.elems {
-			s := np.fams[e.f].sets[e.set]
-			b.add[s] = append(b.add[s], elem(s, e.key, v))
+			b.queue(b.add, np.fams[e.f].sets[e.set], e.key, v)
 		}
 		for e := range r.shared {
 			ff := np.fams[e.f]
 			if ff.refs[e.key]++; ff.refs[e.key] == 1 {
-				s := ff.sets[e.set]
-				b.add[s] = append(b.add[s], elem(s, e.key, ""))
+				b.queue(b.add, ff.sets[e.set], e.key, "")
 			}
 		}
 	}
-	for _, f := range np.p.r.families {
-		ff := np.fams[f]
-		c.AddTable(ff.table)
-		c.DelTable(ff.table)
-		c.AddTable(ff.table)
-		for _, name := range slices.Sorted(maps.Keys(ff.sets)) {
-			if err := c.AddSet(ff.sets[name], nil); err != nil {
-				return res, nil, err
-			}
-		}
-		chains := np.fixedChains(ff)
-		for _, ch := range chains {
-			c.AddChain(ch.c)
-		}
-		for _, ch := range chains {
-			for _, r := range ch.rules {
-				c.AddRule(&nftables.Rule{Table: ff.table, Chain: ch.c, Exprs: r})
-				res.Rules++
-			}
-		}
-		for _, sh := range sortedShapes(ff.shapes) {
-			c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(sh.kind), Table: ff.table}, Exprs: ff.shapeRule(sh)})
-			res.Rules++
-		}
-	}
-	for _, n := range sortedNames(renders) {
-		for _, a := range renders[n].affinity {
-			if err := np.writeAffinity(c, np.fams[a.f], a, nil); err != nil {
-				return res, nil, err
-			}
-		}
-	}
-	if err := queueAll(b.add, c.SetAddElements); err != nil {
-		return res, nil, err
-	}
-	if err := np.flush(c); err != nil {
-		return res, nil, err
-	}
-	for _, ff := range np.fams {
-		for sh := range ff.shapes {
-			ff.shapes[sh] = true
-		}
-	}
-	var filters []conntrack.Filter
-	for n, old := range np.written {
-		if renders[n] == nil {
-			filters = append(filters, nftFlowFilters(old, nil)...)
-		}
-	}
-	for n, r := range renders {
-		filters = append(filters, nftFlowFilters(np.written[n], r)...)
-	}
-	np.written = renders
-	res.Services = len(renders)
-	return res, filters, nil
+	return renders, b
 }
 
-// partial writes the dirty Services as element changes: deletions of
+// writeTable queues the replacement of ff's table: its sets, its fixed
+// chains and rules, and the rule of every shape. It returns the rules.
+func (np *nftPlane) writeTable(c nftConn, ff *nftFamily) (int, error) {
+	c.AddTable(ff.table)
+	c.DelTable(ff.table)
+	c.AddTable(ff.table)
+	for _, name := range slices.Sorted(maps.Keys(ff.sets)) {
+		if err := c.AddSet(ff.sets[name], nil); err != nil {
+			return 0, err
+		}
+	}
+	rules := 0
+	chains := np.fixedChains(ff)
+	for _, ch := range chains {
+		c.AddChain(ch.c)
+	}
+	for _, ch := range chains {
+		for _, r := range ch.rules {
+			c.AddRule(&nftables.Rule{Table: ff.table, Chain: ch.c, Exprs: r})
+			rules++
+		}
+	}
+	for _, sh := range sortedShapes(ff.shapes) {
+		c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(sh.kind), Table: ff.table}, Exprs: ff.shapeRule(sh)})
+		rules++
+	}
+	return rules, nil
+}
+
+// markWritten records that every shape of ff is in the kernel.
+func (ff *nftFamily) markWritten() {
+	for sh := range ff.shapes {
+		ff.shapes[sh] = true
+	}
+}
+
+// affChange is a ClientIP affinity chain that changes in a partial sync:
+// a is nil when it goes, old when it is new.
+type affChange struct{ a, old *nftAffinity }
+
+// nftDiff is what a partial sync writes: element changes, the change in
+// each shared element's users, and the affinity chains that change.
+type nftDiff struct {
+	b        *elemBatch
+	refDelta map[nftElem]int
+	affs     []affChange
+	elems    int
+}
+
+// partial writes the changed Services as element changes: deletions of
 // what they no longer have, additions of what is new. A shape seen for
-// the first time adds its chains, and so does a Service port with
+// the first time adds its set and rule, and so does a Service port with
 // ClientIP affinity. Nothing is read back.
 //
 // Equivalent to: nft -f with "delete element …; add element …"
-func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
-	var res SyncResult
-	if len(dirty) == 0 {
-		return res, nil, nil
+func (np *nftPlane) partial(ctx context.Context, changed map[Name]*Service) (n int, err error) {
+	if len(changed) == 0 {
+		return 0, nil
 	}
 	c, err := np.connect()
 	if err != nil {
-		return res, nil, err
+		return 0, err
 	}
-	b := newElemBatch()
-	renders := map[Name]*nftRendering{}
-	refDelta := map[nftElem]int{}
-	type affChange struct{ a, old *nftAffinity }
-	var affs []affChange
-	// Entries the dirty Services let go of are free for the others among
-	// them, and for the Services that wanted them before: those join
-	// this sync, so an entry passes from one to the other in one
+	defer np.dropOnError(&err)
+	// Entries the changed Services let go of are free for the others
+	// among them, and for the Services that wanted them before: those
+	// join this sync, so an entry passes from one to the other in one
 	// transaction.
 	var released []string
-	for _, n := range sortedNames(dirty) {
+	for _, n := range sortedNames(changed) {
 		if or := np.written[n]; or != nil {
 			released = append(released, np.release(n, or)...)
 		}
 	}
-	np.addLosers(released, dirty, want)
-	for _, n := range sortedNames(dirty) {
-		or := np.written[n]
+	np.addLosers(released, changed)
+	d := &nftDiff{b: newElemBatch(), refDelta: map[nftElem]int{}}
+	renders := map[Name]*nftRendering{}
+	for _, n := range sortedNames(changed) {
 		var nr *nftRendering
-		if s := want[n]; s != nil {
+		if s := changed[n]; s != nil {
 			nr = np.render(s)
 			np.claim(n, nr)
 		}
 		renders[n] = nr
-		var oldElems, newElems map[nftElem]string
-		oldAff := map[string]*nftAffinity{}
-		if or != nil {
-			oldElems = or.elems
-			for e := range or.shared {
-				refDelta[e]--
-			}
-			for _, a := range or.affinity {
-				oldAff[a.f.String()+a.chain] = a
-			}
+		d.service(np.written[n], nr, np.fams)
+	}
+	refs := np.sharedChanges(d)
+	added, err := np.writeDiff(c, d)
+	if err != nil {
+		return 0, err
+	}
+	np.commit(renders, refs, added)
+	return d.elems, nil
+}
+
+// service adds the changes of one Service from or to nr (either may be
+// nil) to d.
+func (d *nftDiff) service(or, nr *nftRendering, fams map[podnet.Family]*nftFamily) {
+	var oldElems, newElems map[nftElem]string
+	oldAff := map[string]*nftAffinity{}
+	if or != nil {
+		oldElems = or.elems
+		for e := range or.shared {
+			d.refDelta[e]--
 		}
-		if nr != nil {
-			newElems = nr.elems
-			for e := range nr.shared {
-				refDelta[e]++
-			}
-			for _, a := range nr.affinity {
-				old := oldAff[a.f.String()+a.chain]
-				delete(oldAff, a.f.String()+a.chain)
-				if old == nil || !old.equal(a) {
-					affs = append(affs, affChange{a, old})
-				}
-			}
+		for _, a := range or.affinity {
+			oldAff[a.f.String()+a.chain] = a
 		}
-		for _, a := range oldAff {
-			affs = append(affs, affChange{nil, a})
+	}
+	if nr != nil {
+		newElems = nr.elems
+		for e := range nr.shared {
+			d.refDelta[e]++
 		}
-		for e, v := range oldElems {
-			if nv, ok := newElems[e]; !ok || nv != v {
-				s := np.fams[e.f].sets[e.set]
-				b.del[s] = append(b.del[s], elem(s, e.key, v))
-			}
-		}
-		for e, v := range newElems {
-			if ov, ok := oldElems[e]; !ok || ov != v {
-				s := np.fams[e.f].sets[e.set]
-				b.add[s] = append(b.add[s], elem(s, e.key, v))
-				res.Rules++
+		for _, a := range nr.affinity {
+			old := oldAff[a.f.String()+a.chain]
+			delete(oldAff, a.f.String()+a.chain)
+			if old == nil || !old.equal(a) {
+				d.affs = append(d.affs, affChange{a, old})
 			}
 		}
 	}
+	for _, a := range oldAff {
+		d.affs = append(d.affs, affChange{nil, a})
+	}
+	for e, v := range oldElems {
+		if nv, ok := newElems[e]; !ok || nv != v {
+			d.b.queue(d.b.del, fams[e.f].sets[e.set], e.key, v)
+		}
+	}
+	for e, v := range newElems {
+		if ov, ok := oldElems[e]; !ok || ov != v {
+			d.b.queue(d.b.add, fams[e.f].sets[e.set], e.key, v)
+			d.elems++
+		}
+	}
+}
+
+// sharedChanges queues the shared elements whose first user came or whose
+// last user went, and returns every changed element's new user count.
+func (np *nftPlane) sharedChanges(d *nftDiff) map[nftElem]int {
 	refs := map[nftElem]int{}
-	for e, d := range refDelta {
+	for e, delta := range d.refDelta {
 		ff := np.fams[e.f]
 		before := ff.refs[e.key]
-		after := before + d
+		after := before + delta
 		refs[e] = after
-		s := ff.sets[e.set]
 		switch {
 		case before == 0 && after > 0:
-			b.add[s] = append(b.add[s], elem(s, e.key, ""))
+			d.b.queue(d.b.add, ff.sets[e.set], e.key, "")
 		case before > 0 && after == 0:
-			b.del[s] = append(b.del[s], elem(s, e.key, ""))
+			d.b.queue(d.b.del, ff.sets[e.set], e.key, "")
 		}
 	}
-	// Deletions first, so that a chain is no longer referenced when it
-	// goes, and a changed map element can be added again.
-	if err := queueAll(b.del, c.SetDeleteElements); err != nil {
-		return res, nil, err
+	return refs
+}
+
+// writeDiff queues d and commits it; it returns the families that gained
+// shapes. Deletions come first, so that a chain is no longer referenced
+// when it goes and a changed map element can be added again.
+func (np *nftPlane) writeDiff(c nftConn, d *nftDiff) ([]*nftFamily, error) {
+	if err := queueAll(d.b.del, c.SetDeleteElements); err != nil {
+		return nil, err
 	}
-	for _, ch := range affs {
+	for _, ch := range d.affs {
 		if ch.a == nil {
 			np.dropAffinity(c, np.fams[ch.old.f], ch.old)
 		}
@@ -1006,29 +1079,29 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 		for _, sh := range sortedShapes(ff.shapes) {
 			if !ff.shapes[sh] {
 				if err := np.addShape(c, ff, sh); err != nil {
-					return res, nil, err
+					return nil, err
 				}
 				added = append(added, ff)
 			}
 		}
 	}
-	for _, ch := range affs {
+	for _, ch := range d.affs {
 		if ch.a != nil {
 			if err := np.writeAffinity(c, np.fams[ch.a.f], ch.a, ch.old); err != nil {
-				return res, nil, err
+				return nil, err
 			}
 		}
 	}
-	if err := queueAll(b.add, c.SetAddElements); err != nil {
-		return res, nil, err
+	if err := queueAll(d.b.add, c.SetAddElements); err != nil {
+		return nil, err
 	}
-	if err := np.flush(c); err != nil {
-		return res, nil, err
-	}
+	return added, np.flush(c)
+}
+
+// commit records what a successful partial sync wrote.
+func (np *nftPlane) commit(renders map[Name]*nftRendering, refs map[nftElem]int, added []*nftFamily) {
 	for _, ff := range added {
-		for sh := range ff.shapes {
-			ff.shapes[sh] = true
-		}
+		ff.markWritten()
 	}
 	for e, n := range refs {
 		if n == 0 {
@@ -1037,69 +1110,46 @@ func (np *nftPlane) partial(ctx context.Context, dirty map[Name]bool, want map[N
 			np.fams[e.f].refs[e.key] = n
 		}
 	}
-	var filters []conntrack.Filter
 	for n, nr := range renders {
-		or := np.written[n]
-		filters = append(filters, nftFlowFilters(or, nr)...)
 		if nr == nil {
 			delete(np.written, n)
 		} else {
 			np.written[n] = nr
 		}
 	}
-	res.Services = len(renders)
-	return res, filters, nil
 }
 
-// addLosers adds to dirty and want the Services that wanted one of the
-// released entries while another held it.
-func (np *nftPlane) addLosers(released []string, dirty map[Name]bool, want map[Name]*Service) {
-	var more []Name
+// addLosers adds to changed the Services that wanted one of the released
+// entries while another held it.
+func (np *nftPlane) addLosers(released []string, changed map[Name]*Service) {
 	for _, id := range released {
 		for n := range np.losers[id] {
-			if !dirty[n] {
-				more = append(more, n)
+			if _, ok := changed[n]; ok {
+				continue
+			}
+			if s := np.env.wanted(n); s != nil {
+				changed[n] = s
 			}
 		}
 		delete(np.losers, id)
 	}
-	if len(more) == 0 {
-		return
-	}
-	np.p.mu.Lock()
-	defer np.p.mu.Unlock()
-	for _, n := range more {
-		if s := np.p.want[n]; s != nil {
-			dirty[n], want[n] = true, s
-		}
-	}
-}
-
-func nftFlowFilters(old, new *nftRendering) []conntrack.Filter {
-	var o, n *rendering
-	if old != nil {
-		o = &rendering{udp: old.udp}
-	}
-	if new != nil {
-		n = &rendering{udp: new.udp}
-	}
-	return flowFilters(o, n)
 }
 
 // cleanup deletes the proxy's table in each family.
 //
 // Equivalent to: nft delete table ip NAME; nft delete table ip6 NAME
-func (np *nftPlane) cleanup(ctx context.Context) error {
+func (np *nftPlane) cleanup(ctx context.Context) (err error) {
 	c, err := np.connect()
 	if err != nil {
 		return err
 	}
+	defer np.dropOnError(&err)
 	for _, t := range np.tables() {
 		c.AddTable(t)
 		c.DelTable(t)
 	}
 	if err := np.flush(c); err != nil {
-		return fmt.Errorf("delete nftables table %q in netns %q: %w", np.p.ch.TableName(), np.ns, err)
+		return fmt.Errorf("delete nftables table %q in netns %q: %w", np.env.r.chains.TableName(), np.ns, err)
 	}
 	np.written = map[Name]*nftRendering{}
 	np.fams, np.owners, np.losers = nil, nil, nil

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
@@ -45,11 +45,11 @@ func (c Chains) jumps() []jump {
 
 // fixedChains returns the proxy's shared chains of family f with their
 // full contents for a full sync, given every Service's shared rules.
-func (p *Proxy) fixedChains(f iptables.Family, shared map[iptables.Chain][]iptables.Rule) []ownedChain {
-	c := p.ch
+func (ip *iptablesPlane) fixedChains(f podnet.Family, shared map[iptables.Chain][]iptables.Rule) []ownedChain {
+	c := ip.env.r.chains
 	natC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableNAT, Name: n} }
 	filC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableFilter, Name: n} }
-	mark := p.r.mark
+	mark := ip.env.r.mark
 	services := append(slices.Clone(shared[natC(c.Services())]), iptables.Rule{
 		Matches: []iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), iptables.DstLocal},
 		Target:  iptables.Jump(c.NodePorts()),
@@ -90,170 +90,161 @@ func sortedNames[T any](m map[Name]T) []Name {
 // syncs leave other components' counters alone.
 const zeroCountersChains = 1000
 
-// syncFull rewrites every owned chain, removes stale ones (Prune with the
+// iptablesPlane is ModeIptables: what it wrote, per Service, so that a
+// partial sync edits the shared chains rule by rule without reading them.
+type iptablesPlane struct {
+	env     *env
+	be      iptables.Backend
+	written map[Name]*rendering
+}
+
+// full rewrites every owned chain, removes stale ones (Prune with the
 // proxy's Owner) and ensures the jumps from the built-in chains. Applying
 // it reads the nat and filter tables once, to find chains a previous run
 // left and the jumps already in place.
-func (p *Proxy) syncFull(ctx context.Context, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
-	res := SyncResult{Full: true}
+func (ip *iptablesPlane) full(ctx context.Context, want map[Name]*Service) (int, error) {
 	renders := make(map[Name]*rendering, len(want))
 	shared := map[iptables.Chain][]iptables.Rule{}
 	tx := iptables.NewTransaction()
-	declared := map[iptables.Chain]bool{}
+	chains, rules := 0, 0
+	declare := func(oc ownedChain) {
+		tx.Declare(oc.chain, oc.rules...)
+		chains++
+		rules += len(oc.rules)
+	}
 	for _, n := range sortedNames(want) {
-		r, err := p.r.render(want[n])
+		r, err := ip.env.r.render(want[n])
 		if err != nil {
-			return res, nil, err
+			return 0, err
 		}
 		renders[n] = r
 		for _, pl := range r.shared {
 			shared[pl.chain] = append(shared[pl.chain], pl.rule)
 		}
 		for _, oc := range r.chains {
-			tx.Declare(oc.chain, oc.rules...)
-			declared[oc.chain] = true
-			res.Rules += len(oc.rules)
+			declare(oc)
 		}
 	}
-	for _, f := range p.r.families {
-		for _, oc := range p.fixedChains(f, shared) {
-			tx.Declare(oc.chain, oc.rules...)
-			declared[oc.chain] = true
-			res.Rules += len(oc.rules)
+	ch := ip.env.r.chains
+	for _, f := range ip.env.r.families {
+		for _, oc := range ip.fixedChains(f, shared) {
+			declare(oc)
 		}
 		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
-			tx.Prune(f, t, p.ch.Owns)
+			tx.Prune(f, t, ch.Owns)
 		}
-		for _, j := range p.ch.jumps() {
+		for _, j := range ch.jumps() {
 			tx.EnsureRule(iptables.Chain{Family: f, Table: iptables.Table(j.table), Name: j.chain}, true, j.rule)
 		}
 	}
-	if len(declared) >= zeroCountersChains {
+	if chains >= zeroCountersChains {
 		tx.ZeroCounters()
 	}
-	if err := p.be.Run(ctx, tx); err != nil {
-		return res, nil, err
+	if err := ip.be.Run(ctx, tx); err != nil {
+		return 0, err
 	}
-	var filters []conntrack.Filter
-	for n, old := range p.written {
-		if renders[n] == nil {
-			filters = append(filters, flowFilters(old.r, nil)...)
-		}
-	}
-	newWritten := make(map[Name]*record, len(renders))
-	for n, r := range renders {
-		var old *rendering
-		if rec := p.written[n]; rec != nil {
-			old = rec.r
-		}
-		filters = append(filters, flowFilters(old, r)...)
-		newWritten[n] = &record{svc: want[n], r: r}
-	}
-	p.written = newWritten
-	res.Services = len(renders)
-	return res, filters, nil
+	ip.written = renders
+	return rules, nil
 }
 
-// syncPartial rewrites the chains of the dirty Services and edits the
+// partial rewrites the chains of the changed Services and edits the
 // shared chains with -D and -I of those Services' rules only. It reads
 // nothing back.
-func (p *Proxy) syncPartial(ctx context.Context, dirty map[Name]bool, want map[Name]*Service) (SyncResult, []conntrack.Filter, error) {
-	var res SyncResult
-	if len(dirty) == 0 {
-		return res, nil, nil
+func (ip *iptablesPlane) partial(ctx context.Context, changed map[Name]*Service) (int, error) {
+	if len(changed) == 0 {
+		return 0, nil
 	}
 	tx := iptables.NewTransaction()
 	renders := map[Name]*rendering{}
-	for _, n := range sortedNames(dirty) {
+	rules := 0
+	for _, n := range sortedNames(changed) {
 		var nr *rendering
-		if s := want[n]; s != nil {
+		if s := changed[n]; s != nil {
 			var err error
-			if nr, err = p.r.render(s); err != nil {
-				return res, nil, err
+			if nr, err = ip.env.r.render(s); err != nil {
+				return 0, err
 			}
 		}
 		renders[n] = nr
-		var or *rendering
-		if rec := p.written[n]; rec != nil {
-			or = rec.r
-		}
-		keep := map[iptables.Chain]bool{}
-		if nr != nil {
-			for _, oc := range nr.chains {
-				tx.Declare(oc.chain, oc.rules...)
-				keep[oc.chain] = true
-				res.Rules += len(oc.rules)
-			}
-		}
-		if or != nil {
-			for _, oc := range or.chains {
-				if !keep[oc.chain] {
-					tx.DeleteChain(oc.chain)
-				}
-			}
-		}
-		type key struct {
-			c    iptables.Chain
-			spec string
-		}
-		have := map[key]int{}
-		if or != nil {
-			for _, pl := range or.shared {
-				have[key{pl.chain, pl.spec}]++
-			}
-		}
-		if nr != nil {
-			for _, pl := range nr.shared {
-				k := key{pl.chain, pl.spec}
-				if have[k] > 0 {
-					have[k]--
-					continue
-				}
-				tx.Insert(pl.chain, 1, pl.rule)
-				res.Rules++
-			}
-		}
-		if or != nil {
-			for _, pl := range or.shared {
-				k := key{pl.chain, pl.spec}
-				if have[k] > 0 {
-					have[k]--
-					tx.Delete(pl.chain, pl.rule)
-				}
-			}
-		}
+		rules += editService(tx, ip.written[n], nr)
 	}
-	if err := p.be.Run(ctx, tx); err != nil {
-		return res, nil, err
+	if err := ip.be.Run(ctx, tx); err != nil {
+		return 0, err
 	}
-	var filters []conntrack.Filter
 	for n, nr := range renders {
-		var or *rendering
-		if rec := p.written[n]; rec != nil {
-			or = rec.r
-		}
-		filters = append(filters, flowFilters(or, nr)...)
 		if nr == nil {
-			delete(p.written, n)
+			delete(ip.written, n)
 		} else {
-			p.written[n] = &record{svc: want[n], r: nr}
+			ip.written[n] = nr
 		}
 	}
-	res.Services = len(renders)
-	return res, filters, nil
+	return rules, nil
 }
 
-// canaryOK reports whether the canary chains are still there: through
+// editService queues the change of one Service's rules from or to nr
+// (either may be nil) and returns the rules it writes: its own chains
+// declared anew, chains it no longer has deleted, and its rules in the
+// shared chains inserted or deleted where they differ.
+func editService(tx *iptables.Transaction, or, nr *rendering) int {
+	rules := 0
+	keep := map[iptables.Chain]bool{}
+	if nr != nil {
+		for _, oc := range nr.chains {
+			tx.Declare(oc.chain, oc.rules...)
+			keep[oc.chain] = true
+			rules += len(oc.rules)
+		}
+	}
+	if or != nil {
+		for _, oc := range or.chains {
+			if !keep[oc.chain] {
+				tx.DeleteChain(oc.chain)
+			}
+		}
+	}
+	type key struct {
+		c    iptables.Chain
+		spec string
+	}
+	have := map[key]int{}
+	if or != nil {
+		for _, pl := range or.shared {
+			have[key{pl.chain, pl.spec}]++
+		}
+	}
+	if nr != nil {
+		for _, pl := range nr.shared {
+			if k := (key{pl.chain, pl.spec}); have[k] > 0 {
+				have[k]--
+				continue
+			}
+			tx.Insert(pl.chain, 1, pl.rule)
+			rules++
+		}
+	}
+	if or != nil {
+		for _, pl := range or.shared {
+			if k := (key{pl.chain, pl.spec}); have[k] > 0 {
+				have[k]--
+				tx.Delete(pl.chain, pl.rule)
+			}
+		}
+	}
+	return rules
+}
+
+// intact reports whether the canary chains are still there: through
 // nf_tables netlink when the backend is a namespace's kernel (tens of
 // microseconds), else, or when that does not see them (legacy iptables),
 // with iptables -C.
-func (p *Proxy) canaryOK() (bool, error) {
-	if k, ok := p.be.(interface{ NetNS() *netns.NS }); ok {
+func (ip *iptablesPlane) intact() (bool, error) {
+	ch := ip.env.r.chains
+	if k, ok := ip.be.(interface{ NetNS() *netns.NS }); ok {
 		if c, err := nft.Dial(k.NetNS()); err == nil {
 			all := true
-			for _, f := range p.r.families {
+			for _, f := range ip.env.r.families {
 				for _, t := range []string{"nat", "filter"} {
-					if ok, err := c.ChainExists(f, t, p.ch.Canary()); err != nil || !ok {
+					if ok, err := c.ChainExists(f, t, ch.Canary()); err != nil || !ok {
 						all = false
 					}
 				}
@@ -264,9 +255,9 @@ func (p *Proxy) canaryOK() (bool, error) {
 			}
 		}
 	}
-	for _, f := range p.r.families {
+	for _, f := range ip.env.r.families {
 		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
-			ok, err := p.be.Check(iptables.Chain{Family: f, Table: t, Name: p.ch.Canary()}, canaryRule)
+			ok, err := ip.be.Check(iptables.Chain{Family: f, Table: t, Name: ch.Canary()}, canaryRule)
 			if errors.Is(err, ErrNotFound) || err == nil && !ok {
 				return false, nil
 			}
@@ -278,39 +269,25 @@ func (p *Proxy) canaryOK() (bool, error) {
 	return true, nil
 }
 
-// Cleanup removes every rule and chain the proxy owns (its chains, found by
-// reading the tables, and every rule that jumps to them) in one
-// transaction, and forgets what it wrote: the next Sync is a full one.
-// Services stay in the model.
-//
-// Equivalent to: iptables-restore --noflush of -D for each jump and -F/-X
-// for each owned chain (kube-proxy --cleanup)
-func (p *Proxy) Cleanup(ctx context.Context) error {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	if err := p.pl.cleanup(ctx); err != nil {
+// cleanup removes every chain the proxy owns and the jumps to them.
+func (ip *iptablesPlane) cleanup(ctx context.Context) error {
+	tx := iptables.NewTransaction()
+	for _, f := range ip.env.r.families {
+		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
+			tx.Prune(f, t, ip.env.r.chains.Owns)
+		}
+	}
+	if err := ip.be.Run(ctx, tx); err != nil {
 		return err
 	}
-	p.mu.Lock()
-	p.full = true
-	for n := range p.want {
-		p.markDirty(n)
-	}
-	p.mu.Unlock()
+	ip.written = map[Name]*rendering{}
 	return nil
 }
 
-// cleanupTables is Cleanup in ModeIptables.
-func (p *Proxy) cleanupTables(ctx context.Context) error {
-	tx := iptables.NewTransaction()
-	for _, f := range p.r.families {
-		for _, t := range []iptables.Table{iptables.TableNAT, iptables.TableFilter} {
-			tx.Prune(f, t, p.ch.Owns)
-		}
+func (ip *iptablesPlane) stats() (services, endpoints int) {
+	for _, r := range ip.written {
+		services++
+		endpoints += r.endpoints
 	}
-	if err := p.be.Run(ctx, tx); err != nil {
-		return err
-	}
-	p.written = map[Name]*record{}
-	return nil
+	return services, endpoints
 }

@@ -1,0 +1,188 @@
+package service
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/iptables"
+)
+
+// renderer turns a Service into rules for one proxy configuration.
+type renderer struct {
+	chains   Chains
+	families []podnet.Family
+	cidr     map[podnet.Family]netip.Prefix // cluster CIDR per family
+	node     string
+	mark     uint32
+}
+
+// udpPort is what conntrack cleanup needs to know of one UDP port.
+type udpPort struct {
+	fam      podnet.Family
+	ips      []netip.Addr // cluster and external IPs
+	port     uint16
+	nodePort uint16
+	eps      []netip.Addr // endpoints traffic may be sent to
+}
+
+type epChoice struct {
+	ap    netip.AddrPort
+	chain string
+}
+
+// pick returns the endpoints that take new connections: the ready ones,
+// or, when none is ready, the serving terminating ones.
+func pick(eps []Endpoint, local func(Endpoint) bool) []Endpoint {
+	var ready, term []Endpoint
+	for _, e := range eps {
+		if !local(e) {
+			continue
+		}
+		switch {
+		case e.Ready && !e.Terminating:
+			ready = append(ready, e)
+		case e.Serving && e.Terminating:
+			term = append(term, e)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return term
+}
+
+// familyService is a Service as one family sees it.
+type familyService struct {
+	r         *renderer
+	s         *Service
+	f         podnet.Family
+	aff       uint32       // ClientIP affinity timeout, 0 without affinity
+	cip       netip.Addr   // cluster IP; invalid when s has none in f
+	eips      []netip.Addr // external IPs
+	nodePorts bool         // node ports are served in f
+	// Endpoints that take new connections: all of them, and those on
+	// this node.
+	svcSel, svlSel     []Endpoint
+	intLocal, extLocal bool // traffic policies are Local
+	cidr               netip.Prefix
+	hasCIDR            bool
+}
+
+// family returns the part of s in family f, or nil when s has nothing to
+// render there.
+func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyService {
+	fs := &familyService{r: r, s: s, f: f, aff: aff}
+	for _, ip := range s.ClusterIPs {
+		if podnet.FamilyOf(ip) == f {
+			fs.cip = ip.Unmap()
+		}
+	}
+	for _, ip := range s.ExternalIPs {
+		if podnet.FamilyOf(ip) == f {
+			fs.eips = append(fs.eips, ip.Unmap())
+		}
+	}
+	var eps []Endpoint
+	for _, e := range s.Endpoints {
+		if podnet.FamilyOf(e.Addr) == f {
+			eps = append(eps, e)
+		}
+	}
+	fs.nodePorts = s.hasNodePort() && (fs.cip.IsValid() || len(s.ClusterIPs) == 0 && len(eps) > 0)
+	if !fs.cip.IsValid() && len(fs.eips) == 0 && !fs.nodePorts {
+		return nil
+	}
+	fs.svcSel = pick(eps, func(Endpoint) bool { return true })
+	fs.svlSel = pick(eps, func(e Endpoint) bool { return r.node != "" && e.NodeName == r.node })
+	slices.SortFunc(fs.svcSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	slices.SortFunc(fs.svlSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
+	fs.intLocal = s.InternalTrafficPolicy == PolicyLocal
+	fs.extLocal = s.ExternalTrafficPolicy == PolicyLocal
+	fs.cidr, fs.hasCIDR = r.cidr[f]
+	return fs
+}
+
+// servicePort is one port of a familyService, with its chains and the
+// endpoints they balance over.
+type servicePort struct {
+	*familyService
+	p         Port
+	proto     Protocol
+	np        iptables.Protocol
+	spn       string // "namespace/name:port"
+	comment   iptables.Comment
+	portMatch iptables.Ports
+	// Per-port chains: balancing over all endpoints, over this node's
+	// endpoints, and the entry for external IPs and node ports.
+	svc, svl, ext  string
+	svcEps, svlEps []epChoice
+	extEps         []epChoice // the endpoints external traffic may use
+	// extVerdict answers external traffic when extEps is empty.
+	extVerdict iptables.Target
+}
+
+func (fs *familyService) port(p Port) *servicePort {
+	sp := &servicePort{familyService: fs, p: p, proto: p.protocol()}
+	sp.np = sp.proto.rule()
+	sp.spn = portName(fs.s.Name, p.Name)
+	sp.comment = iptables.Comment(sp.spn)
+	sp.portMatch = iptables.Ports{Dst: iptables.Port(p.Port)}
+	sp.svcEps, sp.svlEps = sp.choices(fs.svcSel), sp.choices(fs.svlSel)
+	sp.svc = fs.r.chains.Service(fs.s.Name, p.Name, sp.proto)
+	sp.svl = fs.r.chains.Local(fs.s.Name, p.Name, sp.proto)
+	sp.ext = fs.r.chains.External(fs.s.Name, p.Name, sp.proto)
+	sp.extEps = sp.svcEps
+	if fs.extLocal {
+		sp.extEps = sp.svlEps
+	}
+	// No (local) endpoints: REJECT when there are none at all,
+	// DROP when only other nodes have some (kube-proxy does the same).
+	sp.extVerdict = iptables.Reject{}
+	if len(sp.svcEps) > 0 {
+		sp.extVerdict = iptables.Drop
+	}
+	return sp
+}
+
+// target returns where connections to e for this port go.
+func (sp *servicePort) target(e Endpoint) netip.AddrPort {
+	port := sp.p.TargetPort
+	if v, ok := e.Ports[sp.p.Name]; ok {
+		port = v
+	}
+	if port == 0 {
+		port = sp.p.Port
+	}
+	return netip.AddrPortFrom(e.Addr.Unmap(), port)
+}
+
+func (sp *servicePort) choices(sel []Endpoint) []epChoice {
+	cs := make([]epChoice, len(sel))
+	for i, e := range sel {
+		ap := sp.target(e)
+		cs[i] = epChoice{ap, sp.r.chains.Endpoint(sp.s.Name, sp.p.Name, sp.proto, ap)}
+	}
+	return cs
+}
+
+// servesNodePort reports whether this port has a node port in this family.
+func (sp *servicePort) servesNodePort() bool { return sp.nodePorts && sp.p.NodePort != 0 }
+
+// udp returns what conntrack cleanup needs to know of this port.
+func (sp *servicePort) udp() udpPort {
+	u := udpPort{fam: sp.f, port: sp.p.Port}
+	if sp.nodePorts {
+		u.nodePort = sp.p.NodePort
+	}
+	if sp.cip.IsValid() {
+		u.ips = append(u.ips, sp.cip)
+	}
+	u.ips = append(u.ips, sp.eips...)
+	for _, c := range slices.Concat(sp.svcEps, sp.svlEps) {
+		if !slices.Contains(u.eps, c.ap.Addr()) {
+			u.eps = append(u.eps, c.ap.Addr())
+		}
+	}
+	return u
+}
