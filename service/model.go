@@ -64,6 +64,14 @@ type Name struct {
 // comments.
 func (n Name) String() string { return n.Namespace + "/" + n.Name }
 
+// before reports whether n sorts before o: by namespace, then name.
+func (n Name) before(o Name) bool {
+	if n.Namespace != o.Namespace {
+		return n.Namespace < o.Namespace
+	}
+	return n.Name < o.Name
+}
+
 // Port is one port of a Service.
 type Port struct {
 	Name     string   // required when the Service has more than one port
@@ -114,11 +122,11 @@ type Service struct {
 // Validate reports the first problem with s as an error matching
 // ErrInvalid that names the Service and the field.
 func (s *Service) Validate() error {
-	bad := func(format string, a ...any) error {
-		return podnet.Invalid("service %q: %s", s.Name.String(), fmt.Sprintf(format, a...))
-	}
 	if s.Namespace == "" || s.Name.Name == "" {
 		return podnet.Invalid("service %q: namespace and name are required", s.Name.String())
+	}
+	bad := func(format string, a ...any) error {
+		return podnet.Invalid("service %q: %s", s.Name.String(), fmt.Sprintf(format, a...))
 	}
 	if strings.ContainsAny(s.Namespace+s.Name.Name, "/: \"'\\\n") {
 		return bad("namespace or name contains '/', ':', a space or a quote")
@@ -126,6 +134,15 @@ func (s *Service) Validate() error {
 	if len(s.ClusterIPs) == 0 && len(s.ExternalIPs) == 0 && !s.hasNodePort() {
 		return bad("no cluster IP, external IP or node port")
 	}
+	for _, check := range []func(func(string, ...any) error) error{s.validateIPs, s.validatePolicies, s.validatePorts, s.validateEndpoints} {
+		if err := check(bad); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Service) validateIPs(bad func(string, ...any) error) error {
 	fams := map[podnet.Family]bool{}
 	for _, ip := range s.ClusterIPs {
 		if !ip.IsValid() || ip.IsUnspecified() || ip.Zone() != "" {
@@ -145,6 +162,10 @@ func (s *Service) Validate() error {
 			return bad("external IP %s is also a cluster IP", ip)
 		}
 	}
+	return nil
+}
+
+func (s *Service) validatePolicies(bad func(string, ...any) error) error {
 	switch s.Affinity {
 	case "", AffinityNone, AffinityClientIP:
 	default:
@@ -158,6 +179,10 @@ func (s *Service) Validate() error {
 			return bad("traffic policy %q: want Cluster or Local", p)
 		}
 	}
+	return nil
+}
+
+func (s *Service) validatePorts(bad func(string, ...any) error) error {
 	if len(s.Ports) == 0 {
 		return bad("no ports")
 	}
@@ -190,14 +215,16 @@ func (s *Service) Validate() error {
 		} else {
 			ports[k] = true
 		}
-		if p.NodePort != 0 {
-			if k := (key{p.protocol(), p.NodePort}); nodePorts[k] {
-				return bad("node port %d/%s used twice", p.NodePort, p.protocol())
-			} else {
-				nodePorts[k] = true
-			}
+		if k := (key{p.protocol(), p.NodePort}); p.NodePort != 0 && nodePorts[k] {
+			return bad("node port %d/%s used twice", p.NodePort, p.protocol())
+		} else {
+			nodePorts[k] = true
 		}
 	}
+	return nil
+}
+
+func (s *Service) validateEndpoints(bad func(string, ...any) error) error {
 	seen := map[netip.Addr]bool{}
 	for i, e := range s.Endpoints {
 		if !e.Addr.IsValid() || e.Addr.IsUnspecified() || e.Addr.Zone() != "" {

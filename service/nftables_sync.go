@@ -99,6 +99,7 @@ type nftFamily struct {
 	alen   uint32 // address bytes
 	sets   map[string]*nftables.Set
 	shapes map[nftShape]bool // the endpoint-count sets and rules, true once written
+	use    map[nftShape]int  // elements of each written shape's set
 	refs   map[string]int    // hairpin elements, by key, with the number of Services using them
 }
 
@@ -237,7 +238,7 @@ func (ff *nftFamily) shapeSet(s nftShape) *nftables.Set {
 
 func newNftFamily(f podnet.Family, table string) *nftFamily {
 	ff := &nftFamily{f: f, alen: nft.AddrLen(f), table: nft.Table(f, table),
-		shapes: map[nftShape]bool{}, refs: map[string]int{}, sets: map[string]*nftables.Set{}}
+		shapes: map[nftShape]bool{}, use: map[nftShape]int{}, refs: map[string]int{}, sets: map[string]*nftables.Set{}}
 	addr := ff.addrType()
 	ipKey, npKey := ff.keyType(nftKinds[0]), ff.keyType(nftKinds[2])
 	backend := nftables.MustConcatSetType(addr, nftables.TypeInetService)
@@ -362,6 +363,26 @@ func (ff *nftFamily) shapeRule(s nftShape) []expr.Any {
 		ff.mapTo(s.kind.name+"-backends", reg0, reg0), ff.dnat()})
 }
 
+// affinityRule is the first rule of kind k's entries chain.
+//
+// Equivalent to: KEY vmap @KIND-affinity
+func (ff *nftFamily) affinityRule(k nftKind) []expr.Any {
+	return append(ff.key(k, reg0), ff.mapTo(k.name+"-affinity", reg0, 0))
+}
+
+// shapeOf returns the shape whose set is named name, if it is one.
+func shapeOf(name string) (nftShape, bool) {
+	for _, k := range []nftKind{nftKinds[3], nftKinds[2], nftKinds[1], nftKinds[0]} { // longest names first
+		if rest, ok := strings.CutPrefix(name, k.name+"-"); ok {
+			if n, err := strconv.Atoi(rest); err == nil {
+				return nftShape{k, n}, true
+			}
+			return nftShape{}, false
+		}
+	}
+	return nftShape{}, false
+}
+
 // sortedShapes returns the shapes by kind, and by endpoint count from
 // the largest: a full sync writes the rules of Services with many
 // endpoints, which likely take the most new connections, first.
@@ -455,7 +476,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	// Each kind's entries: affinity first, then the shapes' rules (added
 	// as shapes appear).
 	for _, k := range nftKinds {
-		chains = append(chains, nftChain{plain(entriesChain(k)), [][]expr.Any{append(ff.key(k, reg0), ff.mapTo(k.name+"-affinity", reg0, 0))}})
+		chains = append(chains, nftChain{plain(entriesChain(k)), [][]expr.Any{ff.affinityRule(k)}})
 	}
 	return chains
 }
@@ -870,6 +891,13 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (rules int
 	for _, ff := range np.fams {
 		ff.markWritten()
 	}
+	for _, r := range renders {
+		for e := range r.elems {
+			if sh, ok := shapeOf(e.set); ok {
+				np.fams[e.f].use[sh]++
+			}
+		}
+	}
 	np.written = renders
 	return rules, nil
 }
@@ -952,6 +980,21 @@ type nftDiff struct {
 	refDelta map[nftElem]int
 	affs     []affChange
 	elems    int
+	// use is the change in the elements of each shape's set; gone the
+	// written shapes it leaves empty, whose sets and rules go too.
+	use  map[podnet.Family]map[nftShape]int
+	gone map[podnet.Family]map[nftShape]bool
+}
+
+// countShape records one element more (or, with delta -1, less) in the
+// set named set, when that is a shape's.
+func (d *nftDiff) countShape(f podnet.Family, set string, delta int) {
+	if sh, ok := shapeOf(set); ok {
+		if d.use[f] == nil {
+			d.use[f] = map[nftShape]int{}
+		}
+		d.use[f][sh] += delta
+	}
 }
 
 // partial writes the changed Services as element changes: deletions of
@@ -973,6 +1016,9 @@ func (np *nftPlane) partial(ctx context.Context, changed map[Name]*Service) (n i
 	// among them, and for the Services that wanted them before: those
 	// join this sync, so an entry passes from one to the other in one
 	// transaction.
+	// A Service that comes before a holder by name takes the entry from
+	// it, as a full sync would give it: the holder joins too.
+	renders := np.addDisplaced(changed)
 	var released []string
 	for _, n := range sortedNames(changed) {
 		if or := np.written[n]; or != nil {
@@ -980,23 +1026,26 @@ func (np *nftPlane) partial(ctx context.Context, changed map[Name]*Service) (n i
 		}
 	}
 	np.addLosers(released, changed)
-	d := &nftDiff{b: newElemBatch(), refDelta: map[nftElem]int{}}
-	renders := map[Name]*nftRendering{}
+	d := &nftDiff{b: newElemBatch(), refDelta: map[nftElem]int{},
+		use: map[podnet.Family]map[nftShape]int{}, gone: map[podnet.Family]map[nftShape]bool{}}
 	for _, n := range sortedNames(changed) {
-		var nr *nftRendering
-		if s := changed[n]; s != nil {
+		nr, ok := renders[n]
+		if s := changed[n]; s != nil && !ok {
 			nr = np.render(s)
+		}
+		if nr != nil {
 			np.claim(n, nr)
 		}
 		renders[n] = nr
 		d.service(np.written[n], nr, np.fams)
 	}
 	refs := np.sharedChanges(d)
+	np.emptiedShapes(d)
 	added, err := np.writeDiff(c, d)
 	if err != nil {
 		return 0, err
 	}
-	np.commit(renders, refs, added)
+	np.commit(d, renders, refs, added)
 	return d.elems, nil
 }
 
@@ -1033,11 +1082,13 @@ func (d *nftDiff) service(or, nr *nftRendering, fams map[podnet.Family]*nftFamil
 	for e, v := range oldElems {
 		if nv, ok := newElems[e]; !ok || nv != v {
 			d.b.queue(d.b.del, fams[e.f].sets[e.set], e.key, v)
+			d.countShape(e.f, e.set, -1)
 		}
 	}
 	for e, v := range newElems {
 		if ov, ok := oldElems[e]; !ok || ov != v {
 			d.b.queue(d.b.add, fams[e.f].sets[e.set], e.key, v)
+			d.countShape(e.f, e.set, 1)
 			d.elems++
 		}
 	}
@@ -1076,13 +1127,12 @@ func (np *nftPlane) writeDiff(c nftConn, d *nftDiff) ([]*nftFamily, error) {
 	}
 	var added []*nftFamily
 	for _, ff := range np.fams {
-		for _, sh := range sortedShapes(ff.shapes) {
-			if !ff.shapes[sh] {
-				if err := np.addShape(c, ff, sh); err != nil {
-					return nil, err
-				}
-				added = append(added, ff)
-			}
+		grew, err := np.writeShapes(c, ff, d.gone[ff.f])
+		if err != nil {
+			return nil, err
+		}
+		if grew {
+			added = append(added, ff)
 		}
 	}
 	for _, ch := range d.affs {
@@ -1098,10 +1148,79 @@ func (np *nftPlane) writeDiff(c nftConn, d *nftDiff) ([]*nftFamily, error) {
 	return added, np.flush(c)
 }
 
+// emptiedShapes records in d.gone the written shapes whose sets the
+// change leaves without elements.
+func (np *nftPlane) emptiedShapes(d *nftDiff) {
+	for f, use := range d.use {
+		ff := np.fams[f]
+		for sh, delta := range use {
+			if ff.shapes[sh] && ff.use[sh]+delta == 0 {
+				if d.gone[f] == nil {
+					d.gone[f] = map[nftShape]bool{}
+				}
+				d.gone[f][sh] = true
+			}
+		}
+	}
+}
+
+// writeShapes queues the sets and rules of ff's new shapes and the
+// removal of the gone ones, and reports whether there were new ones. A
+// rule has no handle the proxy knows, so a kind that loses a shape has
+// its entries chain flushed and written again in the same transaction:
+// one validation of the table, as adding a shape costs.
+func (np *nftPlane) writeShapes(c nftConn, ff *nftFamily, gone map[nftShape]bool) (bool, error) {
+	grew := false
+	rewrite := map[string]bool{}
+	for sh := range gone {
+		rewrite[sh.kind.name] = true
+	}
+	for _, sh := range sortedShapes(ff.shapes) {
+		if ff.shapes[sh] || gone[sh] {
+			continue
+		}
+		grew = true
+		if err := c.AddSet(ff.shapeSet(sh), nil); err != nil {
+			return false, err
+		}
+		if !rewrite[sh.kind.name] {
+			c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(sh.kind), Table: ff.table}, Exprs: ff.shapeRule(sh)})
+		}
+	}
+	for _, k := range nftKinds {
+		if !rewrite[k.name] {
+			continue
+		}
+		ch := &nftables.Chain{Name: entriesChain(k), Table: ff.table}
+		c.FlushChain(ch)
+		c.AddRule(&nftables.Rule{Table: ff.table, Chain: ch, Exprs: ff.affinityRule(k)})
+		for _, sh := range sortedShapes(ff.shapes) {
+			if sh.kind == k && !gone[sh] {
+				c.AddRule(&nftables.Rule{Table: ff.table, Chain: ch, Exprs: ff.shapeRule(sh)})
+			}
+		}
+	}
+	for _, sh := range sortedShapes(gone) {
+		c.DelSet(ff.shapeSet(sh))
+	}
+	return grew, nil
+}
+
 // commit records what a successful partial sync wrote.
-func (np *nftPlane) commit(renders map[Name]*nftRendering, refs map[nftElem]int, added []*nftFamily) {
+func (np *nftPlane) commit(d *nftDiff, renders map[Name]*nftRendering, refs map[nftElem]int, added []*nftFamily) {
 	for _, ff := range added {
 		ff.markWritten()
+	}
+	for f, use := range d.use {
+		ff := np.fams[f]
+		for sh, delta := range use {
+			ff.use[sh] += delta
+		}
+		for sh := range d.gone[f] {
+			delete(ff.shapes, sh)
+			delete(ff.use, sh)
+			delete(ff.sets, sh.set())
+		}
 	}
 	for e, n := range refs {
 		if n == 0 {
@@ -1117,6 +1236,33 @@ func (np *nftPlane) commit(renders map[Name]*nftRendering, refs map[nftElem]int,
 			np.written[n] = nr
 		}
 	}
+}
+
+// addDisplaced renders the changed Services and adds to changed the
+// holders of entries that one of them, coming before the holder by
+// namespace and name, claims. It returns the renderings.
+func (np *nftPlane) addDisplaced(changed map[Name]*Service) map[Name]*nftRendering {
+	renders := map[Name]*nftRendering{}
+	for more := true; more; {
+		more = false
+		for _, n := range sortedNames(changed) {
+			s := changed[n]
+			if s == nil || renders[n] != nil {
+				continue
+			}
+			renders[n] = np.render(s)
+			for e := range renders[n].elems {
+				o, held := np.owners[entryOf(e)]
+				if _, in := changed[o]; !held || in || !n.before(o) {
+					continue
+				}
+				if os := np.env.wanted(o); os != nil {
+					changed[o], more = os, true
+				}
+			}
+		}
+	}
+	return renders
 }
 
 // addLosers adds to changed the Services that wanted one of the released
