@@ -1,11 +1,19 @@
 // Package service turns Kubernetes-style Services and their endpoints into
 // the node's Service rules, and keeps them in sync — fully at start and
 // incrementally afterwards — with the conntrack cleanup UDP Services need.
-// It has two modes behind one Proxy: ModeIptables writes kube-proxy's
-// iptables layout through package iptables; ModeNftables writes native
-// nftables tables over netlink (github.com/google/nftables). Flows are
-// deleted through package conntrack; reading Kubernetes objects is the
-// caller's business (see examples/podnet-service-proxy and service/kube).
+//
+// A Proxy is a mode-neutral core (the model, validation, change tracking,
+// the full/partial decision, the sync runner, conntrack cleanup decided
+// from the Services before and after) writing through one of two
+// Backends, each keeping its own record of what it wrote:
+//
+//	service.New(service.Config{Backend: service.Nftables(ns)})                      // native nftables tables over netlink
+//	service.New(service.Config{Backend: service.IPTables(iptables.NewKernel(ns))})  // kube-proxy's iptables layout
+//	service.New(service.Config{Backend: service.IPTables(iptables.NewFake())})      // unit tests
+//
+// Flows are deleted through package conntrack; reading Kubernetes objects
+// is the caller's business (see examples/podnet-service-proxy and
+// service/kube).
 //
 // # Model
 //
@@ -69,20 +77,31 @@
 // Proxy.Update, Delete and Replace change the model; Proxy.Sync writes the
 // changes: in ModeIptables in one iptables.Transaction (one
 // iptables-restore --noflush per family), in ModeNftables in one netlink
-// batch (one nf_tables transaction). The partial/full decision, the
-// record of what was written and conntrack cleanup are the same in both
-// modes. In ModeNftables a full sync deletes and rewrites each table in
-// the same transaction, and the canary is the one rule of nat-prerouting:
-// gone after nft flush table, delete table or flush ruleset. A partial sync rewrites only the chains of changed Services and
-// edits the shared chains (SERVICES, NODEPORTS, EXTERNAL-SERVICES) with
-// full-spec -I and -D lines, from the proxy's own record of what it wrote:
-// it never reads the tables back, so its cost does not grow with the
-// number of Services. A full sync — at the first Sync, after a failed one,
-// and when the canary chain vanished — rewrites every owned chain, deletes
-// stale ones and ensures the jumps from the built-in chains. Each table is
-// replaced atomically, and conntrack keeps established connections on
-// their endpoint, so neither kind of sync nor a restart of the proxy
-// interrupts them.
+// batch (one nf_tables transaction). The partial/full decision and
+// conntrack cleanup are the same in both modes; a full sync runs at the
+// first Sync, after a failed one, and when the canary vanished. Neither
+// mode reads the tables back for a partial sync, so its cost does not
+// grow with the number of Services. Each table is replaced atomically,
+// and conntrack keeps established connections on their endpoint, so
+// neither kind of sync nor a restart of the proxy interrupts them.
+//
+// In ModeIptables a partial sync rewrites only the chains of changed
+// Services and edits the shared chains (SERVICES, NODEPORTS,
+// EXTERNAL-SERVICES) with full-spec -I and -D lines, from the backend's
+// record of what it wrote. A full sync rewrites every owned chain,
+// deletes stale ones and ensures the jumps from the built-in chains. The
+// canary is the PREFIX-PROXY-CANARY chain of the nat and filter tables.
+//
+// In ModeNftables a partial sync adds and deletes elements; a sync that
+// empties an endpoint count's set deletes the set and rewrites that
+// kind's entries chain. A full sync deletes and rewrites each table in
+// the same transaction. The canary is the one rule of nat-prerouting:
+// gone after nft flush table, delete table or flush ruleset. After a
+// failed batch the socket is dropped, so nothing queued reaches the
+// kernel with the next one. The backend's rules are tested without root
+// against a recorder of the batch (see equivalence_test.go): a golden
+// rendering, and random sequences of partial syncs that must leave what a
+// full sync of the same Services writes.
 //
 // # Conntrack
 //
@@ -100,16 +119,18 @@
 // of a second whatever writes it; ModeNftables avoids that (see above). In
 // ModeNftables a full sync (at start, after a failure, after a flush)
 // starts ClientIP affinity afresh. When two Services claim the same IP,
-// protocol and port (or node port), the first by namespace and name holds
-// it and the other is skipped with a warning until the first lets go of
-// it; in ModeIptables both rules are written and the first one matches. A full sync of 1000 chains or more resets the packet
-// counters of the tables it writes (see iptables.Transaction.ZeroCounters).
+// protocol and port (or node port), in ModeNftables the first by
+// namespace and name holds it and the other is skipped with a warning
+// until the first lets go of it; in ModeIptables both rules are written
+// and the first one matches. A full sync of 1000 chains or more resets
+// the packet counters of the tables it writes (see
+// iptables.Transaction.ZeroCounters).
 // docs/performance.md has the figures and the commands that measure them.
 //
 // # Network namespaces
 //
-// The proxy acts in Config.NetNS (through iptables.Kernel, or an nf_tables
-// netlink socket, and a conntrack socket opened there); the caller's
-// thread never changes namespace. Tests use a
-// iptables.Fake as Config.Backend.
+// The proxy acts in the namespace of its Backend (through
+// iptables.Kernel, or an nf_tables netlink socket opened there) and
+// cleans up conntrack there; the caller's thread never changes namespace.
+// Unit tests pass IPTables(iptables.NewFake()).
 package service
