@@ -209,3 +209,80 @@ func trackedFileProblem(mode, path string) string {
 	}
 	return ""
 }
+
+// maxFuncLines is the longest a function declaration may span, from func
+// to its closing brace: past it, a reader no longer sees the algorithm in
+// the function, so name the steps instead.
+const maxFuncLines = 80
+
+// TestFunctionsAreShort fails for every function and method of the module,
+// tests included, whose declaration spans more than maxFuncLines lines.
+// Dot-directories, testdata and nested modules (a directory with its own
+// go.mod, such as those under tools/) are not walked.
+func TestFunctionsAreShort(t *testing.T) {
+	n := 0
+	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || isModuleRoot(p)) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") {
+			return nil
+		}
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		for _, decl := range f.Decls {
+			fn, ok := decl.(*ast.FuncDecl)
+			if !ok || fn.Body == nil {
+				continue
+			}
+			n++
+			lines := fset.Position(fn.End()).Line - fset.Position(fn.Pos()).Line + 1
+			if lines > maxFuncLines {
+				t.Errorf("%s: %s is %d lines, more than %d: name its steps", p, funcName(fn), lines, maxFuncLines)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no functions found")
+	}
+}
+
+// isModuleRoot reports whether dir holds a go.mod of its own.
+func isModuleRoot(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "go.mod"))
+	return err == nil
+}
+
+// funcName names a function as Name or, for a method, Recv.Name.
+func funcName(fn *ast.FuncDecl) string {
+	if fn.Recv == nil || len(fn.Recv.List) == 0 {
+		return fn.Name.Name
+	}
+	t := fn.Recv.List[0].Type
+	if st, ok := t.(*ast.StarExpr); ok {
+		t = st.X
+	}
+	switch x := t.(type) {
+	case *ast.IndexExpr:
+		t = x.X
+	case *ast.IndexListExpr:
+		t = x.X
+	}
+	if id, ok := t.(*ast.Ident); ok {
+		return id.Name + "." + fn.Name.Name
+	}
+	return fn.Name.Name
+}

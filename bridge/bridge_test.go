@@ -149,15 +149,42 @@ func TestPodsOnBridge(t *testing.T) {
 	if err := bridge.EnsureAddr(node, "cnio0", netip.MustParsePrefix("10.200.0.1/24"), bridge.AddrOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	var pods []*netns.NS
-	var hostEnds []string
-	for i, addr := range []string{"10.200.0.2/24", "10.200.0.3/24"} {
+	pods, hostEnds := attachPods(t, node, "cnio0", "10.200.0.2/24", "10.200.0.3/24")
+	// Attaching again is a no-op that converges hairpin.
+	if err := bridge.Attach(node, "cnio0", hostEnds[1], bridge.PortOptions{Hairpin: false}); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := bridge.Ports(node, "cnio0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != 2 || ports[0].Name != hostEnds[0] || ports[1].Name != hostEnds[1] ||
+		!ports[0].Hairpin || ports[1].Hairpin {
+		t.Fatalf("Ports = %+v, want %v with hairpin on the first only", ports, hostEnds)
+	}
+	checkBridgeLinkShows(t, node, hostEnds)
+	checkHairpinToggles(t, node, hostEnds[0])
+
+	for _, dst := range []string{"10.200.0.3", "10.200.0.1"} {
+		if _, err := probe.Ping(pods[0], netip.MustParseAddr(dst), 3*time.Second); err != nil {
+			t.Errorf("pod 0 → %s: %v", dst, err)
+		}
+	}
+	checkDetachedUnreachable(t, node, pods[0], hostEnds[1])
+}
+
+// attachPods makes a pod namespace per address, with eth0 holding it, and
+// attaches the host end of each veth to br, the first with hairpin on. It
+// returns the pods and the host ends.
+func attachPods(t *testing.T, node *netns.NS, br string, addrs ...string) (pods []*netns.NS, hostEnds []string) {
+	t.Helper()
+	for i, addr := range addrs {
 		pod := nstest.New(t)
 		p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := bridge.Attach(node, "cnio0", p.Name, bridge.PortOptions{Hairpin: i == 0}); err != nil {
+		if err := bridge.Attach(node, br, p.Name, bridge.PortOptions{Hairpin: i == 0}); err != nil {
 			t.Fatal(err)
 		}
 		h, err := nl.Handle(pod)
@@ -172,20 +199,15 @@ func TestPodsOnBridge(t *testing.T) {
 		pods = append(pods, pod)
 		hostEnds = append(hostEnds, p.Name)
 	}
-	// Attaching again is a no-op that converges hairpin.
-	if err := bridge.Attach(node, "cnio0", hostEnds[1], bridge.PortOptions{Hairpin: false}); err != nil {
-		t.Fatal(err)
-	}
-	ports, err := bridge.Ports(node, "cnio0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ports) != 2 || ports[0].Name != hostEnds[0] || ports[1].Name != hostEnds[1] ||
-		!ports[0].Hairpin || ports[1].Hairpin {
-		t.Fatalf("Ports = %+v, want %v with hairpin on the first only", ports, hostEnds)
-	}
-	// iproute2 agrees on membership and hairpin.
+	return pods, hostEnds
+}
+
+// checkBridgeLinkShows checks that iproute2 agrees on membership and
+// hairpin: bridge link shows every port on cnio0, one with hairpin on.
+func checkBridgeLinkShows(t *testing.T, node *netns.NS, ports []string) {
+	t.Helper()
 	var out []byte
+	var err error
 	node.Do(func() error {
 		out, err = exec.Command("bridge", "-d", "link", "show").CombinedOutput()
 		return err
@@ -193,7 +215,7 @@ func TestPodsOnBridge(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bridge link: %v: %s", err, out)
 	}
-	for _, name := range hostEnds {
+	for _, name := range ports {
 		if !strings.Contains(string(out), name) || !strings.Contains(string(out), "master cnio0") {
 			t.Errorf("bridge link does not show %s on cnio0:\n%s", name, out)
 		}
@@ -201,33 +223,36 @@ func TestPodsOnBridge(t *testing.T) {
 	if !strings.Contains(string(out), "hairpin on") {
 		t.Errorf("bridge link shows no hairpin port:\n%s", out)
 	}
+}
 
-	// Attaching an existing port again turns hairpin mode off, and on.
+// checkHairpinToggles attaches the first port of cnio0, port, again: that
+// turns hairpin mode off, and on.
+func checkHairpinToggles(t *testing.T, node *netns.NS, port string) {
+	t.Helper()
 	for _, on := range []bool{false, true} {
-		if err := bridge.Attach(node, "cnio0", hostEnds[0], bridge.PortOptions{Hairpin: on}); err != nil {
+		if err := bridge.Attach(node, "cnio0", port, bridge.PortOptions{Hairpin: on}); err != nil {
 			t.Fatal(err)
 		}
 		if ports, err := bridge.Ports(node, "cnio0"); err != nil || ports[0].Hairpin != on {
 			t.Fatalf("after Attach with hairpin %v: Ports = %+v, %v", on, ports, err)
 		}
 	}
+}
 
-	for _, dst := range []string{"10.200.0.3", "10.200.0.1"} {
-		if _, err := probe.Ping(pods[0], netip.MustParseAddr(dst), 3*time.Second); err != nil {
-			t.Errorf("pod 0 → %s: %v", dst, err)
-		}
-	}
-	// Detached, the second pod is unreachable.
-	if err := bridge.Detach(node, hostEnds[1]); err != nil {
+// checkDetachedUnreachable detaches port (twice: the second is a no-op),
+// after which from no longer reaches 10.200.0.3 behind it.
+func checkDetachedUnreachable(t *testing.T, node, from *netns.NS, port string) {
+	t.Helper()
+	if err := bridge.Detach(node, port); err != nil {
 		t.Fatal(err)
 	}
-	if err := bridge.Detach(node, hostEnds[1]); err != nil {
+	if err := bridge.Detach(node, port); err != nil {
 		t.Fatalf("second Detach: %v", err)
 	}
 	if ports, _ := bridge.Ports(node, "cnio0"); len(ports) != 1 {
 		t.Fatalf("after Detach: %+v", ports)
 	}
-	if _, err := probe.Ping(pods[0], netip.MustParseAddr("10.200.0.3"), 300*time.Millisecond); err == nil {
+	if _, err := probe.Ping(from, netip.MustParseAddr("10.200.0.3"), 300*time.Millisecond); err == nil {
 		t.Error("detached pod still answers")
 	}
 }

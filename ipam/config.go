@@ -83,11 +83,31 @@ func ParseConfig(netconf []byte, cniArgs string) (*Config, error) {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir
 	}
+	var err error
+	if c.IPs, err = requestedIPs(&raw, cniArgs); err != nil {
+		return nil, err
+	}
+	sets := raw.rangeSets()
+	if len(sets) == 0 {
+		return nil, fieldErr("ipam.ranges", "", "no IP ranges specified")
+	}
+	if c.Ranges, err = parseRangeSets(sets); err != nil {
+		return nil, err
+	}
+	if err := checkAddrsPerFamily(c.CNIVersion, c.Ranges); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
+// requestedIPs returns the addresses asked for, in host-local's order:
+// CNI_ARGS IP=, args.cni.ips, then the runtimeConfig "ips" capability.
+func requestedIPs(raw *rawConfig, cniArgs string) ([]netip.Addr, error) {
+	var ips []netip.Addr
 	if ip, err := parseCNIArgs(cniArgs); err != nil {
 		return nil, err
 	} else if ip.IsValid() {
-		c.IPs = append(c.IPs, ip)
+		ips = append(ips, ip)
 	}
 	if raw.Args != nil && raw.Args.CNI != nil {
 		for i, s := range raw.Args.CNI.IPs {
@@ -95,7 +115,7 @@ func ParseConfig(netconf []byte, cniArgs string) (*Config, error) {
 			if err != nil {
 				return nil, fieldErr(fmt.Sprintf("args.cni.ips[%d]", i), s, "%v", err)
 			}
-			c.IPs = append(c.IPs, a)
+			ips = append(ips, a)
 		}
 	}
 	for i, s := range raw.RuntimeConfig.IPs {
@@ -103,52 +123,72 @@ func ParseConfig(netconf []byte, cniArgs string) (*Config, error) {
 		if err != nil {
 			return nil, fieldErr(fmt.Sprintf("runtimeConfig.ips[%d]", i), s, "%v", err)
 		}
-		c.IPs = append(c.IPs, a)
+		ips = append(ips, a)
 	}
+	return ips, nil
+}
 
-	type named struct {
-		path string
-		set  []rawRange
-	}
-	var sets []named
+// namedRangeSet is a range set as written, with its JSON path for errors.
+type namedRangeSet struct {
+	path string
+	set  []rawRange
+}
+
+// rangeSets lists the configuration's range sets in Config.Ranges' order:
+// runtimeConfig.ipRanges, then an old-style top-level range, then
+// ipam.ranges.
+func (raw *rawConfig) rangeSets() []namedRangeSet {
+	var sets []namedRangeSet
 	for i, s := range raw.RuntimeConfig.IPRanges {
-		sets = append(sets, named{fmt.Sprintf("runtimeConfig.ipRanges[%d]", i), s})
+		sets = append(sets, namedRangeSet{fmt.Sprintf("runtimeConfig.ipRanges[%d]", i), s})
 	}
 	if raw.IPAM.Subnet != "" {
-		sets = append(sets, named{"ipam", []rawRange{raw.IPAM.rawRange}})
+		sets = append(sets, namedRangeSet{"ipam", []rawRange{raw.IPAM.rawRange}})
 	}
 	for i, s := range raw.IPAM.Ranges {
-		sets = append(sets, named{fmt.Sprintf("ipam.ranges[%d]", i), s})
+		sets = append(sets, namedRangeSet{fmt.Sprintf("ipam.ranges[%d]", i), s})
 	}
-	if len(sets) == 0 {
-		return nil, fieldErr("ipam.ranges", "", "no IP ranges specified")
-	}
-	var v4, v6 int
+	return sets
+}
+
+// parseRangeSets parses every set, failing on the first that overlaps one
+// before it.
+func parseRangeSets(sets []namedRangeSet) ([]RangeSet, error) {
+	var out []RangeSet
 	for _, ns := range sets {
 		set, err := parseRangeSet(ns.path, ns.set)
 		if err != nil {
 			return nil, err
 		}
+		for j, prev := range out {
+			if prev.Overlaps(set) {
+				return nil, fieldErr(ns.path, set.String(), "overlaps range set %d (%s)", j, prev)
+			}
+		}
+		out = append(out, set)
+	}
+	return out, nil
+}
+
+// checkAddrsPerFamily fails when ranges give a family more than one
+// address and cniVersion's results cannot hold that: results before spec
+// 0.3.0 hold one address per family. An empty cniVersion counts as 0.1.0
+// and an unparsable one as too old.
+func checkAddrsPerFamily(cniVersion string, ranges []RangeSet) error {
+	var v4, v6 int
+	for _, set := range ranges {
 		if set[0].Is4() {
 			v4++
 		} else {
 			v6++
 		}
-		for j, prev := range c.Ranges {
-			if prev.Overlaps(set) {
-				return nil, fieldErr(ns.path, set.String(), "overlaps range set %d (%s)", j, prev)
-			}
-		}
-		c.Ranges = append(c.Ranges, set)
 	}
-	// Results before spec 0.3.0 hold one address per family. An empty
-	// cniVersion counts as 0.1.0 and an unparsable one as too old.
 	if v4 > 1 || v6 > 1 {
-		if ok, _ := version.GreaterThanOrEqualTo(c.CNIVersion, "0.3.0"); !ok {
-			return nil, fieldErr("cniVersion", c.CNIVersion, "does not support more than one address per family")
+		if ok, _ := version.GreaterThanOrEqualTo(cniVersion, "0.3.0"); !ok {
+			return fieldErr("cniVersion", cniVersion, "does not support more than one address per family")
 		}
 	}
-	return c, nil
+	return nil
 }
 
 func parseRangeSet(path string, raw []rawRange) (RangeSet, error) {

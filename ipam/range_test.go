@@ -117,14 +117,41 @@ func TestRangeSetCanonical(t *testing.T) {
 }
 
 func TestParseConfig(t *testing.T) {
+	for _, tt := range parseConfigTests() {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tt.conf), tt.args)
+			if tt.errField != "" {
+				var fe *FieldError
+				if !errors.Is(err, ErrInvalid) || (tt.errField != "-" && (!errors.As(err, &fe) || fe.Field != tt.errField)) {
+					t.Fatalf("error = %v, want ErrInvalid for field %q", err, tt.errField)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+}
+
+// parseConfigTest is a network configuration and CNI_ARGS for ParseConfig,
+// with a check of the Config or the field its error must name.
+type parseConfigTest struct {
+	name     string
+	conf     string
+	args     string
+	check    func(t *testing.T, c *Config)
+	errField string // "-" for any ErrInvalid error
+}
+
+// parseConfigTests are host-local's defaults, orders and errors, one case
+// each.
+func parseConfigTests() []parseConfigTest {
 	const dd = `"dataDir": "/tmp/x"`
-	tests := []struct {
-		name     string
-		conf     string
-		args     string
-		check    func(t *testing.T, c *Config)
-		errField string // "-" for any ErrInvalid error
-	}{
+	return []parseConfigTest{
 		{name: "defaults", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`,
 			check: func(t *testing.T, c *Config) {
 				if c.DataDir != DefaultDataDir || c.Network != "n" || c.Ranges[0][0].Gateway != ma("10.1.0.1") || c.ResolvConf != "" || len(c.IPs) != 0 {
@@ -177,24 +204,6 @@ func TestParseConfig(t *testing.T) {
 		{name: "one set per family needs no cniVersion", conf: `{"name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00::/64"}]]}}`},
 		{name: "two v4 sets with 0.3.1", conf: `{"cniVersion":"0.3.1","name":"n","ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}`},
 		{name: "empty set", conf: `{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[]]}}`, errField: "ipam.ranges[0]"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, err := ParseConfig([]byte(tt.conf), tt.args)
-			if tt.errField != "" {
-				var fe *FieldError
-				if !errors.Is(err, ErrInvalid) || (tt.errField != "-" && (!errors.As(err, &fe) || fe.Field != tt.errField)) {
-					t.Fatalf("error = %v, want ErrInvalid for field %q", err, tt.errField)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tt.check != nil {
-				tt.check(t, c)
-			}
-		})
 	}
 }
 

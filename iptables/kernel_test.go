@@ -112,6 +112,36 @@ func TestKernelAtomicity(t *testing.T) {
 	ns := nstest.New(t)
 	k := NewKernel(ns)
 	ctx := context.Background()
+	seedForeignRules(t, ns)
+	check := foreignUnchanged(t, ns)
+
+	for _, f := range []Family{IPv4, IPv6} {
+		if err := k.Run(ctx, ownedChains(f, 3)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after declaring 3 chains")
+	checkRejectedChangeNothing(t, ctx, k, ns)
+	checkPrune(t, ctx, k)
+	check("after prune")
+	checkRerunIdempotent(t, ctx, k)
+
+	// Clean up everything we own; foreign state is what it was.
+	for _, f := range []Family{IPv4, IPv6} {
+		if err := k.Run(ctx, NewTransaction().Prune(f, TableNAT, PrefixOwner("PODNET"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := saveText(t, ns, IPv4); strings.Contains(got, "PODNET") {
+		t.Errorf("owned rules left:\n%s", got)
+	}
+	check("after cleanup")
+}
+
+// seedForeignRules adds, in both families, chains and rules podnet does not
+// own, beside and jumped to from the built-in chains podnet also uses.
+func seedForeignRules(t *testing.T, ns *netns.NS) {
+	t.Helper()
 	for _, f := range []Family{IPv4, IPv6} {
 		src := "10.50.0.0/16"
 		if f == IPv6 {
@@ -130,6 +160,12 @@ COMMIT
 COMMIT
 `, src))
 	}
+}
+
+// foreignUnchanged returns a check that fails the test when the lines of
+// either family's iptables-save that do not mention PODNET differ from
+// what they are now.
+func foreignUnchanged(t *testing.T, ns *netns.NS) func(step string) {
 	foreign := func(f Family) string {
 		var keep []string
 		for _, l := range strings.Split(saveText(t, ns, f), "\n") {
@@ -140,7 +176,7 @@ COMMIT
 		return strings.Join(keep, "\n")
 	}
 	before := map[Family]string{IPv4: foreign(IPv4), IPv6: foreign(IPv6)}
-	check := func(step string) {
+	return func(step string) {
 		t.Helper()
 		for _, f := range []Family{IPv4, IPv6} {
 			if got := foreign(f); got != before[f] {
@@ -148,28 +184,31 @@ COMMIT
 			}
 		}
 	}
+}
 
-	good := func(f Family, n int) *Transaction {
-		tx := NewTransaction()
-		for i := range n {
-			tx.Declare(Chain{f, TableNAT, fmt.Sprintf("PODNET-S%d", i)}, Rule{Protocol: TCP, Target: Return})
-			tx.EnsureRule(Chain{f, TableNAT, "PREROUTING"}, true, Rule{Protocol: TCP, Matches: []Match{Ports{Dst: Port(uint16(1000 + i))}}, Target: Jump(fmt.Sprintf("PODNET-S%d", i))})
-		}
-		return tx.Prune(f, TableNAT, PrefixOwner("PODNET"))
+// ownedChains is a transaction that declares n chains PODNET-S<i> in f's
+// nat table, each jumped to from PREROUTING, and prunes every other chain
+// PODNET owns there.
+func ownedChains(f Family, n int) *Transaction {
+	tx := NewTransaction()
+	for i := range n {
+		tx.Declare(Chain{f, TableNAT, fmt.Sprintf("PODNET-S%d", i)}, Rule{Protocol: TCP, Target: Return})
+		tx.EnsureRule(Chain{f, TableNAT, "PREROUTING"}, true, Rule{Protocol: TCP, Matches: []Match{Ports{Dst: Port(uint16(1000 + i))}}, Target: Jump(fmt.Sprintf("PODNET-S%d", i))})
 	}
-	for _, f := range []Family{IPv4, IPv6} {
-		if err := k.Run(ctx, good(f, 3)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	check("after declaring 3 chains")
+	return tx.Prune(f, TableNAT, PrefixOwner("PODNET"))
+}
+
+// checkRejectedChangeNothing runs transactions that restore or Run reject,
+// each otherwise valid, and fails the test if any changed the tables.
+func checkRejectedChangeNothing(t *testing.T, ctx context.Context, k *Kernel, ns *netns.NS) {
+	t.Helper()
 	snap := saveText(t, ns, IPv4) + saveText(t, ns, IPv6)
 
 	// DNAT is not valid in the filter table: the kernel rejects that rule,
 	// and with it the whole transaction.
 	// The last rule appends to a chain that does not exist: restore
 	// rejects it, and with it the whole transaction.
-	bad := good(IPv4, 1)
+	bad := ownedChains(IPv4, 1)
 	bad.Declare(Chain{IPv4, TableNAT, "PODNET-NEW"}, Rule{Target: Return})
 	bad.Append(Chain{IPv4, TableNAT, "PODNET-MISSING"}, Rule{Target: Return})
 	if err := k.Run(ctx, bad); err == nil {
@@ -178,11 +217,11 @@ COMMIT
 		t.Logf("rejected as expected: %v", err)
 	}
 	// NAT targets outside the nat table are refused before anything runs.
-	if err := k.Run(ctx, good(IPv4, 1).Declare(Chain{IPv4, TableFilter, "PODNET-BAD"}, Rule{Target: DNAT{To: a4("10.0.0.1")}})); !errors.Is(err, ErrInvalid) {
+	if err := k.Run(ctx, ownedChains(IPv4, 1).Declare(Chain{IPv4, TableFilter, "PODNET-BAD"}, Rule{Target: DNAT{To: a4("10.0.0.1")}})); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("DNAT in filter: err = %v, want ErrInvalid", err)
 	}
 	// A jump to a chain that does not exist.
-	bad6 := good(IPv6, 1).Append(Chain{IPv6, TableNAT, "PODNET-S0"}, Rule{Target: Jump("PODNET-NOWHERE")})
+	bad6 := ownedChains(IPv6, 1).Append(Chain{IPv6, TableNAT, "PODNET-S0"}, Rule{Target: Jump("PODNET-NOWHERE")})
 	if err := k.Run(ctx, bad6); err == nil {
 		t.Fatal("transaction with a jump to a missing chain succeeded")
 	}
@@ -190,10 +229,14 @@ COMMIT
 		t.Logf("%q", got)
 		t.Fatalf("failed transactions changed the tables:\n%s\nwant\n%s", got, snap)
 	}
+}
 
-	// Prune: from 3 chains down to 1; the stale chains and their jumps go.
+// checkPrune prunes the 3 owned chains down to 1: the stale chains and
+// their jumps go, the foreign rule stays.
+func checkPrune(t *testing.T, ctx context.Context, k *Kernel) {
+	t.Helper()
 	for _, f := range []Family{IPv4, IPv6} {
-		if err := k.Run(ctx, good(f, 1)); err != nil {
+		if err := k.Run(ctx, ownedChains(f, 1)); err != nil {
 			t.Fatal(err)
 		}
 		nat, _ := k.Save(ctx, f, TableNAT)
@@ -204,24 +247,18 @@ COMMIT
 			t.Errorf("%v: PREROUTING = %q, want our jump and the foreign rule", f, pre)
 		}
 	}
-	check("after prune")
-	// Re-running is idempotent: EnsureRule does not duplicate.
-	if err := k.Run(ctx, good(IPv4, 1)); err != nil {
+}
+
+// checkRerunIdempotent runs the 1-chain transaction again: EnsureRule
+// does not duplicate the jump.
+func checkRerunIdempotent(t *testing.T, ctx context.Context, k *Kernel) {
+	t.Helper()
+	if err := k.Run(ctx, ownedChains(IPv4, 1)); err != nil {
 		t.Fatal(err)
 	}
 	if nat, _ := k.Save(ctx, IPv4, TableNAT); len(nat.Chain("PREROUTING").Rules) != 2 {
 		t.Errorf("EnsureRule duplicated: %q", nat.Chain("PREROUTING").Rules)
 	}
-	// Clean up everything we own; foreign state is what it was.
-	for _, f := range []Family{IPv4, IPv6} {
-		if err := k.Run(ctx, NewTransaction().Prune(f, TableNAT, PrefixOwner("PODNET"))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := saveText(t, ns, IPv4); strings.Contains(got, "PODNET") {
-		t.Errorf("owned rules left:\n%s", got)
-	}
-	check("after cleanup")
 }
 
 func chainNames(t *TableRules) []string {
@@ -323,83 +360,108 @@ func TestDNATTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b2.Close()
-	h, _ := nl.Handle(client)
-	_, vipNet, _ := net.ParseCIDR("10.96.0.0/16")
-	if err := h.RouteAdd(&netlink.Route{Dst: vipNet, Gw: net.ParseIP("10.99.0.1")}); err != nil {
-		t.Fatal(err)
-	}
-	h.Close()
+	routeServicesVia(t, client, "10.99.0.1")
 
 	k := NewKernel(node)
 	vip := netip.MustParseAddrPort("10.96.0.10:80")
-	services := Chain{IPv4, TableNAT, "PODNET-SERVICES"}
-	apply := func(backend netip.AddrPort) {
-		t.Helper()
-		tx := NewTransaction()
-		var dispatch []Rule
-		for _, p := range []Protocol{TCP, UDP} {
-			svc := Chain{IPv4, TableNAT, "PODNET-SVC-" + strings.ToUpper(string(p))}
-			tx.Declare(svc, Rule{Protocol: p, Matches: []Match{Comment("test/vip")}, Target: DNATTo(backend)})
-			dispatch = append(dispatch, Rule{Destination: Addr{Prefix: netip.PrefixFrom(vip.Addr(), 32)}, Protocol: p,
-				Matches: []Match{Ports{Dst: Port(vip.Port())}}, Target: Jump(svc.Name)})
-		}
-		tx.Declare(services, dispatch...)
-		tx.EnsureRule(Chain{IPv4, TableNAT, "PREROUTING"}, true, Rule{Target: Jump(services.Name)})
-		tx.Prune(IPv4, TableNAT, PrefixOwner("PODNET"))
-		if err := k.Run(ctx, tx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	apply(b1.Addr)
+	applyDNAT(t, k, vip, b1.Addr)
+	checkTCPTranslated(t, node, client, vip, b1.Addr)
+	checkUDPFlowKeepsBackend(t, k, node, client, vip, b1.Addr, b2.Addr)
 
-	r := ask(t, client, "tcp", vip)
-	if r.Name != "b1" || r.Source.Addr() != a4("10.99.0.2") {
-		t.Fatalf("tcp via VIP: %+v, want b1 seeing 10.99.0.2", r)
-	}
-	flows, err := conntrack.List(ctx, node, conntrack.Filter{Protocol: conntrack.TCP, OrigDst: vip.Addr(), DstPort: 80}.Match)
-	if err != nil || len(flows) == 0 {
-		t.Fatalf("conntrack: %v, %v", flows, err)
-	}
-	if fl := flows[0]; fl.Reply.Src != b1.Addr.Addr() || fl.Reply.SrcPort != b1.Addr.Port() {
-		t.Fatalf("conntrack flow %s: reply not from b1 %s", fl, b1.Addr)
-	} else {
-		t.Logf("conntrack: %s", fl)
-		if s := fl.String(); !strings.HasPrefix(s, "tcp      6 ") || !strings.Contains(s, fmt.Sprintf("dst=10.96.0.10 sport=%d dport=80 src=10.99.0.1", fl.Orig.SrcPort)) {
-			t.Errorf("flow printed as %q", s)
-		}
-	}
-
-	u := newUDPClient(t, client, netip.MustParseAddrPort("10.99.0.2:40000"), vip)
-	if got := u.ask(t); got != "b1" {
-		t.Fatalf("udp via VIP answered by %q, want b1", got)
-	}
-	apply(b2.Addr) // backend b1 replaced by b2
-	if got := u.ask(t); got != "b1" {
-		t.Fatalf("udp flow moved to %q before its conntrack entry was deleted", got)
-	}
-	// Two conditions, one of which selects nothing: one dump, one delete.
-	stale := conntrack.Any(
-		conntrack.Filter{Protocol: conntrack.UDP, OrigDst: vip.Addr(), ReplySrc: b1.Addr.Addr(), ReplySrcPort: b1.Addr.Port()},
-		conntrack.Filter{Protocol: conntrack.UDP, OrigDst: a4("10.96.0.99")},
-	)
-	n, err := conntrack.Delete(ctx, node, stale)
-	if err != nil || n != 1 {
-		t.Fatalf("conntrack.Delete = %d, %v", n, err)
-	}
-	if got := u.ask(t); got != "b2" {
-		t.Fatalf("after deleting the flow udp answered by %q, want b2", got)
-	}
 	if err := conntrack.Flush(ctx, node); err != nil {
 		t.Fatal(err)
 	}
 	if fl, _ := conntrack.List(ctx, node, conntrack.Filter{OrigDst: vip.Addr()}.Match); len(fl) != 0 {
 		t.Errorf("flows after flush: %v", fl)
 	}
-	if err := k.Run(ctx, NewTransaction().RemoveRule(Chain{IPv4, TableNAT, "PREROUTING"}, Rule{Target: Jump(services.Name)}).Prune(IPv4, TableNAT, PrefixOwner("PODNET"))); err != nil {
+	if err := k.Run(ctx, NewTransaction().RemoveRule(Chain{IPv4, TableNAT, "PREROUTING"}, Rule{Target: Jump(dnatServices.Name)}).Prune(IPv4, TableNAT, PrefixOwner("PODNET"))); err != nil {
 		t.Fatal(err)
 	}
 	if got := saveText(t, node, IPv4); strings.Contains(got, "PODNET") {
 		t.Errorf("left:\n%s", got)
+	}
+}
+
+// routeServicesVia routes the service range 10.96.0.0/16 in ns via gw.
+func routeServicesVia(t *testing.T, ns *netns.NS, gw string) {
+	t.Helper()
+	h, _ := nl.Handle(ns)
+	_, vipNet, _ := net.ParseCIDR("10.96.0.0/16")
+	if err := h.RouteAdd(&netlink.Route{Dst: vipNet, Gw: net.ParseIP(gw)}); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+}
+
+// dnatServices is the chain TestDNATTraffic jumps to from PREROUTING.
+var dnatServices = Chain{IPv4, TableNAT, "PODNET-SERVICES"}
+
+// applyDNAT converges the nat table to DNAT vip, over TCP and UDP, to
+// backend: PREROUTING jumps to dnatServices, which jumps to one chain per
+// protocol.
+func applyDNAT(t *testing.T, k *Kernel, vip, backend netip.AddrPort) {
+	t.Helper()
+	tx := NewTransaction()
+	var dispatch []Rule
+	for _, p := range []Protocol{TCP, UDP} {
+		svc := Chain{IPv4, TableNAT, "PODNET-SVC-" + strings.ToUpper(string(p))}
+		tx.Declare(svc, Rule{Protocol: p, Matches: []Match{Comment("test/vip")}, Target: DNATTo(backend)})
+		dispatch = append(dispatch, Rule{Destination: Addr{Prefix: netip.PrefixFrom(vip.Addr(), 32)}, Protocol: p,
+			Matches: []Match{Ports{Dst: Port(vip.Port())}}, Target: Jump(svc.Name)})
+	}
+	tx.Declare(dnatServices, dispatch...)
+	tx.EnsureRule(Chain{IPv4, TableNAT, "PREROUTING"}, true, Rule{Target: Jump(dnatServices.Name)})
+	tx.Prune(IPv4, TableNAT, PrefixOwner("PODNET"))
+	if err := k.Run(context.Background(), tx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkTCPTranslated asks vip over TCP from client: backend answers, sees
+// the client's own address, and conntrack on node shows the translation.
+func checkTCPTranslated(t *testing.T, node, client *netns.NS, vip, backend netip.AddrPort) {
+	t.Helper()
+	r := ask(t, client, "tcp", vip)
+	if r.Name != "b1" || r.Source.Addr() != a4("10.99.0.2") {
+		t.Fatalf("tcp via VIP: %+v, want b1 seeing 10.99.0.2", r)
+	}
+	flows, err := conntrack.List(context.Background(), node, conntrack.Filter{Protocol: conntrack.TCP, OrigDst: vip.Addr(), DstPort: 80}.Match)
+	if err != nil || len(flows) == 0 {
+		t.Fatalf("conntrack: %v, %v", flows, err)
+	}
+	if fl := flows[0]; fl.Reply.Src != backend.Addr() || fl.Reply.SrcPort != backend.Port() {
+		t.Fatalf("conntrack flow %s: reply not from b1 %s", fl, backend)
+	} else {
+		t.Logf("conntrack: %s", fl)
+		if s := fl.String(); !strings.HasPrefix(s, "tcp      6 ") || !strings.Contains(s, fmt.Sprintf("dst=10.96.0.10 sport=%d dport=80 src=10.99.0.1", fl.Orig.SrcPort)) {
+			t.Errorf("flow printed as %q", s)
+		}
+	}
+}
+
+// checkUDPFlowKeepsBackend replaces the backend from (b1) by to (b2): a UDP
+// flow to vip stays with from until its conntrack entry is deleted.
+func checkUDPFlowKeepsBackend(t *testing.T, k *Kernel, node, client *netns.NS, vip, from, to netip.AddrPort) {
+	t.Helper()
+	u := newUDPClient(t, client, netip.MustParseAddrPort("10.99.0.2:40000"), vip)
+	if got := u.ask(t); got != "b1" {
+		t.Fatalf("udp via VIP answered by %q, want b1", got)
+	}
+	applyDNAT(t, k, vip, to) // backend b1 replaced by b2
+	if got := u.ask(t); got != "b1" {
+		t.Fatalf("udp flow moved to %q before its conntrack entry was deleted", got)
+	}
+	// Two conditions, one of which selects nothing: one dump, one delete.
+	stale := conntrack.Any(
+		conntrack.Filter{Protocol: conntrack.UDP, OrigDst: vip.Addr(), ReplySrc: from.Addr(), ReplySrcPort: from.Port()},
+		conntrack.Filter{Protocol: conntrack.UDP, OrigDst: a4("10.96.0.99")},
+	)
+	n, err := conntrack.Delete(context.Background(), node, stale)
+	if err != nil || n != 1 {
+		t.Fatalf("conntrack.Delete = %d, %v", n, err)
+	}
+	if got := u.ask(t); got != "b2" {
+		t.Fatalf("after deleting the flow udp answered by %q, want b2", got)
 	}
 }
 

@@ -591,102 +591,125 @@ func isAllOnes(a netip.Addr) bool {
 	return true
 }
 
+// targetValued tells which target options take a value.
+var targetValued = map[string]bool{"--to-ports": true, "--to-source": true, "--to-destination": true,
+	"--set-xmark": true, "--set-mark": true, "--or-mark": true, "--xor-mark": true, "--and-mark": true, "--reject-with": true}
+
+// target parses the options of target name: a built-in verdict or target,
+// else a jump to a user chain.
 func (p *ruleParser) target(name string) (Target, error) {
-	valued := map[string]bool{"--to-ports": true, "--to-source": true, "--to-destination": true,
-		"--set-xmark": true, "--set-mark": true, "--or-mark": true, "--xor-mark": true, "--and-mark": true, "--reject-with": true}
-	var t Target
-	var err error
 	switch name {
 	case "RETURN", "ACCEPT", "DROP":
-		t = verdict(name)
+		return verdict(name), nil
 	case "MASQUERADE":
-		var m Masquerade
-		err = p.options(valued, func(opt, val string, neg bool) error {
-			switch opt {
-			case "--to-ports":
-				pr, err := parsePortRange(val, "-")
-				m.ToPorts = pr
-				return err
-			case "--random-fully":
-				m.RandomFully = true
-				return nil
-			}
-			return unsupported("MASQUERADE option %s", opt)
-		})
-		t = m
+		return p.targetMasquerade()
 	case "SNAT":
-		var s SNAT
-		err = p.options(valued, func(opt, val string, neg bool) error {
-			switch opt {
-			case "--to-source":
-				a, pr, err := parseNATAddr(val)
-				s.To, s.Ports = a, pr
-				return err
-			case "--random-fully":
-				s.RandomFully = true
-				return nil
-			}
-			return unsupported("SNAT option %s", opt)
-		})
-		t = s
+		return p.targetSNAT()
 	case "DNAT":
-		var d DNAT
-		err = p.options(valued, func(opt, val string, neg bool) error {
-			if opt != "--to-destination" {
-				return unsupported("DNAT option %s", opt)
-			}
-			a, pr, err := parseNATAddr(val)
-			d.To, d.Ports = a, pr
-			return err
-		})
-		t = d
+		return p.targetDNAT()
 	case "MARK":
-		var m SetMark
-		err = p.options(valued, func(opt, val string, neg bool) error {
-			v, mask, err := parseValueMask(val)
-			if err != nil {
-				return err
-			}
-			switch opt {
-			case "--set-xmark":
-				m = SetMark{Value: v, Mask: mask}
-			case "--set-mark":
-				m = SetMark{Value: v, Mask: mask}
-			case "--or-mark":
-				m = OrMark(v)
-			case "--xor-mark":
-				m = XorMark(v)
-			case "--and-mark":
-				m = SetMark{Mask: ^v}
-			default:
-				return unsupported("MARK option %s", opt)
-			}
-			return nil
-		})
-		t = m
+		return p.targetMark()
 	case "REJECT":
-		var rj Reject
-		err = p.options(valued, func(opt, val string, neg bool) error {
-			if opt != "--reject-with" {
-				return unsupported("REJECT option %s", opt)
-			}
-			rj.With = val
-			if val == "icmp-port-unreachable" && p.f == IPv4 || val == "icmp6-port-unreachable" && p.f == IPv6 {
-				rj.With = ""
-			}
-			return nil
-		})
-		t = rj
-	default:
-		if strings.HasPrefix(p.peek(), "--") {
-			return nil, unsupported("target %q", name)
-		}
-		if err := ValidateChainName(name); err != nil {
-			return nil, err
-		}
-		t = Jump(name)
+		return p.targetReject()
 	}
-	return t, err
+	if strings.HasPrefix(p.peek(), "--") {
+		return nil, unsupported("target %q", name)
+	}
+	if err := ValidateChainName(name); err != nil {
+		return nil, err
+	}
+	return Jump(name), nil
+}
+
+func (p *ruleParser) targetMasquerade() (Masquerade, error) {
+	var m Masquerade
+	err := p.options(targetValued, func(opt, val string, neg bool) error {
+		switch opt {
+		case "--to-ports":
+			pr, err := parsePortRange(val, "-")
+			m.ToPorts = pr
+			return err
+		case "--random-fully":
+			m.RandomFully = true
+			return nil
+		}
+		return unsupported("MASQUERADE option %s", opt)
+	})
+	return m, err
+}
+
+func (p *ruleParser) targetSNAT() (SNAT, error) {
+	var s SNAT
+	err := p.options(targetValued, func(opt, val string, neg bool) error {
+		switch opt {
+		case "--to-source":
+			a, pr, err := parseNATAddr(val)
+			s.To, s.Ports = a, pr
+			return err
+		case "--random-fully":
+			s.RandomFully = true
+			return nil
+		}
+		return unsupported("SNAT option %s", opt)
+	})
+	return s, err
+}
+
+func (p *ruleParser) targetDNAT() (DNAT, error) {
+	var d DNAT
+	err := p.options(targetValued, func(opt, val string, neg bool) error {
+		if opt != "--to-destination" {
+			return unsupported("DNAT option %s", opt)
+		}
+		a, pr, err := parseNATAddr(val)
+		d.To, d.Ports = a, pr
+		return err
+	})
+	return d, err
+}
+
+// targetMark parses -j MARK, whose every spelling is a SetMark.
+func (p *ruleParser) targetMark() (SetMark, error) {
+	var m SetMark
+	err := p.options(targetValued, func(opt, val string, neg bool) error {
+		v, mask, err := parseValueMask(val)
+		if err != nil {
+			return err
+		}
+		switch opt {
+		case "--set-xmark":
+			m = SetMark{Value: v, Mask: mask}
+		case "--set-mark":
+			m = SetMark{Value: v, Mask: mask}
+		case "--or-mark":
+			m = OrMark(v)
+		case "--xor-mark":
+			m = XorMark(v)
+		case "--and-mark":
+			m = SetMark{Mask: ^v}
+		default:
+			return unsupported("MARK option %s", opt)
+		}
+		return nil
+	})
+	return m, err
+}
+
+// targetReject parses -j REJECT; the family's default reply is spelled
+// as the empty With.
+func (p *ruleParser) targetReject() (Reject, error) {
+	var rj Reject
+	err := p.options(targetValued, func(opt, val string, neg bool) error {
+		if opt != "--reject-with" {
+			return unsupported("REJECT option %s", opt)
+		}
+		rj.With = val
+		if val == "icmp-port-unreachable" && p.f == IPv4 || val == "icmp6-port-unreachable" && p.f == IPv6 {
+			rj.With = ""
+		}
+		return nil
+	})
+	return rj, err
 }
 
 func parsePrefix(s string) (netip.Prefix, error) {

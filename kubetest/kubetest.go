@@ -103,14 +103,7 @@ func Start(ctx context.Context, o Options) (_ *ControlPlane, err error) {
 	if o.ServiceClusterIPRange == "" {
 		o.ServiceClusterIPRange = "10.96.0.0/16"
 	}
-	parent := o.Dir
-	if parent == "" {
-		parent = os.TempDir()
-		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-			parent = "/dev/shm"
-		}
-	}
-	dir, err := os.MkdirTemp(parent, "podnet-kubetest-")
+	dir, err := os.MkdirTemp(stateParent(o.Dir), "podnet-kubetest-")
 	if err != nil {
 		return nil, err
 	}
@@ -129,37 +122,67 @@ func Start(ctx context.Context, o Options) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	clientURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+	if err := cp.startEtcd(ctx, etcdBin, ports[0], ports[1]); err != nil {
+		return nil, err
+	}
+	cp.configureAPIServer(creds, ports[2], o.ServiceClusterIPRange)
+	if err := cp.StartAPIServer(ctx); err != nil {
+		return nil, err
+	}
+	if err := cp.writeKubeconfig(creds); err != nil {
+		return nil, err
+	}
+	return cp, nil
+}
+
+// stateParent is where the state directory is made: dir if set, else
+// /dev/shm when it is there, else os.TempDir().
+func stateParent(dir string) string {
+	if dir != "" {
+		return dir
+	}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return os.TempDir()
+}
+
+// startEtcd starts etcd serving clients on clientPort and peers on
+// peerPort, and waits until it is healthy.
+func (cp *ControlPlane) startEtcd(ctx context.Context, bin string, clientPort, peerPort int) (err error) {
+	clientURL := "http://127.0.0.1:" + strconv.Itoa(clientPort)
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
 	cp.EtcdURL = clientURL
 	cp.httpc = &http.Client{Timeout: 5 * time.Second}
-	cp.etcd, err = cp.spawn("etcd", etcdBin,
+	cp.etcd, err = cp.spawn("etcd", bin,
 		"--name", "podnet",
-		"--data-dir", filepath.Join(dir, "etcd"),
+		"--data-dir", filepath.Join(cp.dir, "etcd"),
 		"--listen-client-urls", clientURL, "--advertise-client-urls", clientURL,
 		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 		"--initial-cluster", "podnet="+peerURL,
 		"--log-level", "warn")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := cp.wait(ctx, cp.etcd, clientURL+"/health", cp.httpc, ""); err != nil {
-		return nil, err
-	}
+	return cp.wait(ctx, cp.etcd, clientURL+"/health", cp.httpc, "")
+}
 
-	host := "https://127.0.0.1:" + strconv.Itoa(ports[2])
+// configureAPIServer sets the API server's arguments (on port, with etcd
+// at cp.EtcdURL) and the clients that reach it with creds; StartAPIServer
+// then runs it.
+func (cp *ControlPlane) configureAPIServer(creds credentials, port int, serviceRange string) {
 	cp.apiArgs = []string{
-		"--etcd-servers", clientURL,
+		"--etcd-servers", cp.EtcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-		"--secure-port", strconv.Itoa(ports[2]),
-		"--cert-dir", filepath.Join(dir, "certs"),
+		"--secure-port", strconv.Itoa(port),
+		"--cert-dir", filepath.Join(cp.dir, "certs"),
 		"--tls-cert-file", creds.cert, "--tls-private-key-file", creds.key,
 		"--token-auth-file", creds.tokens,
 		"--authorization-mode", "RBAC",
 		"--service-account-key-file", creds.saKey,
 		"--service-account-signing-key-file", creds.saKey,
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-		"--service-cluster-ip-range", o.ServiceClusterIPRange,
+		"--service-cluster-ip-range", serviceRange,
 		// The kubernetes Service's endpoints would be 127.0.0.1, which
 		// EndpointSlice validation rejects; nothing here needs them.
 		"--endpoint-reconciler-type", "none",
@@ -167,27 +190,25 @@ func Start(ctx context.Context, o Options) (_ *ControlPlane, err error) {
 		"--profiling=false",
 	}
 	cp.Config = &rest.Config{
-		Host:            host,
+		Host:            "https://127.0.0.1:" + strconv.Itoa(port),
 		BearerToken:     creds.token,
 		TLSClientConfig: rest.TLSClientConfig{CAData: creds.certPEM},
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(creds.certPEM)
 	cp.apiHTTP = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	if err := cp.StartAPIServer(ctx); err != nil {
-		return nil, err
-	}
+}
 
-	cp.Kubeconfig = filepath.Join(dir, "kubeconfig")
+// writeKubeconfig writes cp.Kubeconfig, reaching cp.Config's host as
+// AdminUser.
+func (cp *ControlPlane) writeKubeconfig(creds credentials) error {
+	cp.Kubeconfig = filepath.Join(cp.dir, "kubeconfig")
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters["podnet"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: creds.certPEM}
+	kc.Clusters["podnet"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: creds.certPEM}
 	kc.AuthInfos[AdminUser] = &clientcmdapi.AuthInfo{Token: creds.token}
 	kc.Contexts["podnet"] = &clientcmdapi.Context{Cluster: "podnet", AuthInfo: AdminUser}
 	kc.CurrentContext = "podnet"
-	if err := clientcmd.WriteToFile(*kc, cp.Kubeconfig); err != nil {
-		return nil, err
-	}
-	return cp, nil
+	return clientcmd.WriteToFile(*kc, cp.Kubeconfig)
 }
 
 // Client returns a clientset for Config with client-side rate limits

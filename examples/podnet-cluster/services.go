@@ -99,71 +99,94 @@ func (c *cluster) programServices(ctx context.Context) error {
 // TCP, and nginx's NodePort from outside through a node that does not run
 // it, showing conntrack on both nodes.
 func (c *cluster) checkServices(ctx context.Context, r *report) {
-	var servers []*probe.Server
-	defer func() {
-		for _, s := range servers {
-			s.Close()
-		}
-	}()
-	var names []string
+	servers, dnsNames, ok := c.serveProbes(r)
+	defer closeAll(servers)
+	if !ok {
+		return
+	}
+	for _, w := range c.workers {
+		c.checkClusterIP(ctx, r, w, dnsNames)
+	}
+	c.checkNodePort(ctx, r)
+}
+
+// serveProbes starts a probe server on every kube-dns backend (port 53)
+// and on the nginx backend (port 80). It returns the servers started, for
+// the caller to close, the DNS backends' names, and false when it reported
+// a failure to r.
+func (c *cluster) serveProbes(r *report) (servers []*probe.Server, dnsNames []string, ok bool) {
 	for _, p := range c.dnsBackends() {
 		s, err := probe.Serve(p.ns, netip.AddrPortFrom(p.ip, 53), p.name)
 		if err != nil {
 			r.fail("serve DNS on a pod", err)
-			return
+			return servers, dnsNames, false
 		}
 		servers = append(servers, s)
-		names = append(names, p.name)
+		dnsNames = append(dnsNames, p.name)
 	}
 	ng := c.nginxBackend()
 	s, err := probe.Serve(ng.ns, netip.AddrPortFrom(ng.ip, 80), ng.name)
 	if err != nil {
 		r.fail("serve nginx on a pod", err)
-		return
+		return servers, dnsNames, false
 	}
-	servers = append(servers, s)
+	return append(servers, s), dnsNames, true
+}
 
+// checkClusterIP asks kube-dns's cluster IP from w's first pod over UDP
+// and TCP: one of dnsNames must answer, seeing the pod's address. On the
+// first worker the evidence adds the proxy's rules for kube-dns.
+func (c *cluster) checkClusterIP(ctx context.Context, r *report, w *worker, dnsNames []string) {
 	vip := netip.AddrPortFrom(c.dnsIP(), 53)
-	for _, w := range c.workers {
-		client := w.pods[0]
-		var evidence []string
-		ok := true
-		for _, network := range []string{"udp", "tcp"} {
-			rep, err := probe.Ask(client.ns, network, vip, timeout)
-			if err != nil {
-				ok = false
-				evidence = append(evidence, fmt.Sprintf("%s: %v", network, err))
-				continue
-			}
-			// A pod reaching itself through its Service (hairpin) is
-			// masqueraded to the bridge's address, as kube-proxy does, so
-			// the reply comes back through the node.
-			hairpin := rep.Name == client.name
-			wantSrc := client.ip
-			if hairpin {
-				wantSrc = nth(w.podCIDR, 1)
-			}
-			ok = ok && slices.Contains(names, rep.Name) && rep.Source.Addr() == wantSrc
-			note := ""
-			if hairpin {
-				note = " (hairpin: the pod reached itself, masqueraded to cnio0's address)"
-			}
-			evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s%s", network, vip, rep.Name, rep.Source, note))
+	client := w.pods[0]
+	var evidence []string
+	ok := true
+	for _, network := range []string{"udp", "tcp"} {
+		rep, err := probe.Ask(client.ns, network, vip, timeout)
+		if err != nil {
+			ok = false
+			evidence = append(evidence, fmt.Sprintf("%s: %v", network, err))
+			continue
 		}
-		if w == c.workers[0] {
-			if rules := c.rulesMentioning(ctx, w, dnsName.String()+":dns-tcp"); len(rules) > 0 {
-				evidence = append(evidence, w.name+": iptables-save -t nat | grep kube-dns:dns-tcp")
-				evidence = append(evidence, indent(rules)...)
-			} else {
-				// podnet-service-proxy's default backend: elements of
-				// its nftables table.
-				evidence = append(evidence, w.name+": nft list table ip podnet-proxy | grep "+c.dnsIP().String())
-				evidence = append(evidence, indent(nftMentioning(w, c.dnsIP().String()+" . "))...)
-			}
+		// A pod reaching itself through its Service (hairpin) is
+		// masqueraded to the bridge's address, as kube-proxy does, so
+		// the reply comes back through the node.
+		hairpin := rep.Name == client.name
+		wantSrc := client.ip
+		if hairpin {
+			wantSrc = nth(w.podCIDR, 1)
 		}
-		r.check(fmt.Sprintf("ClusterIP %s (kube-dns) answers %s on %s over UDP and TCP", c.dnsIP(), client.name, w.name), ok, evidence...)
+		ok = ok && slices.Contains(dnsNames, rep.Name) && rep.Source.Addr() == wantSrc
+		note := ""
+		if hairpin {
+			note = " (hairpin: the pod reached itself, masqueraded to cnio0's address)"
+		}
+		evidence = append(evidence, fmt.Sprintf("%s %s → answered by %s, which saw %s%s", network, vip, rep.Name, rep.Source, note))
 	}
+	if w == c.workers[0] {
+		evidence = append(evidence, c.dnsRules(ctx, w)...)
+	}
+	r.check(fmt.Sprintf("ClusterIP %s (kube-dns) answers %s on %s over UDP and TCP", c.dnsIP(), client.name, w.name), ok, evidence...)
+}
 
+// dnsRules shows w's rules for kube-dns, as the command that lists them
+// and its indented output: iptables rules when there are any, else the
+// elements of podnet-service-proxy's nftables table.
+func (c *cluster) dnsRules(ctx context.Context, w *worker) []string {
+	if rules := c.rulesMentioning(ctx, w, dnsName.String()+":dns-tcp"); len(rules) > 0 {
+		return append([]string{w.name + ": iptables-save -t nat | grep kube-dns:dns-tcp"}, indent(rules)...)
+	}
+	// podnet-service-proxy's default backend: elements of its nftables
+	// table.
+	return append([]string{w.name + ": nft list table ip podnet-proxy | grep " + c.dnsIP().String()},
+		indent(nftMentioning(w, c.dnsIP().String()+" . "))...)
+}
+
+// checkNodePort asks nginx's NodePort from outside through the first
+// worker, and shows conntrack there and, when nginx runs on another node,
+// on that node.
+func (c *cluster) checkNodePort(ctx context.Context, r *report) {
+	ng := c.nginxBackend()
 	entry := c.workers[0]
 	dst := netip.AddrPortFrom(entry.ip, nodePort)
 	rep, err := probe.Ask(c.outside, "tcp", dst, timeout)

@@ -80,16 +80,7 @@ func TestInspectPods(t *testing.T) {
 		t.Run(plugin, func(t *testing.T) {
 			node := nstest.NewNamed(t)
 			// An outside host to talk to, so conntrack has a translated flow.
-			out := nstest.New(t)
-			if _, err := veth.Create(node, veth.Spec{Name: "ens0", PeerName: "eth0", PeerNS: out}); err != nil {
-				t.Fatal(err)
-			}
-			addr.Ensure(node, "ens0", netip.MustParsePrefix("10.240.0.20/24"))
-			addr.Ensure(out, "eth0", netip.MustParsePrefix("10.240.0.99/24"))
-			srv, err := probe.Serve(out, netip.MustParseAddrPort("10.240.0.99:8080"), "outside")
-			if err != nil {
-				t.Fatal(err)
-			}
+			srv := serveOutside(t, node)
 			defer srv.Close()
 
 			dataDir := t.TempDir()
@@ -99,57 +90,13 @@ func TestInspectPods(t *testing.T) {
 				t.Fatal(err)
 			}
 			// A process in the pod, found by PID.
-			var sleep *exec.Cmd
-			if err := pod.Do(func() error {
-				sleep = exec.Command("sleep", "60")
-				return sleep.Start()
-			}); err != nil {
-				t.Fatal(err)
-			}
+			sleep := startSleep(t, pod)
 			defer func() { sleep.Process.Kill(); sleep.Wait() }()
 
 			for _, arg := range []string{pod.Name(), pod.Path(), fmt.Sprint(sleep.Process.Pid)} {
 				r, raw := inspectJSON(t, "--node", node.Path(), arg)
-				if !slices.Contains(r.Addresses, ip) {
-					t.Fatalf("%s: addresses %v, want %v\n%s", arg, r.Addresses, ip, raw)
-				}
-				if !slices.Contains(r.Pod.Names, pod.Name()) {
-					t.Errorf("%s: names %v", arg, r.Pod.Names)
-				}
-				if !slices.ContainsFunc(r.Pod.Processes, func(p Process) bool { return p.PID == sleep.Process.Pid && p.Command == "sleep" }) {
-					t.Errorf("%s: processes %v lack sleep %d", arg, r.Pod.Processes, sleep.Process.Pid)
-				}
-				v := r.Veth
-				if v == nil || v.Bridge != "cnio0" || v.HostVeth == "" || len(v.Ports) != 2 {
-					t.Fatalf("%s: veth path %+v", arg, v)
-				}
-				host, err := veth.Peer(pod, "eth0", node)
-				if err != nil || host.Name != v.HostVeth || host.Index != v.PeerIndex {
-					t.Errorf("%s: host veth %+v, report says %s/%d", arg, host, v.HostVeth, v.PeerIndex)
-				}
-				if !slices.Contains(v.BridgeAddrs, "10.200.0.1/24") {
-					t.Errorf("bridge addresses %v", v.BridgeAddrs)
-				}
-				if !slices.ContainsFunc(r.PodRoutes, func(s string) bool { return strings.HasPrefix(s, "default via 10.200.0.1") }) {
-					t.Errorf("pod routes %v", r.PodRoutes)
-				}
-				if len(r.NodeRoutes) != 1 || !strings.Contains(r.NodeRoutes[0].Route, "dev cnio0") {
-					t.Errorf("node routes %+v", r.NodeRoutes)
-				}
-				if !slices.ContainsFunc(r.NATRules, func(n NATRule) bool {
-					return n.Table == "nat" && strings.Contains(n.Rule, "10.200.0.")
-				}) {
-					t.Errorf("no masquerade rule found: %+v", r.NATRules)
-				}
-				want := fmt.Sprintf("src=%s dst=10.240.0.99", ip)
-				if !slices.ContainsFunc(r.Conntrack, func(s string) bool {
-					return strings.Contains(s, want) && strings.Contains(s, "dst=10.240.0.20")
-				}) {
-					t.Errorf("conntrack %q lacks the masqueraded flow %q", r.Conntrack, want)
-				}
-				for _, w := range r.Warnings {
-					t.Errorf("warning: %s", w)
-				}
+				checkReportedPod(t, arg, r, raw, pod, ip, sleep.Process.Pid)
+				checkReportedPath(t, arg, r, pod, node, ip)
 			}
 			_ = other
 			// The text form tells the same story.
@@ -158,6 +105,90 @@ func TestInspectPods(t *testing.T) {
 				t.Errorf("text output:\n%s%s", text.String(), errOut.String())
 			}
 		})
+	}
+}
+
+// serveOutside connects node by ens0 (10.240.0.20/24) to a new outside
+// namespace (10.240.0.99/24) and serves a probe there on port 8080.
+func serveOutside(t *testing.T, node *netns.NS) *probe.Server {
+	t.Helper()
+	out := nstest.New(t)
+	if _, err := veth.Create(node, veth.Spec{Name: "ens0", PeerName: "eth0", PeerNS: out}); err != nil {
+		t.Fatal(err)
+	}
+	addr.Ensure(node, "ens0", netip.MustParsePrefix("10.240.0.20/24"))
+	addr.Ensure(out, "eth0", netip.MustParsePrefix("10.240.0.99/24"))
+	srv, err := probe.Serve(out, netip.MustParseAddrPort("10.240.0.99:8080"), "outside")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+// startSleep starts "sleep 60" inside pod; the caller kills it.
+func startSleep(t *testing.T, pod *netns.NS) *exec.Cmd {
+	t.Helper()
+	var sleep *exec.Cmd
+	if err := pod.Do(func() error {
+		sleep = exec.Command("sleep", "60")
+		return sleep.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return sleep
+}
+
+// checkReportedPod checks the report on pod, asked for by arg, against the
+// pod: its address ip, its name, and the process pid (sleep).
+func checkReportedPod(t *testing.T, arg string, r *Report, raw string, pod *netns.NS, ip netip.Addr, pid int) {
+	t.Helper()
+	if !slices.Contains(r.Addresses, ip) {
+		t.Fatalf("%s: addresses %v, want %v\n%s", arg, r.Addresses, ip, raw)
+	}
+	if !slices.Contains(r.Pod.Names, pod.Name()) {
+		t.Errorf("%s: names %v", arg, r.Pod.Names)
+	}
+	if !slices.ContainsFunc(r.Pod.Processes, func(p Process) bool { return p.PID == pid && p.Command == "sleep" }) {
+		t.Errorf("%s: processes %v lack sleep %d", arg, r.Pod.Processes, pid)
+	}
+}
+
+// checkReportedPath checks the report's path from pod (address ip) to
+// node against the kernel: the veth to cnio0 with two ports, the routes
+// both ways, the masquerade rule and the masqueraded flow to the outside
+// host; and that there is no warning.
+func checkReportedPath(t *testing.T, arg string, r *Report, pod, node *netns.NS, ip netip.Addr) {
+	t.Helper()
+	v := r.Veth
+	if v == nil || v.Bridge != "cnio0" || v.HostVeth == "" || len(v.Ports) != 2 {
+		t.Fatalf("%s: veth path %+v", arg, v)
+	}
+	host, err := veth.Peer(pod, "eth0", node)
+	if err != nil || host.Name != v.HostVeth || host.Index != v.PeerIndex {
+		t.Errorf("%s: host veth %+v, report says %s/%d", arg, host, v.HostVeth, v.PeerIndex)
+	}
+	if !slices.Contains(v.BridgeAddrs, "10.200.0.1/24") {
+		t.Errorf("bridge addresses %v", v.BridgeAddrs)
+	}
+	if !slices.ContainsFunc(r.PodRoutes, func(s string) bool { return strings.HasPrefix(s, "default via 10.200.0.1") }) {
+		t.Errorf("pod routes %v", r.PodRoutes)
+	}
+	if len(r.NodeRoutes) != 1 || !strings.Contains(r.NodeRoutes[0].Route, "dev cnio0") {
+		t.Errorf("node routes %+v", r.NodeRoutes)
+	}
+	if !slices.ContainsFunc(r.NATRules, func(n NATRule) bool {
+		return n.Table == "nat" && strings.Contains(n.Rule, "10.200.0.")
+	}) {
+		t.Errorf("no masquerade rule found: %+v", r.NATRules)
+	}
+	want := fmt.Sprintf("src=%s dst=10.240.0.99", ip)
+	if !slices.ContainsFunc(r.Conntrack, func(s string) bool {
+		return strings.Contains(s, want) && strings.Contains(s, "dst=10.240.0.20")
+	}) {
+		t.Errorf("conntrack %q lacks the masqueraded flow %q", r.Conntrack, want)
+	}
+	for _, w := range r.Warnings {
+		t.Errorf("warning: %s", w)
 	}
 }
 

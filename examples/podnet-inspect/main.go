@@ -121,23 +121,43 @@ func openPod(arg string) (*netns.NS, error) {
 	return ns, err
 }
 
+// printText prints r as sections, each headed by the command that shows
+// the same on a node.
 func printText(w io.Writer, r *Report) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	printNamespace(p, r.Pod)
+	printInterfaces(p, r.Interfaces)
+	if r.Veth != nil {
+		printVeth(p, r.Veth)
+	}
+	printRoutes(p, r)
+	printNodeRules(p, r)
+	for _, w := range r.Warnings {
+		p("\nwarning: %s", w)
+	}
+}
+
+// lineFunc prints one line, formatted as by fmt.Printf.
+type lineFunc func(format string, args ...any)
+
+func printNamespace(p lineFunc, ns Namespace) {
 	p("# namespace (lsns -t net, ip netns identify)")
-	names := strings.Join(r.Pod.Names, ", ")
+	names := strings.Join(ns.Names, ", ")
 	if names == "" {
 		names = "(unnamed)"
 	}
-	p("%d %s  %s", r.Pod.Inode, names, r.Pod.Path)
-	for _, pr := range r.Pod.Processes {
+	p("%d %s  %s", ns.Inode, names, ns.Path)
+	for _, pr := range ns.Processes {
 		p("  pid %d %s", pr.PID, pr.Command)
 	}
-	if len(r.Pod.Processes) == 0 {
+	if len(ns.Processes) == 0 {
 		p("  no process inside")
 	}
+}
 
+func printInterfaces(p lineFunc, ifcs []Interface) {
 	p("\n# interfaces (ip addr)")
-	for _, i := range r.Interfaces {
+	for _, i := range ifcs {
 		name := i.Name
 		if i.PeerIndex != 0 {
 			name = fmt.Sprintf("%s@if%d", i.Name, i.PeerIndex)
@@ -148,30 +168,35 @@ func printText(w io.Writer, r *Report) {
 		}
 		p("%d: %s %s mtu %d %s %v", i.Index, name, i.Type, i.MTU, state, i.Addresses)
 	}
+}
 
-	if v := r.Veth; v != nil {
-		p("\n# the veth pair (ethtool -S %s → ip link | grep '^%d:')", v.PodInterface, v.PeerIndex)
-		p("%s: peer_ifindex %d", v.PodInterface, v.PeerIndex)
-		if v.HostVeth != "" {
-			master := "no bridge"
-			if v.Bridge != "" {
-				master = "master " + v.Bridge
-			}
-			p("node %d: %s %s", v.HostIndex, v.HostVeth, master)
-		}
+// printVeth prints the veth pair and, when the node end has one, its
+// bridge with every port.
+func printVeth(p lineFunc, v *VethPath) {
+	p("\n# the veth pair (ethtool -S %s → ip link | grep '^%d:')", v.PodInterface, v.PeerIndex)
+	p("%s: peer_ifindex %d", v.PodInterface, v.PeerIndex)
+	if v.HostVeth != "" {
+		master := "no bridge"
 		if v.Bridge != "" {
-			p("\n# the bridge (brctl show %s)", v.Bridge)
-			p("%s (ifindex %d) %v", v.Bridge, v.BridgeIndex, v.BridgeAddrs)
-			for _, port := range v.Ports {
-				mark := ""
-				if port.ThisPod {
-					mark = "  ← this pod"
-				}
-				p("  %d %s hairpin=%v%s", port.Index, port.Name, port.Hairpin, mark)
-			}
+			master = "master " + v.Bridge
 		}
+		p("node %d: %s %s", v.HostIndex, v.HostVeth, master)
 	}
+	if v.Bridge == "" {
+		return
+	}
+	p("\n# the bridge (brctl show %s)", v.Bridge)
+	p("%s (ifindex %d) %v", v.Bridge, v.BridgeIndex, v.BridgeAddrs)
+	for _, port := range v.Ports {
+		mark := ""
+		if port.ThisPod {
+			mark = "  ← this pod"
+		}
+		p("  %d %s hairpin=%v%s", port.Index, port.Name, port.Hairpin, mark)
+	}
+}
 
+func printRoutes(p lineFunc, r *Report) {
 	p("\n# routes in the pod (ip route)")
 	for _, rt := range r.PodRoutes {
 		p("%s", rt)
@@ -180,6 +205,11 @@ func printText(w io.Writer, r *Report) {
 	for _, nr := range r.NodeRoutes {
 		p("%s: %s", nr.To, nr.Route)
 	}
+}
+
+// printNodeRules prints the node's iptables rules, nftables elements and
+// conntrack flows for the pod, "none" for a section without any.
+func printNodeRules(p lineFunc, r *Report) {
 	p("\n# iptables rules of the node naming the pod or its subnet (iptables-save)")
 	if len(r.NATRules) == 0 {
 		p("none")
@@ -200,8 +230,5 @@ func printText(w io.Writer, r *Report) {
 	}
 	for _, f := range r.Conntrack {
 		p("%s", f)
-	}
-	for _, w := range r.Warnings {
-		p("\nwarning: %s", w)
 	}
 }

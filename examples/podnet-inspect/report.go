@@ -100,32 +100,64 @@ type NATRule struct {
 // errNoVeth: the namespace is not a pod attached by a veth.
 var errNoVeth = errors.New("has no veth interface: is it a pod's namespace?")
 
+// inspect walks pod's network path: its namespace and interfaces, the veth
+// to node and its bridge, the routes both ways, and node's rules and flows
+// for the pod. What cannot be read on node is a warning, not an error.
 func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
-	r := &Report{Pod: Namespace{Path: pod.Path()}}
-	ino, err := pod.Inode()
+	ns, err := describeNamespace(pod)
 	if err != nil {
 		return nil, err
 	}
-	r.Pod.Inode = ino
+	r := &Report{Pod: ns}
+	links, err := link.List(pod)
+	if err != nil {
+		return nil, err
+	}
+	var vethName string
+	r.Interfaces, r.Addresses, vethName = describeInterfaces(pod, links)
+	if vethName == "" {
+		return nil, fmt.Errorf("netns %q %w", pod, errNoVeth)
+	}
+
+	r.Veth, err = followVeth(pod, node, vethName)
+	if err != nil {
+		r.Warnings = append(r.Warnings, err.Error())
+	}
+	r.addRoutes(pod, node)
+	r.addNodeRules(ctx, node, podSubnets(links, pod))
+	return r, nil
+}
+
+// describeNamespace identifies pod: its path, inode, names under
+// /var/run/netns and the processes inside. Names and processes that cannot
+// be read are left out.
+func describeNamespace(pod *netns.NS) (Namespace, error) {
+	ns := Namespace{Path: pod.Path()}
+	ino, err := pod.Inode()
+	if err != nil {
+		return Namespace{}, err
+	}
+	ns.Inode = ino
 	if entries, err := netns.List(); err == nil {
 		for _, e := range entries {
 			if e.Inode == ino {
-				r.Pod.Names = append(r.Pod.Names, e.Name)
+				ns.Names = append(ns.Names, e.Name)
 			}
 		}
 	}
 	if pids, err := pod.PIDs(); err == nil {
 		for _, pid := range pids {
 			comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
-			r.Pod.Processes = append(r.Pod.Processes, Process{PID: pid, Command: strings.TrimSpace(string(comm))})
+			ns.Processes = append(ns.Processes, Process{PID: pid, Command: strings.TrimSpace(string(comm))})
 		}
 	}
+	return ns, nil
+}
 
-	links, err := link.List(pod)
-	if err != nil {
-		return nil, err
-	}
-	var vethName string
+// describeInterfaces describes the pod's links and returns them, the pod's
+// addresses (not loopback, not link-local), and the veth that leads to the
+// node: eth0 if it is one, else the first, else "".
+func describeInterfaces(pod *netns.NS, links []link.Info) (ifcs []Interface, addrs []netip.Addr, vethName string) {
 	for _, l := range links {
 		ifc := Interface{Name: l.Name, Index: l.Index, Type: l.Type, MTU: l.MTU, Up: l.Up}
 		if l.MAC != nil {
@@ -140,20 +172,17 @@ func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
 		ifc.Addresses, _ = addr.List(pod, l.Name)
 		for _, a := range ifc.Addresses {
 			if l.Type != "loopback" && !a.Addr().IsLinkLocalUnicast() {
-				r.Addresses = append(r.Addresses, a.Addr())
+				addrs = append(addrs, a.Addr())
 			}
 		}
-		r.Interfaces = append(r.Interfaces, ifc)
+		ifcs = append(ifcs, ifc)
 	}
-	if vethName == "" {
-		return nil, fmt.Errorf("netns %q %w", pod, errNoVeth)
-	}
+	return ifcs, addrs, vethName
+}
 
-	r.Veth, err = followVeth(pod, node, vethName)
-	if err != nil {
-		r.Warnings = append(r.Warnings, err.Error())
-	}
-
+// addRoutes adds the pod's routes and the node's route to each of the
+// pod's addresses, warning for an address the node cannot reach.
+func (r *Report) addRoutes(pod, node *netns.NS) {
 	if rs, err := route.List(pod, route.Filter{}); err == nil {
 		for _, rt := range rs {
 			r.PodRoutes = append(r.PodRoutes, rt.String())
@@ -166,8 +195,13 @@ func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
 			r.Warnings = append(r.Warnings, fmt.Sprintf("node has no route to %s: %v", a, err))
 		}
 	}
+}
 
-	subnets := podSubnets(links, pod)
+// addNodeRules adds what the node holds about the pod's addresses and
+// subnets: iptables rules, service proxy elements and conntrack flows,
+// warning for each that cannot be read.
+func (r *Report) addNodeRules(ctx context.Context, node *netns.NS, subnets []netip.Prefix) {
+	var err error
 	r.NATRules, err = natRules(ctx, node, r.Addresses, subnets)
 	if err != nil {
 		r.Warnings = append(r.Warnings, "read iptables: "+err.Error())
@@ -188,7 +222,6 @@ func inspect(ctx context.Context, pod, node *netns.NS) (*Report, error) {
 			}
 		}
 	}
-	return r, nil
 }
 
 // followVeth resolves the pod's veth to its node end and that end's bridge.

@@ -210,47 +210,12 @@ func TestDaemon(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "web.yaml", webManifest)
 	var stderr syncBuffer
-	cmd := exec.Command("ip", "netns", "exec", ns.Name(), filepath.Join(binDir, "podnet-service-proxy"),
+	cmd, done := startDaemon(t, ns, &stderr,
 		"--netns", ns.Path(), "--node-name", "node0", "--manifests", dir, "--metrics-addr", "127.0.0.1:9101", "--poll", "50ms")
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}}
-	get := func(path string) (int, string) {
-		resp, err := client.Get("http://127.0.0.1:9101" + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := httpGetIn(ns, "http://127.0.0.1:9101")
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; proxy log:\n%s", what, stderr.String())
-			}
-			time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
-		}
+		waitUntil(t, &stderr, what, ok)
 	}
 	waitFor("healthz", func() bool { code, _ := get("/healthz"); return code == 200 })
 	// Healthy from the start (nothing waits yet); the first sync follows.
@@ -286,6 +251,63 @@ func TestDaemon(t *testing.T) {
 	}
 	if !hasClusterIP(save(t, ns), "10.96.0.20") {
 		t.Error("rules removed on stop")
+	}
+}
+
+// startDaemon starts podnet-service-proxy with args inside ns, its stderr
+// going to stderr. done receives its exit; the test's cleanup kills it if
+// it is still running.
+func startDaemon(t *testing.T, ns *netns.NS, stderr io.Writer, args ...string) (cmd *exec.Cmd, done <-chan error) {
+	t.Helper()
+	cmd = exec.Command("ip", append([]string{"netns", "exec", ns.Name(), filepath.Join(binDir, "podnet-service-proxy")}, args...)...)
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return cmd, exited
+}
+
+// httpGetIn returns a function that GETs base+path from inside ns and
+// returns the status code and body, or 0 and the error.
+func httpGetIn(ns *netns.NS, base string) func(path string) (int, string) {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := ns.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}}
+	return func(path string) (int, string) {
+		resp, err := client.Get(base + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+}
+
+// waitUntil polls ok for up to 10 s, failing the test with the proxy's log
+// when it never holds.
+func waitUntil(t *testing.T, log *syncBuffer, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s; proxy log:\n%s", what, log.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
 }
 

@@ -57,57 +57,102 @@ func run(ctx context.Context, keep bool) (err error) {
 	}
 	start := time.Now()
 
-	node, err := netns.NewNamed(prefix + "node")
+	node, err := newNode()
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	if _, err := bridge.Ensure(node, bridge.Spec{Name: "cnio0"}); err != nil {
+	pods, err := addPods(ctx, node)
+	defer closeAll(pods)
+	if err != nil {
 		return err
-	}
-	if err := bridge.EnsureAddr(node, "cnio0", gateway, bridge.AddrOptions{}); err != nil {
-		return err
-	}
-	if err := route.SetForwarding(node, route.IPv4, true); err != nil {
-		return err
-	}
-
-	var pods []*netns.NS
-	for i, ip := range podIPs {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		pod, err := netns.NewNamed(fmt.Sprintf("%spod%d", prefix, i))
-		if err != nil {
-			return err
-		}
-		defer pod.Close()
-		if err := link.SetUp(pod, "lo"); err != nil {
-			return err
-		}
-		p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod})
-		if err != nil {
-			return err
-		}
-		if err := bridge.Attach(node, "cnio0", p.Name, bridge.PortOptions{Hairpin: true}); err != nil {
-			return err
-		}
-		if err := addr.Ensure(pod, "eth0", ip); err != nil {
-			return err
-		}
-		if err := route.EnsureDefault(pod, gateway.Addr(), "eth0"); err != nil {
-			return err
-		}
-		pods = append(pods, pod)
 	}
 	fmt.Printf("built 1 node and %d pods in %v\n\n", len(pods), time.Since(start).Round(time.Millisecond))
 
 	if err := describe(node, pods); err != nil {
 		return err
 	}
+	failed := pingAcross(pods)
 
+	if keep {
+		fmt.Printf("\nleft running; explore with: sudo ip netns exec %spod0 ip addr\n", prefix)
+		fmt.Printf("remove with: sudo ip netns del %snode; sudo ip netns del %spod0; sudo ip netns del %spod1\n", prefix, prefix, prefix)
+	} else {
+		fmt.Println("\nremoving namespaces (their veths and the bridge go with them)")
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d checks failed", failed)
+	}
+	return nil
+}
+
+// newNode makes the node namespace with the cnio0 bridge holding the
+// gateway address, forwarding IPv4.
+func newNode() (*netns.NS, error) {
+	node, err := netns.NewNamed(prefix + "node")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := bridge.Ensure(node, bridge.Spec{Name: "cnio0"}); err != nil {
+		node.Close()
+		return nil, err
+	}
+	if err := bridge.EnsureAddr(node, "cnio0", gateway, bridge.AddrOptions{}); err != nil {
+		node.Close()
+		return nil, err
+	}
+	if err := route.SetForwarding(node, route.IPv4, true); err != nil {
+		node.Close()
+		return nil, err
+	}
+	return node, nil
+}
+
+// addPods makes a pod namespace per address of podIPs, joined to node's
+// cnio0 by a veth (hairpin on) with a default route via the gateway. It
+// returns the pods made, for the caller to close, even on error.
+func addPods(ctx context.Context, node *netns.NS) ([]*netns.NS, error) {
+	var pods []*netns.NS
+	for i, ip := range podIPs {
+		if ctx.Err() != nil {
+			return pods, ctx.Err()
+		}
+		pod, err := netns.NewNamed(fmt.Sprintf("%spod%d", prefix, i))
+		if err != nil {
+			return pods, err
+		}
+		pods = append(pods, pod)
+		if err := link.SetUp(pod, "lo"); err != nil {
+			return pods, err
+		}
+		p, err := veth.Create(node, veth.Spec{PeerName: "eth0", PeerNS: pod})
+		if err != nil {
+			return pods, err
+		}
+		if err := bridge.Attach(node, "cnio0", p.Name, bridge.PortOptions{Hairpin: true}); err != nil {
+			return pods, err
+		}
+		if err := addr.Ensure(pod, "eth0", ip); err != nil {
+			return pods, err
+		}
+		if err := route.EnsureDefault(pod, gateway.Addr(), "eth0"); err != nil {
+			return pods, err
+		}
+	}
+	return pods, nil
+}
+
+// closeAll closes the namespace handles; the namespaces stay while named.
+func closeAll(nss []*netns.NS) {
+	for _, ns := range nss {
+		ns.Close()
+	}
+}
+
+// pingAcross pings pod to pod both ways and pod0 to the gateway, prints a
+// PASS or FAIL line for each, and returns how many failed.
+func pingAcross(pods []*netns.NS) (failed int) {
 	fmt.Println("\n# traffic")
-	failed := 0
 	check := func(from int, dst netip.Addr) {
 		rtt, err := probe.Ping(pods[from], dst, 3*time.Second)
 		if err != nil {
@@ -120,17 +165,7 @@ func run(ctx context.Context, keep bool) (err error) {
 	check(0, podIPs[1].Addr())
 	check(1, podIPs[0].Addr())
 	check(0, gateway.Addr())
-
-	if keep {
-		fmt.Printf("\nleft running; explore with: sudo ip netns exec %spod0 ip addr\n", prefix)
-		fmt.Printf("remove with: sudo ip netns del %snode; sudo ip netns del %spod0; sudo ip netns del %spod1\n", prefix, prefix, prefix)
-	} else {
-		fmt.Println("\nremoving namespaces (their veths and the bridge go with them)")
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d checks failed", failed)
-	}
-	return nil
+	return failed
 }
 
 // describe prints what ip netns, ethtool, brctl and ip route would show of
