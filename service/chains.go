@@ -68,7 +68,12 @@ func (c Chains) Services() string { return c.prefix + "-SERVICES" }
 func (c Chains) ExternalServices() string { return c.prefix + "-EXTERNAL-SERVICES" }
 
 // NodePorts is the nat chain reached from Services for packets to a local
-// address, with one rule per NodePort.
+// address other than loopback, with one rule per NodePort: a connection
+// to 127.0.0.1:NODEPORT is refused at once, as kube-proxy's nftables mode
+// does, rather than translated to an endpoint a loopback source cannot
+// reach (kube-proxy's iptables mode serves it by turning on
+// route_localnet, which exposes the node's loopback services to its
+// neighbours).
 //
 // Equivalent to: KUBE-NODEPORTS
 func (c Chains) NodePorts() string { return c.prefix + "-NODEPORTS" }

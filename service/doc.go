@@ -44,6 +44,19 @@
 // only when no endpoint is ready. A Service without endpoints is rejected
 // (ICMP port unreachable), never black-holed.
 //
+// # Traffic policies (both modes, as kube-proxy)
+//
+// An external policy Local binds only traffic from outside the cluster:
+// pods (sources in Config.ClusterCIDRs) and the node itself reach every
+// endpoint through node ports and external IPs, the node masqueraded;
+// from elsewhere only this node's endpoints serve, with the client's
+// address kept, and without one the packet is dropped. An internal
+// policy Local serves the cluster IP from this node's endpoints and drops
+// it when there is none (a Service without endpoints anywhere is
+// rejected). Node ports are not served on loopback: 127.0.0.1:NODEPORT is
+// refused at once in both modes (kube-proxy's nftables behaviour; its
+// iptables mode serves it through route_localnet).
+//
 // # Tables (ModeNftables)
 //
 // One table per family, named after the prefix (Chains.TableName:

@@ -81,6 +81,9 @@ func TestNftablesGolden(t *testing.T) {
 		{"ip podnet-proxy", "no-endpoints", "10.96.0.30 . tcp . 80"},                        // empty is rejected
 		{"ip podnet-proxy", "external-drop", "203.0.113.7 . tcp . 80"},                      // Local, endpoints elsewhere
 		{"ip podnet-proxy", "nodeport-drop", "tcp . 30040"},
+		{"ip podnet-proxy", "ip-pod-1", "203.0.113.7 . tcp . 80"}, // pods and the node still reach it
+		{"ip podnet-proxy", "nodeport-pod-1", "tcp . 30040"},
+		{"ip podnet-proxy", "external-masq-local", "203.0.113.7 . tcp . 80"}, // the node, masqueraded
 		{"ip podnet-proxy", "ip-affinity", "10.96.0.50 . tcp . 80 : goto affinity-"},
 		{"ip6 podnet-proxy", "ip-backends", "fd00:96::60 . tcp . 443 . 0 : fd00:200::8 . 8080"},
 	} {

@@ -14,7 +14,8 @@ import (
 )
 
 // Render a NodePort Service into a fake backend and show the dispatch
-// rules; the same code with Config.NetNS programs a namespace.
+// rules; the same code with service.IPTables(iptables.NewKernel(ns)), or
+// service.Nftables(ns), programs a namespace.
 func Example() {
 	fake := iptables.NewFake()
 	p, err := service.New(service.Config{Backend: service.IPTables(fake), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
@@ -45,7 +46,7 @@ func Example() {
 	// -A PODNET-NODEPORTS -p tcp -m comment --comment "default/nginx:" -m tcp --dport 31088 -j PODNET-EXT-4N57TFCL4MD7ZTDA
 	// -A PODNET-SEP-FYHXJY6ICPOY2K7K -p tcp -m comment --comment "default/nginx:" -j DNAT --to-destination 10.200.1.2:80
 	// -A PODNET-SERVICES -d 10.96.0.30/32 -p tcp -m comment --comment "default/nginx: cluster IP" -m tcp --dport 80 -j PODNET-SVC-4N57TFCL4MD7ZTDA
-	// -A PODNET-SERVICES -m comment --comment "podnet service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j PODNET-NODEPORTS
+	// -A PODNET-SERVICES ! -d 127.0.0.0/8 -m comment --comment "podnet service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j PODNET-NODEPORTS
 }
 
 // Keep a node namespace's Service rules in sync: a full sync first, then

@@ -152,7 +152,8 @@ func (sp *iptPort) localChain() {
 }
 
 // clusterIPRule sends cluster IP traffic to the chain the internal traffic
-// policy selects, or rejects it when that chain has no endpoints.
+// policy selects; without endpoints there it is rejected, or dropped when
+// only other nodes have some (internal policy Local), as kube-proxy does.
 func (sp *iptPort) clusterIPRule() error {
 	if !sp.cip.IsValid() {
 		return nil
@@ -165,17 +166,28 @@ func (sp *iptPort) clusterIPRule() error {
 		return sp.place(sp.natC(sp.r.chains.Services()), iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(sp.cip)}, Protocol: sp.np,
 			Matches: []iptables.Match{iptables.Comment(sp.spn + " cluster IP"), sp.portMatch}, Target: iptables.Jump(intTarget)})
 	}
+	var verdict iptables.Target = iptables.Reject{}
+	comment := sp.spn + " has no endpoints"
+	if len(sp.svcEps) > 0 {
+		verdict, comment = iptables.Drop, sp.spn+" has no local endpoints"
+	}
 	return sp.place(sp.filC(sp.r.chains.Services()), iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(sp.cip)}, Protocol: sp.np,
-		Matches: []iptables.Match{iptables.Comment(sp.spn + " has no endpoints"), sp.portMatch}, Target: iptables.Reject{}})
+		Matches: []iptables.Match{iptables.Comment(comment), sp.portMatch}, Target: verdict})
+}
+
+// hasExternalChain reports whether the port has an external chain: it
+// has external IPs or a node port, and endpoints somewhere.
+func (sp *iptPort) hasExternalChain() bool {
+	return (len(sp.eips) > 0 || sp.servesNodePort()) && len(sp.svcEps) > 0
 }
 
 // externalChain adds the chain external IPs and the node port jump to.
 // Under a Local external policy, traffic from pods and from the node
-// itself may still use every endpoint; the rest stays on this node,
-// unmasqueraded, so endpoints see the client's address.
+// itself may still use every endpoint (even when this node has none);
+// the rest stays on this node, unmasqueraded, so endpoints see the
+// client's address, or falls through to the filter's DROP.
 func (sp *iptPort) externalChain() {
-	hasExt := len(sp.eips) > 0 || sp.servesNodePort()
-	if !hasExt || len(sp.extEps) == 0 {
+	if !sp.hasExternalChain() {
 		return
 	}
 	var rules []iptables.Rule
@@ -185,8 +197,10 @@ func (sp *iptPort) externalChain() {
 		}
 		rules = append(rules,
 			iptables.Rule{Matches: []iptables.Match{iptables.Comment("masquerade LOCAL traffic for " + sp.spn + " external destinations"), iptables.AddrType{Src: "LOCAL"}}, Target: iptables.Jump(sp.r.chains.MarkMasq())},
-			iptables.Rule{Matches: []iptables.Match{iptables.Comment("route LOCAL traffic for " + sp.spn + " external destinations"), iptables.AddrType{Src: "LOCAL"}}, Target: iptables.Jump(sp.svc)},
-			iptables.Rule{Target: iptables.Jump(sp.svl)})
+			iptables.Rule{Matches: []iptables.Match{iptables.Comment("route LOCAL traffic for " + sp.spn + " external destinations"), iptables.AddrType{Src: "LOCAL"}}, Target: iptables.Jump(sp.svc)})
+		if len(sp.svlEps) > 0 {
+			rules = append(rules, iptables.Rule{Target: iptables.Jump(sp.svl)})
+		}
 	} else {
 		rules = append(rules,
 			iptables.Rule{Matches: []iptables.Match{iptables.Comment("masquerade traffic for " + sp.spn + " external destinations")}, Target: iptables.Jump(sp.r.chains.MarkMasq())},
@@ -195,35 +209,44 @@ func (sp *iptPort) externalChain() {
 	sp.out.chains = append(sp.out.chains, ownedChain{sp.natC(sp.ext), rules})
 }
 
-// externalIPRules sends traffic to each external IP to the external chain,
-// or answers it with extVerdict when there is none.
+// externalIPRules sends traffic to each external IP to the external
+// chain, and answers what that chain leaves (no endpoints for external
+// traffic) with extVerdict in the filter table.
 func (sp *iptPort) externalIPRules() error {
 	for _, eip := range sp.eips {
-		rule := iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(eip)}, Protocol: sp.np, Matches: []iptables.Match{iptables.Comment(sp.spn + " external IP"), sp.portMatch}}
-		c := sp.natC(sp.r.chains.Services())
-		if len(sp.extEps) > 0 {
-			rule.Target = iptables.Jump(sp.ext)
-		} else {
-			c, rule.Target = sp.filC(sp.r.chains.ExternalServices()), sp.extVerdict
-			rule.Matches[0] = iptables.Comment(sp.spn + " has no local endpoints")
+		dst := iptables.Addr{Prefix: hostPrefix(eip)}
+		if sp.hasExternalChain() {
+			if err := sp.place(sp.natC(sp.r.chains.Services()), iptables.Rule{Destination: dst, Protocol: sp.np,
+				Matches: []iptables.Match{iptables.Comment(sp.spn + " external IP"), sp.portMatch}, Target: iptables.Jump(sp.ext)}); err != nil {
+				return err
+			}
 		}
-		if err := sp.place(c, rule); err != nil {
-			return err
+		if len(sp.extEps) == 0 {
+			if err := sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Destination: dst, Protocol: sp.np,
+				Matches: []iptables.Match{iptables.Comment(sp.spn + " has no local endpoints"), sp.portMatch}, Target: sp.extVerdict}); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
 // nodePortRule does for the node port what externalIPRules does for
-// external IPs.
+// external IPs. Loopback destinations are left alone (see
+// Chains.NodePorts).
 func (sp *iptPort) nodePortRule() error {
 	if !sp.servesNodePort() {
 		return nil
 	}
 	npMatch := iptables.Ports{Dst: iptables.Port(sp.p.NodePort)}
-	if len(sp.extEps) > 0 {
-		return sp.place(sp.natC(sp.r.chains.NodePorts()), iptables.Rule{Protocol: sp.np, Matches: []iptables.Match{sp.comment, npMatch}, Target: iptables.Jump(sp.ext)})
+	if sp.hasExternalChain() {
+		if err := sp.place(sp.natC(sp.r.chains.NodePorts()), iptables.Rule{Protocol: sp.np, Matches: []iptables.Match{sp.comment, npMatch}, Target: iptables.Jump(sp.ext)}); err != nil {
+			return err
+		}
 	}
-	return sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Protocol: sp.np,
+	if len(sp.extEps) > 0 {
+		return nil
+	}
+	return sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Protocol: sp.np, Destination: iptables.Addr{Prefix: loopback(sp.f), Not: true},
 		Matches: []iptables.Match{iptables.Comment(sp.spn + " has no local endpoints"), iptables.DstLocal, npMatch}, Target: sp.extVerdict})
 }

@@ -51,8 +51,9 @@ func (ip *iptablesPlane) fixedChains(f podnet.Family, shared map[iptables.Chain]
 	filC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableFilter, Name: n} }
 	mark := ip.env.r.mark
 	services := append(slices.Clone(shared[natC(c.Services())]), iptables.Rule{
-		Matches: []iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), iptables.DstLocal},
-		Target:  iptables.Jump(c.NodePorts()),
+		Destination: iptables.Addr{Prefix: loopback(f), Not: true},
+		Matches:     []iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), iptables.DstLocal},
+		Target:      iptables.Jump(c.NodePorts()),
 	})
 	return []ownedChain{
 		{natC(c.MarkMasq()), []iptables.Rule{{Target: iptables.OrMark(mark)}}},

@@ -39,6 +39,9 @@ func TestBehaviour(t *testing.T) {
 		{"SCTP", testSCTP},
 		{"TerminatingFallback", testTerminatingFallback},
 		{"ExternalIP", testExternalIP},
+		{"LocalShortCircuit", testLocalShortCircuit},
+		{"InternalLocal", testInternalLocal},
+		{"LocalhostNodePort", testLocalhostNodePort},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {

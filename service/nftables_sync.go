@@ -253,7 +253,7 @@ func newNftFamily(f podnet.Family, table string) *nftFamily {
 		def(k.name+"-backends", slot, &backend)
 	}
 	def("hairpin", nftables.MustConcatSetType(addr, addr), nil)
-	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "external-reject", "external-drop"} {
+	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "no-local-endpoints", "external-reject", "external-drop"} {
 		def(n, ipKey, nil)
 	}
 	for _, n := range []string{"nodeport-masq", "nodeport-masq-local", "nodeport-reject", "nodeport-drop"} {
@@ -310,6 +310,22 @@ func (ff *nftFamily) inSet(k nftKind, set string) []expr.Any {
 // fromCIDR matches a source inside (or, with not, outside) the prefix.
 func (ff *nftFamily) fromCIDR(c netip.Prefix, not bool) []expr.Any {
 	return nft.InPrefix(nft.SAddr, c, not)
+}
+
+// notLoopback matches a destination outside 127.0.0.0/8 (::1 in IPv6):
+// node ports are not served on loopback, so a connection to
+// 127.0.0.1:NODEPORT is refused at once instead of being translated to
+// an endpoint its source address cannot reach.
+func (ff *nftFamily) notLoopback() []expr.Any {
+	return nft.InPrefix(nft.DAddr, loopback(ff.f), true)
+}
+
+// loopback is the loopback network of family f.
+func loopback(f podnet.Family) netip.Prefix {
+	if f == podnet.IPv6 {
+		return netip.MustParsePrefix("::1/128")
+	}
+	return netip.MustParsePrefix("127.0.0.0/8")
 }
 
 // local matches a local source (saddr) or destination address.
@@ -433,7 +449,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	services = append(services,
 		slices.Concat(local(true), jump(entriesChain(ipPod))),
 		jump(entriesChain(ip)),
-		slices.Concat(local(false), jump("nodeports")))
+		slices.Concat(ff.notLoopback(), local(false), jump("nodeports")))
 	nodeports = append(nodeports,
 		slices.Concat(local(true), jump(entriesChain(nodePortPod))),
 		jump(entriesChain(nodePort)))
@@ -452,12 +468,16 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 			&expr.Masq{FullyRandom: true}},
 	}
-	firewall := [][]expr.Any{slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()})}
+	drop := []expr.Any{nft.Verdict(expr.VerdictDrop, "")}
+	firewall := [][]expr.Any{
+		slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()}),
+		slices.Concat(ff.inSet(ip, "no-local-endpoints"), drop),
+	}
 	external := [][]expr.Any{
 		slices.Concat(ff.inSet(ip, "external-reject"), []expr.Any{ff.reject()}),
-		slices.Concat(ff.inSet(ip, "external-drop"), []expr.Any{nft.Verdict(expr.VerdictDrop, "")}),
-		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
-		slices.Concat(local(false), ff.inSet(nodePort, "nodeport-drop"), []expr.Any{nft.Verdict(expr.VerdictDrop, "")}),
+		slices.Concat(ff.inSet(ip, "external-drop"), drop),
+		slices.Concat(ff.notLoopback(), local(false), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
+		slices.Concat(ff.notLoopback(), local(false), ff.inSet(nodePort, "nodeport-drop"), drop),
 	}
 	newJump := func(c string) []expr.Any { return append(ctNew(), nft.Verdict(expr.VerdictJump, c)) }
 	chains := []nftChain{
@@ -642,6 +662,8 @@ func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort
 			t = svl
 		}
 		switch {
+		case t == nil && svc != nil: // internal policy Local, endpoints elsewhere only
+			out.add(f, "no-local-endpoints", k, "")
 		case t == nil:
 			out.add(f, "no-endpoints", k, "")
 		default:
@@ -655,16 +677,21 @@ func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort
 	if sp.extLocal {
 		ext = svl
 	}
+	// Under a Local external policy, pods and the node itself reach
+	// every endpoint (the node masqueraded); traffic from elsewhere only
+	// this node's, and is dropped when it has none.
 	entry := func(prefix string, m, pod nftKind, k string) {
 		switch {
-		case ext == nil && len(sp.svcEps) > 0:
-			out.add(f, prefix+"-drop", k, "")
-		case ext == nil:
+		case svc == nil:
 			out.add(f, prefix+"-reject", k, "")
 		case sp.extLocal:
-			np.entry(out, ff, m, k, ext)
 			np.entry(out, ff, pod, k, svc)
 			out.add(f, prefix+"-masq-local", k, "")
+			if ext == nil {
+				out.add(f, prefix+"-drop", k, "")
+			} else {
+				np.entry(out, ff, m, k, ext)
+			}
 		default:
 			np.entry(out, ff, m, k, ext)
 			out.add(f, prefix+"-masq", k, "")

@@ -1,0 +1,112 @@
+package service
+
+import (
+	"errors"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
+	"github.com/podnet/podnet/route"
+)
+
+// The traffic policy cases below follow kube-proxy v1.34.2, checked side
+// by side on the same objects (../shared/DESIGN.md): only traffic from
+// outside the cluster is bound by an external policy Local; an internal
+// policy Local without a local endpoint drops; node ports are not served
+// on loopback under nftables.
+
+// refused reports whether asking dst from ns is refused at once (an ICMP
+// reject or a TCP reset within a second), not left to time out.
+func refused(ns *netns.NS, dst string) bool {
+	start := time.Now()
+	_, err := probe.Ask(ns, "tcp", netip.MustParseAddrPort(dst), 3*time.Second)
+	return errors.Is(err, syscall.ECONNREFUSED) && time.Since(start) < time.Second
+}
+
+// dropped reports whether asking dst from ns gets no answer at all: no
+// reply and no refusal within the wait.
+func dropped(ns *netns.NS, dst string) bool {
+	_, err := probe.Ask(ns, "tcp", netip.MustParseAddrPort(dst), 500*time.Millisecond)
+	return err != nil && !errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// testLocalShortCircuit: a Service with external policy Local whose only
+// endpoint is on the other node. From outside, its node port and external
+// IP are dropped; a pod on this node and the node itself reach the remote
+// endpoint through both (the pod with its own address, the node
+// masqueraded), as through a load balancer outside the cluster.
+func testLocalShortCircuit(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	must(t, route.Ensure(c.outside, route.Route{Dst: pfx("203.0.113.8/32"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
+	p := c.proxy()
+	s := svc("remote", "10.96.0.42", TCP, 80, c.endpoints("pod1a"))
+	s.Ports[0].NodePort = 31002
+	s.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.8")}
+	s.ExternalTrafficPolicy = PolicyLocal
+	apply(t, p, s)
+	for _, dst := range []string{node0Ext + ":31002", "203.0.113.8:80"} {
+		if !dropped(c.outside, dst) {
+			t.Errorf("outside → %s: answered or refused; want dropped (no local endpoint)", dst)
+		}
+		if r := ask(t, client.ns, "tcp", dst); r.Name != "pod1a" || r.Source.Addr() != client.addr {
+			t.Errorf("pod → %s: %+v, want pod1a seeing the pod's address", dst, r)
+		}
+		if r := ask(t, c.node0, "tcp", dst); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
+			t.Errorf("node → %s: %+v, want pod1a seeing the node's address", dst, r)
+		}
+	}
+}
+
+// testInternalLocal: an internal policy Local without a local endpoint
+// drops traffic to the cluster IP; with one it serves it from this node
+// only.
+func testInternalLocal(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	remote := svc("remote", "10.96.0.43", TCP, 80, c.endpoints("pod1a"))
+	remote.InternalTrafficPolicy = PolicyLocal
+	both := svc("both", "10.96.0.44", TCP, 80, c.endpoints("pod0a", "pod1a"))
+	both.InternalTrafficPolicy = PolicyLocal
+	apply(t, p, remote, both)
+	if !dropped(client.ns, "10.96.0.43:80") {
+		t.Error("internal policy Local, endpoints elsewhere only: answered or refused; want dropped")
+	}
+	for range 10 {
+		if r := ask(t, client.ns, "tcp", "10.96.0.44:80"); r.Name != "pod0a" {
+			t.Fatalf("internal policy Local: answered by %q, want the local pod0a only", r.Name)
+		}
+	}
+}
+
+// testLocalhostNodePort: 127.0.0.1:NODEPORT from the node is refused at
+// once, with endpoints, with endpoints on another node only under an
+// external policy Local, and with none: node ports are not served on
+// loopback (kube-proxy's nftables mode), so it never hangs.
+func testLocalhostNodePort(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	p := c.proxy()
+	served := svc("served", "10.96.0.45", TCP, 80, c.endpoints("pod0a"))
+	served.Ports[0].NodePort = 31045
+	remote := svc("remote", "10.96.0.46", TCP, 80, c.endpoints("pod1a"))
+	remote.Ports[0].NodePort = 31046
+	remote.ExternalTrafficPolicy = PolicyLocal
+	empty := svc("empty", "10.96.0.47", TCP, 80, nil)
+	empty.Ports[0].NodePort = 31047
+	apply(t, p, served, remote, empty)
+	for _, port := range []string{"31045", "31046", "31047"} {
+		if !refused(c.node0, "127.0.0.1:"+port) {
+			t.Errorf("127.0.0.1:%s from the node: not refused at once", port)
+		}
+	}
+	// The node port still works on the node's own addresses.
+	if r := ask(t, c.node0, "tcp", node0IP+":31045"); r.Name != "pod0a" {
+		t.Errorf("node IP:31045: %+v", r)
+	}
+}
