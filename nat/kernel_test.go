@@ -186,7 +186,7 @@ func TestMasqueradeTraffic(t *testing.T) {
 		t.Fatalf("without masquerade the server saw %v, want the pod address", r.Source)
 	}
 	for range 2 { // idempotent
-		if err := m.Ensure(ctx, k); err != nil {
+		if err := m.Ensure(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -221,7 +221,7 @@ func TestMasqueradeTraffic(t *testing.T) {
 	}
 
 	for range 2 {
-		if err := m.Delete(ctx, k); err != nil {
+		if err := m.Delete(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -284,10 +284,10 @@ func TestMasqueradeEnsureConverges(t *testing.T) {
 		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:201::/64")}},
 		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/20"), p4("fd00:201::/64")}},
 	} {
-		if err := m.Ensure(ctx, k); err != nil {
+		if err := m.Ensure(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Check(ctx, k); err != nil {
+		if err := m.Check(ctx, IPTables(k)); err != nil {
 			t.Errorf("after Ensure of %+v: %v", m, err)
 		}
 		if !m.present(ns) {

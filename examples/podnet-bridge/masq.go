@@ -37,23 +37,25 @@ func coveredBy(p netip.Prefix, subnets []netip.Prefix) bool {
 	return false
 }
 
-// ensureMasquerade makes the network's masquerade rules present, in
-// iptables or, with ipMasqBackend "nftables", in the podnet-masquerade
-// nftables tables; when they already are (every pod but a network's first
-// on a node), that is seen without running iptables.
-func ensureMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
+// masqBackend is where the network's masquerade lives: iptables, or with
+// ipMasqBackend "nftables" the podnet-masquerade nftables tables of host.
+func (n *netConf) masqBackend(host *netns.NS) nat.Backend {
 	if n.IPMasqBackend == "nftables" {
-		return masquerade(n, ips).EnsureNftables(host)
+		return nat.Nftables(host)
 	}
-	return masquerade(n, ips).Ensure(context.Background(), iptables.NewKernel(host))
+	return nat.IPTables(iptables.NewKernel(host))
+}
+
+// ensureMasquerade makes the network's masquerade rules present; when they
+// already are (every pod but a network's first on a node), that is seen
+// without running iptables or writing nftables.
+func ensureMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
+	return masquerade(n, ips).Ensure(context.Background(), n.masqBackend(host))
 }
 
 // checkMasquerade verifies the rule set rule for rule.
 func checkMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
-	if n.IPMasqBackend == "nftables" {
-		return masquerade(n, ips).CheckNftables(host)
-	}
-	return masquerade(n, ips).Check(context.Background(), iptables.NewKernel(host))
+	return masquerade(n, ips).Check(context.Background(), n.masqBackend(host))
 }
 
 // removeLegacyMasquerade deletes the reference bridge plugin's per-container
