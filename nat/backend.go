@@ -46,8 +46,8 @@ func IPTables(b iptables.Backend) Backend { return iptablesBackend{ipt: b} }
 // ipMasqBackend "nftables" asks for, without a rule per container.
 //
 // Ensure of an unchanged rule set reads the network's two chains once per
-// family and writes nothing. The calls do not block beyond one netlink
-// exchange and do not consult their context.
+// family and writes nothing. The calls talk netlink only, in a few short
+// exchanges, and do not consult their context.
 func Nftables(ns *netns.NS) Backend { return nftablesBackend{ns: ns} }
 
 type iptablesBackend struct{ ipt iptables.Backend }
