@@ -23,10 +23,13 @@
 //     routes a program owns (node-to-node pod CIDR routes).
 //   - ipam: address ranges and allocators compatible with the reference
 //     host-local plugin's files on disk, node subnets and GC.
-//   - nat: typed iptables rules applied as atomic transactions, masquerade,
-//     DNAT, and conntrack in any namespace.
+//   - iptables: typed rules, a parser of iptables-save output, and atomic
+//     iptables-restore transactions, with a Fake for unit tests.
+//   - nat: masquerade of pod networks in iptables or native nftables (the
+//     backend is a value: nat.IPTables, nat.Nftables), and host ports.
+//   - conntrack: list and delete connection-tracking flows in any namespace.
 //   - service: Services and their endpoints turned into kube-proxy's
-//     iptables layout, synced fully or partially through nat.
+//     iptables layout or native nftables tables, synced fully or partially.
 //
 // The programs under examples/ are built from these packages: the
 // podnet-bridge and podnet-host-local CNI plugins, podnet-service-proxy,

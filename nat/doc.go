@@ -1,22 +1,39 @@
-// Package nat holds the NAT rule sets a node programs for its pods, built
-// on package iptables: each is a small owned set of chains whose size does
-// not grow with the number of pods.
+// Package nat programs the NAT a node does for its pods: masquerade of pod
+// networks, in iptables or in native nftables, and host ports, in
+// iptables. Each is a small rule set the package owns, whose size does not
+// grow with the number of pods.
 //
-//   - NetworkMasquerade: traffic from a network's pod subnets to anywhere
-//     else leaves with the node's address (the bridge plugin's ipMasq). One
-//     chain per network and family, one POSTROUTING jump per subnet;
-//     multicast is excluded. Ensure is cheap when the rules are already
-//     there: it reads nf_tables over netlink instead of running iptables.
-//     EnsureNftables, CheckNftables and DeleteNftables write the same rule
-//     set as native nftables, in ip/ip6 tables of its own
-//     ("podnet-masquerade"), for ipMasqBackend "nftables".
-//   - HostPorts: CNI port mappings (the portmap plugin's job), with
-//     masquerade for hairpin and localhost traffic.
-//   - FindRefChains and DeleteRefChains: the reference bridge plugin's
-//     per-container CNI-<hash> masquerade chains, for a node moving from it.
+// # Masquerade
 //
-// Chains are named PREFIX-ROLE… with DefaultPrefix "PODNET", so
-// iptables.PrefixOwner(prefix) claims them.
+// NetworkMasquerade describes one network's masquerade (the bridge
+// plugin's ipMasq): traffic from its pod subnets to anywhere else leaves
+// with the node's address, except multicast and the Exempt destinations.
+// It is one chain per network and family and one jump per subnet from the
+// nat postrouting hook.
+//
+// Ensure, Check and Delete take the Backend that holds the rules, picked
+// once by the program:
+//
+//   - IPTables(b) keeps them in the nat table of an iptables.Backend: an
+//     iptables.Kernel for a namespace (iptables-nft or iptables-legacy),
+//     changed in one iptables-restore transaction, or an iptables.Fake in
+//     unit tests. On iptables-nft, Ensure of a complete rule set reads
+//     nf_tables over netlink and runs no iptables at all.
+//   - Nftables(ns) keeps them in native nftables tables of their own, ip
+//     and ip6 "podnet-masquerade", written over netlink in one batch
+//     (ipMasqBackend "nftables").
+//
+// # Host ports
+//
+// HostPorts implements CNI port mappings (the portmap plugin's job) in
+// iptables, with masquerade for hairpin and localhost traffic; it takes an
+// iptables.Backend directly, as it has no nftables form.
+//
+// # Names
+//
+// iptables chains are named PREFIX-ROLE… with DefaultPrefix "PODNET", so
+// iptables.PrefixOwner(prefix) claims them; the nftables tables are the
+// prefix in lower case and "-masquerade".
 //
 // Connection tracking entries, which show these translations, are in
 // package conntrack.

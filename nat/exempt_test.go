@@ -24,7 +24,7 @@ func TestMasqueradeExemptRules(t *testing.T) {
 	m := NetworkMasquerade{Network: "agent", Subnets: []netip.Prefix{p4("10.200.1.0/24")},
 		Exempt: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:200::/48"), p4("192.168.7.9/20")}}
 	for range 2 {
-		if err := m.Ensure(ctx, fk); err != nil {
+		if err := m.Ensure(ctx, IPTables(fk)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,7 +43,7 @@ func TestMasqueradeExemptRules(t *testing.T) {
 	for _, bad := range [][]netip.Prefix{{{}}, {p4("0.0.0.0/0")}, {p4("::/0")}} {
 		b := m
 		b.Exempt = bad
-		if err := b.Ensure(ctx, iptables.NewFake()); !errors.Is(err, ErrInvalid) {
+		if err := b.Ensure(ctx, IPTables(iptables.NewFake())); !errors.Is(err, ErrInvalid) {
 			t.Errorf("Exempt %v: %v, want ErrInvalid", bad, err)
 		}
 	}
@@ -70,10 +70,10 @@ func TestMasqueradeExemptConverges(t *testing.T) {
 	}
 	for i, ex := range steps {
 		m := NetworkMasquerade{Network: "agent", Subnets: subnets, Exempt: ex}
-		if err := m.Ensure(ctx, k); err != nil {
+		if err := m.Ensure(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Check(ctx, k); err != nil {
+		if err := m.Check(ctx, IPTables(k)); err != nil {
 			t.Errorf("step %d: after Ensure of exempt %v: %v", i, ex, err)
 		}
 		if !m.present(ns) {
@@ -120,7 +120,7 @@ func TestMasqueradeExemptTraffic(t *testing.T) {
 			}
 			m := NetworkMasquerade{Network: "agent", Subnets: []netip.Prefix{p4("10.200.0.0/24")}, Exempt: []netip.Prefix{p4("10.99.0.2/32")}}
 			for range 2 {
-				if err := m.Ensure(ctx, k); err != nil {
+				if err := m.Ensure(ctx, IPTables(k)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -137,7 +137,7 @@ func TestMasqueradeExemptTraffic(t *testing.T) {
 			if got := variantSave(t, tp.node, other); strings.Contains(got, "PODNET") {
 				t.Errorf("%s rules written to %s:\n%s", mode, other, got)
 			}
-			if err := m.Delete(ctx, k); err != nil {
+			if err := m.Delete(ctx, IPTables(k)); err != nil {
 				t.Fatal(err)
 			}
 			if got := variantSave(t, tp.node, mode); strings.Contains(got, "PODNET") {

@@ -2,7 +2,6 @@ package nat
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -56,40 +55,6 @@ func chainNames(t *iptables.TableRules) []string {
 		n = append(n, c.Name)
 	}
 	return n
-}
-
-// TestRefChainsKernel: the reference bridge plugin's layout is found and
-// removed; a portmap chain and another container's chain stay.
-func TestRefChainsKernel(t *testing.T) {
-	ns := nstest.New(t)
-	k := iptables.NewKernel(ns)
-	ctx := context.Background()
-	c1, c2 := RefChainName("cbr", "c1"), RefChainName("cbr", "c2")
-	rule := func(chain, spec, cid string) string {
-		return fmt.Sprintf("-A %s %s -m comment --comment %q\n", chain, spec, RefComment("cbr", cid))
-	}
-	restoreRaw(t, ns, "*nat\n:"+c1+" - [0:0]\n:"+c2+" - [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n"+
-		rule(c1, "-d 10.88.0.0/16 -j ACCEPT", "c1")+rule(c1, "! -d 224.0.0.0/4 -j MASQUERADE", "c1")+
-		rule("POSTROUTING", "-s 10.88.0.2 -j "+c1, "c1")+
-		rule(c2, "-d 10.88.0.0/16 -j ACCEPT", "c2")+rule("POSTROUTING", "-s 10.88.0.3 -j "+c2, "c2")+
-		"-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\nCOMMIT\n")
-	found, err := FindRefChains(ctx, k, "cbr", "c1")
-	if err != nil || len(found) != 1 || found[0].Chain.Name != c1 || len(found[0].Jumps) != 1 {
-		t.Fatalf("FindRefChains = %+v, %v", found, err)
-	}
-	if n, err := DeleteRefChains(ctx, k, "cbr", "c1"); err != nil || n != 1 {
-		t.Fatalf("DeleteRefChains = %d, %v", n, err)
-	}
-	nat, _ := k.Save(ctx, iptables.IPv4, iptables.TableNAT)
-	if nat.Chain(c1) != nil || nat.Chain(c2) == nil || nat.Chain("CNI-HOSTPORT-DNAT") == nil || len(nat.Chain("POSTROUTING").Rules) != 1 {
-		t.Fatalf("after delete: chains %v, POSTROUTING %q", chainNames(nat), nat.Chain("POSTROUTING").Rules)
-	}
-	if n, err := DeleteRefChains(ctx, k, "cbr", "c1"); err != nil || n != 0 {
-		t.Fatalf("second DeleteRefChains = %d, %v", n, err)
-	}
-	if n, err := DeleteRefChains(ctx, k, "cbr", ""); err != nil || n != 1 {
-		t.Fatalf("DeleteRefChains(all) = %d, %v", n, err)
-	}
 }
 
 // ---- traffic ----
@@ -186,7 +151,7 @@ func TestMasqueradeTraffic(t *testing.T) {
 		t.Fatalf("without masquerade the server saw %v, want the pod address", r.Source)
 	}
 	for range 2 { // idempotent
-		if err := m.Ensure(ctx, k); err != nil {
+		if err := m.Ensure(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -221,7 +186,7 @@ func TestMasqueradeTraffic(t *testing.T) {
 	}
 
 	for range 2 {
-		if err := m.Delete(ctx, k); err != nil {
+		if err := m.Delete(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -284,10 +249,10 @@ func TestMasqueradeEnsureConverges(t *testing.T) {
 		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/16"), p4("fd00:201::/64")}},
 		{Network: "n", Subnets: []netip.Prefix{p4("10.200.0.0/20"), p4("fd00:201::/64")}},
 	} {
-		if err := m.Ensure(ctx, k); err != nil {
+		if err := m.Ensure(ctx, IPTables(k)); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Check(ctx, k); err != nil {
+		if err := m.Check(ctx, IPTables(k)); err != nil {
 			t.Errorf("after Ensure of %+v: %v", m, err)
 		}
 		if !m.present(ns) {

@@ -1,6 +1,7 @@
 package nat
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -13,12 +14,11 @@ import (
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/nft"
 	"github.com/podnet/podnet/iptables"
-	"github.com/podnet/podnet/netns"
 )
 
-// The nftables form of a NetworkMasquerade: the same rule set as the
-// iptables one, in a table of its own per family (NftTable, so
-// "podnet-masquerade"), which nothing else writes:
+// The nftables form of a NetworkMasquerade (Backend Nftables): the same
+// rule set as the iptables one, in a table of its own per family
+// (NftTable, so "podnet-masquerade"), which nothing else writes:
 //
 //	table ip podnet-masquerade {
 //		chain postrouting { type nat hook postrouting priority srcnat; policy accept;
@@ -35,13 +35,14 @@ import (
 // carry a digest of the specification, so that an unchanged rule set is
 // recognised from one dump of the two chains, with no write.
 
-// NftTable returns the name of the nftables tables (ip and ip6) of
-// EnsureNftables: the prefix in lower case and "-masquerade".
+// NftTable returns the name of the nftables tables (ip and ip6) that
+// Nftables writes: the prefix in lower case and "-masquerade".
 func (m NetworkMasquerade) NftTable() string {
 	return strings.ToLower(prefixOr(m.Prefix)) + "-masquerade"
 }
 
-// NftChain returns the name of the network's chain in those tables.
+// NftChain returns the name of the network's chain in those tables:
+// "net-" and a hash of the network name.
 func (m NetworkMasquerade) NftChain() string {
 	return "net-" + iptables.ChainHash(m.Network, 16)
 }
@@ -121,18 +122,10 @@ func (m NetworkMasquerade) current(st nftState, f podnet.Family) bool {
 	return true
 }
 
-// EnsureNftables makes the network's masquerade rules present in ns's
-// nftables and exactly as specified: it reads the network's rules once
-// per family and, when they differ, rewrites them in one transaction
-// (other networks' rules are left alone).
-//
-// Equivalent to: nft add table ip podnet-masquerade; nft add chain … ;
-// nft flush chain ip podnet-masquerade net-XXXX; nft add rule …
-func (m NetworkMasquerade) EnsureNftables(ns *netns.NS) error {
-	if err := m.validate(); err != nil {
-		return err
-	}
-	c, err := nft.Open(ns)
+// ensure reads the network's rules once per family and, when they differ,
+// rewrites them in one transaction (other networks' rules are left alone).
+func (b nftablesBackend) ensure(_ context.Context, m NetworkMasquerade) error {
+	c, err := nft.Open(b.ns)
 	if err != nil {
 		return err
 	}
@@ -170,18 +163,15 @@ func (m NetworkMasquerade) EnsureNftables(ns *netns.NS) error {
 		return nil
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("masquerade %q: nftables in netns %q: %w", m.Network, ns, err)
+		return fmt.Errorf("masquerade %q: nftables in netns %q: %w", m.Network, b.ns, err)
 	}
 	return nil
 }
 
-// CheckNftables reports, as an error matching podnet.ErrNotFound, a
-// network rule set that is missing or not as specified.
-func (m NetworkMasquerade) CheckNftables(ns *netns.NS) error {
-	if err := m.validate(); err != nil {
-		return err
-	}
-	c, err := nft.Open(ns)
+// check compares the network's chains with the specification (see
+// current).
+func (b nftablesBackend) check(_ context.Context, m NetworkMasquerade) error {
+	c, err := nft.Open(b.ns)
 	if err != nil {
 		return err
 	}
@@ -189,22 +179,16 @@ func (m NetworkMasquerade) CheckNftables(ns *netns.NS) error {
 	for _, f := range m.families() {
 		t := nft.Table(f, m.NftTable())
 		if !m.current(m.nftRead(c, t), f) {
-			return fmt.Errorf("masquerade %q: the %v rules in nftables table %s of netns %q are missing or differ: %w", m.Network, f, t.Name, ns, podnet.ErrNotFound)
+			return fmt.Errorf("masquerade %q: the %v rules in nftables table %s of netns %q are missing or differ: %w", m.Network, f, t.Name, b.ns, podnet.ErrNotFound)
 		}
 	}
 	return nil
 }
 
-// DeleteNftables removes the network's jumps and chain in both families;
-// other networks' rules and the tables stay. Nothing to delete is not an
-// error.
-//
-// Equivalent to: nft delete rule … handle H; nft delete chain ip podnet-masquerade net-XXXX
-func (m NetworkMasquerade) DeleteNftables(ns *netns.NS) error {
-	if m.Network == "" {
-		return podnet.Invalid("masquerade: network name is empty")
-	}
-	c, err := nft.Open(ns)
+// delete removes the network's jumps and chain in both families; other
+// networks' rules and the tables stay.
+func (b nftablesBackend) delete(_ context.Context, m NetworkMasquerade) error {
+	c, err := nft.Open(b.ns)
 	if err != nil {
 		return err
 	}
@@ -230,7 +214,7 @@ func (m NetworkMasquerade) DeleteNftables(ns *netns.NS) error {
 		return nil
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("masquerade %q: delete from nftables in netns %q: %w", m.Network, ns, err)
+		return fmt.Errorf("masquerade %q: delete from nftables in netns %q: %w", m.Network, b.ns, err)
 	}
 	return nil
 }

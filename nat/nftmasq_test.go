@@ -29,6 +29,7 @@ func nftList(t *testing.T, ns *netns.NS) string {
 func TestMasqueradeNftables(t *testing.T) {
 	tp := newTopo(t)
 	tp.routeBack(t)
+	ctx, nb := context.Background(), Nftables(tp.node)
 	srv, err := probe.Serve(tp.outside, netip.MustParseAddrPort("10.99.0.2:0"), "outside")
 	if err != nil {
 		t.Fatal(err)
@@ -36,11 +37,11 @@ func TestMasqueradeNftables(t *testing.T) {
 	defer srv.Close()
 	m := NetworkMasquerade{Network: "podnet-test", Subnets: []netip.Prefix{p4("10.200.0.0/24"), p4("fd00:200::/64")}, RandomFully: true}
 	other := NetworkMasquerade{Network: "other", Subnets: []netip.Prefix{p4("10.201.0.0/24")}}
-	if err := m.CheckNftables(tp.node); !errors.Is(err, ErrNotFound) {
+	if err := m.Check(ctx, nb); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Check before Ensure: %v, want ErrNotFound", err)
 	}
 	for _, n := range []NetworkMasquerade{m, other} {
-		if err := n.EnsureNftables(tp.node); err != nil {
+		if err := n.Ensure(ctx, nb); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -51,39 +52,39 @@ func TestMasqueradeNftables(t *testing.T) {
 			t.Errorf("no %q in\n%s", want, before)
 		}
 	}
-	if err := m.EnsureNftables(tp.node); err != nil {
+	if err := m.Ensure(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
 	handles := func() string {
-		out, err := execns.Output(context.Background(), tp.node, nil, "nft", "-a", "list", "ruleset")
+		out, err := execns.Output(ctx, tp.node, nil, "nft", "-a", "list", "ruleset")
 		if err != nil {
 			t.Fatal(err)
 		}
 		return string(out)
 	}
 	h1 := handles()
-	if err := m.EnsureNftables(tp.node); err != nil {
+	if err := m.Ensure(ctx, nb); err != nil {
 		t.Fatal(err)
 	}
 	if h2 := handles(); h1 != h2 {
 		t.Errorf("Ensure of an unchanged rule set rewrote it:\n%s\n---\n%s", h1, h2)
 	}
-	must(t, m.CheckNftables(tp.node))
+	must(t, m.Check(ctx, nb))
 	if r := ask(t, tp.pod, "tcp", srv.Addr); r.Source.Addr() != a4("10.99.0.1") {
 		t.Fatalf("with masquerade the server saw %v, want 10.99.0.1", r.Source)
 	}
 	// Exempting the outside network turns masquerade off for it.
 	ex := m
 	ex.Exempt = []netip.Prefix{p4("10.99.0.0/24")}
-	must(t, ex.EnsureNftables(tp.node))
+	must(t, ex.Ensure(ctx, nb))
 	if r := ask(t, tp.pod, "tcp", srv.Addr); r.Source.Addr() != tp.podAddr {
 		t.Errorf("exempt destination: the server saw %v, want the pod's address", r.Source)
 	}
-	if err := m.CheckNftables(tp.node); !errors.Is(err, ErrNotFound) {
+	if err := m.Check(ctx, nb); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Check of the old specification: %v, want ErrNotFound", err)
 	}
-	must(t, ex.DeleteNftables(tp.node))
-	must(t, ex.DeleteNftables(tp.node)) // nothing left to delete
+	must(t, ex.Delete(ctx, nb))
+	must(t, ex.Delete(ctx, nb)) // nothing left to delete
 	after := nftList(t, tp.node)
 	if strings.Contains(after, m.NftChain()) || !strings.Contains(after, other.NftChain()) {
 		t.Errorf("after Delete:\n%s", after)
@@ -91,10 +92,10 @@ func TestMasqueradeNftables(t *testing.T) {
 	if _, err := execns.Output(context.Background(), tp.node, nil, "nft", "delete", "table", "ip", "podnet-masquerade"); err != nil {
 		t.Fatal(err)
 	}
-	if err := other.CheckNftables(tp.node); !errors.Is(err, ErrNotFound) {
+	if err := other.Check(ctx, nb); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Check after the table was deleted: %v, want ErrNotFound", err)
 	}
-	if err := (NetworkMasquerade{Network: "x"}).EnsureNftables(tp.node); !errors.Is(err, ErrInvalid) {
+	if err := (NetworkMasquerade{Network: "x"}).Ensure(ctx, nb); !errors.Is(err, ErrInvalid) {
 		t.Errorf("no subnets: %v, want ErrInvalid", err)
 	}
 }

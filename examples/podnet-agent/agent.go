@@ -23,7 +23,6 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
@@ -54,7 +53,7 @@ type config struct {
 type agent struct {
 	cfg    config
 	ns     *netns.NS
-	ipt    *iptables.Kernel
+	masqIn nat.Backend // the node's iptables, in its mode
 	client kubernetes.Interface
 	nodes  corelisters.NodeLister
 	log    *slog.Logger
@@ -66,8 +65,8 @@ type agent struct {
 	state  string            // what was last logged about this node's readiness
 }
 
-func newAgent(cfg config, ns *netns.NS, ipt *iptables.Kernel, client kubernetes.Interface, log *slog.Logger, m *metrics) *agent {
-	return &agent{cfg: cfg, ns: ns, ipt: ipt, client: client, log: log, m: m, kick: make(chan struct{}, 1), warned: map[string]string{}}
+func newAgent(cfg config, ns *netns.NS, masqIn nat.Backend, client kubernetes.Interface, log *slog.Logger, m *metrics) *agent {
+	return &agent{cfg: cfg, ns: ns, masqIn: masqIn, client: client, log: log, m: m, kick: make(chan struct{}, 1), warned: map[string]string{}}
 }
 
 // run watches every Node and reconciles after each change and every
@@ -194,11 +193,11 @@ func (a *agent) reconcile(ctx context.Context) (result, error) {
 	}
 
 	masq := a.masquerade(podCIDRs)
-	if err := masq.Check(ctx, a.ipt); err != nil {
+	if err := masq.Check(ctx, a.masqIn); err != nil {
 		if !errors.Is(err, nat.ErrNotFound) {
 			return res, err
 		}
-		if err := masq.Ensure(ctx, a.ipt); err != nil {
+		if err := masq.Ensure(ctx, a.masqIn); err != nil {
 			return res, err
 		}
 		res.repaired = append(res.repaired, "masquerade")
@@ -313,12 +312,12 @@ func (a *agent) markReady(ctx context.Context, n *corev1.Node) error {
 }
 
 // cleanupNode removes the agent's routes, masquerade rules and conflist.
-func cleanupNode(ctx context.Context, cfg config, ns *netns.NS, ipt *iptables.Kernel, log *slog.Logger) error {
+func cleanupNode(ctx context.Context, cfg config, ns *netns.NS, masqIn nat.Backend, log *slog.Logger) error {
 	sr, err := route.Sync(ns, cfg.protocol, nil)
 	if err != nil {
 		return err
 	}
-	if err := (nat.NetworkMasquerade{Network: MasqueradeNetwork}).Delete(ctx, ipt); err != nil {
+	if err := (nat.NetworkMasquerade{Network: MasqueradeNetwork}).Delete(ctx, masqIn); err != nil {
 		return err
 	}
 	path := filepath.Join(cfg.confDir, ConflistName)

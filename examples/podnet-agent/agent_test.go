@@ -242,7 +242,7 @@ func (n *node) masq() nat.NetworkMasquerade {
 // ready waits for n's conflist, masquerade rules and Node condition.
 func (n *node) ready() {
 	n.l.t.Helper()
-	k := ipt(n.ns)
+	k := nat.IPTables(ipt(n.ns))
 	eventually(n.l.t, 20*time.Second, n.name+" ready", func() (bool, string) {
 		n.agent.alive()
 		if _, err := os.Stat(filepath.Join(n.confDir, ConflistName)); err != nil {
@@ -319,7 +319,7 @@ func TestAgentHostGW(t *testing.T) {
 		t.Fatal("ip route flush left routes")
 	}
 	n0.hasRoutes("routes restored", "10.200.1.0/24 via 10.240.0.11", "10.200.2.0/24 via 10.240.0.12")
-	k := ipt(n0.ns)
+	k := nat.IPTables(ipt(n0.ns))
 	eventually(t, 5*time.Second, "masquerade restored", func() (bool, string) {
 		err := n0.masq().Check(ctx, k)
 		return err == nil, fmt.Sprint(err)

@@ -48,6 +48,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/service/kube"
@@ -107,12 +108,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	defer ns.Close()
-	ipt, err := iptablesBackend(ctx, ns, o.mode, log)
+	masq, err := masqBackend(ctx, ns, o.mode, log)
 	if err != nil {
 		return err
 	}
 	if o.cleanup {
-		return cleanupNode(ctx, cfg, ns, ipt, log)
+		return cleanupNode(ctx, cfg, ns, masq, log)
 	}
 	if len(cfg.clusterCIDR) == 0 {
 		return errors.New("--cluster-cidr is required: traffic to it is not masqueraded")
@@ -135,7 +136,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		defer srv.Close()
 	}
-	err = newAgent(cfg, ns, ipt, client, log, m).run(ctx)
+	err = newAgent(cfg, ns, masq, client, log, m).run(ctx)
 	log.Info("stopping; routes, rules and the CNI configuration stay in place")
 	return err
 }
@@ -169,9 +170,9 @@ func (o options) config() (config, error) {
 	return c, nil
 }
 
-// iptablesBackend returns the iptables of ns in the mode asked for, or
-// the one the node uses.
-func iptablesBackend(ctx context.Context, ns *netns.NS, mode string, log *slog.Logger) (*iptables.Kernel, error) {
+// masqBackend returns where the agent masquerades: the iptables of ns in
+// the mode asked for, or in the one the node uses.
+func masqBackend(ctx context.Context, ns *netns.NS, mode string, log *slog.Logger) (nat.Backend, error) {
 	m := iptables.Mode(mode)
 	if mode == "auto" {
 		var err error
@@ -184,7 +185,7 @@ func iptablesBackend(ctx context.Context, ns *netns.NS, mode string, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("--iptables-mode: %w", err)
 	}
-	return k, nil
+	return nat.IPTables(k), nil
 }
 
 // parseCIDRs parses a comma-separated list of prefixes; an empty list is

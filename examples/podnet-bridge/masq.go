@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/cni"
@@ -37,61 +36,23 @@ func coveredBy(p netip.Prefix, subnets []netip.Prefix) bool {
 	return false
 }
 
-// ensureMasquerade makes the network's masquerade rules present, in
-// iptables or, with ipMasqBackend "nftables", in the podnet-masquerade
-// nftables tables; when they already are (every pod but a network's first
-// on a node), that is seen without running iptables.
-func ensureMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
+// masqBackend is where the network's masquerade lives: iptables, or with
+// ipMasqBackend "nftables" the podnet-masquerade nftables tables of host.
+func (n *netConf) masqBackend(host *netns.NS) nat.Backend {
 	if n.IPMasqBackend == "nftables" {
-		return masquerade(n, ips).EnsureNftables(host)
+		return nat.Nftables(host)
 	}
-	return masquerade(n, ips).Ensure(context.Background(), iptables.NewKernel(host))
+	return nat.IPTables(iptables.NewKernel(host))
+}
+
+// ensureMasquerade makes the network's masquerade rules present; when they
+// already are (every pod but a network's first on a node), that is seen
+// without running iptables or writing nftables.
+func ensureMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
+	return masquerade(n, ips).Ensure(context.Background(), n.masqBackend(host))
 }
 
 // checkMasquerade verifies the rule set rule for rule.
 func checkMasquerade(host *netns.NS, n *netConf, ips []*current.IPConfig) error {
-	if n.IPMasqBackend == "nftables" {
-		return masquerade(n, ips).CheckNftables(host)
-	}
-	return masquerade(n, ips).Check(context.Background(), iptables.NewKernel(host))
-}
-
-// removeLegacyMasquerade deletes the reference bridge plugin's per-container
-// masquerade of containerID — its iptables chain (CNI-<hash>, commented
-// `name: "NET" id: "ID"`) or, from its nftables backend, its rule in
-// inet cni_plugins_masquerade — so a node that ran the reference plugin is
-// cleaned up pod by pod. A node without them pays no exec.
-func removeLegacyMasquerade(host *netns.NS, n *netConf, ifName, containerID string) error {
-	if _, err := nat.DeleteRefChains(context.Background(), iptables.NewKernel(host), n.Name, containerID); err != nil {
-		return err
-	}
-	_, err := nat.DeleteRefNftRules(host, n.Name, func(r nat.RefNftRule) bool { return r.Owns(ifName, containerID) })
-	return err
-}
-
-// gcLegacyMasquerade deletes the reference plugin's per-container chains of
-// this network whose container is not a valid attachment.
-func gcLegacyMasquerade(host *netns.NS, n *netConf) error {
-	ctx := context.Background()
-	k := iptables.NewKernel(host)
-	chains, err := nat.FindRefChains(ctx, k, n.Name, "")
-	if err != nil {
-		return err
-	}
-	valid := map[string]bool{}
-	for _, a := range n.ValidAttachments {
-		valid[a.ContainerID] = true
-	}
-	for _, rc := range chains {
-		if valid[rc.ContainerID] {
-			continue
-		}
-		if _, err := nat.DeleteRefChains(ctx, k, n.Name, rc.ContainerID); err != nil {
-			return err
-		}
-	}
-	_, err = nat.DeleteRefNftRules(host, n.Name, func(r nat.RefNftRule) bool {
-		return !slices.ContainsFunc(n.ValidAttachments, func(a types.GCAttachment) bool { return r.Owns(a.IfName, a.ContainerID) })
-	})
-	return err
+	return masquerade(n, ips).Check(context.Background(), n.masqBackend(host))
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/addr"
-	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/netns/nstest/probe"
@@ -279,9 +278,9 @@ func TestMigrationFromReferenceNftables(t *testing.T) {
 	if got := perPod(); got != 1 {
 		t.Errorf("after two DELs, %d reference rules, want 1:\n%s", got, nftRuleset(t, n.ns))
 	}
-	rules, err := nat.FindRefNftRules(n.ns, "bridge")
+	rules, err := findRefNftRules(n.ns, "bridge")
 	if err != nil || len(rules) != 1 || rules[0].ContainerID != oldRT[2].ContainerID || rules[0].IfName != "eth0" {
-		t.Errorf("FindRefNftRules: %+v %v", rules, err)
+		t.Errorf("findRefNftRules: %+v %v", rules, err)
 	}
 	// GC with another valid attachment removes the last one.
 	err = n.in(func(ctx context.Context) error {

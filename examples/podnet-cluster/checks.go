@@ -126,6 +126,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 		return rep, flows, nil
 	}
 	m := nat.NetworkMasquerade{Network: "bridge", Subnets: []netip.Prefix{w.podCIDR}}
+	masqIn := nat.IPTables(iptables.NewKernel(w.ns))
 	with := "with ipMasq"
 	if c.kube != nil {
 		// podnet-agent's rule set (examples/podnet-agent): the cluster CIDR
@@ -144,7 +145,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 			rep.Source.Addr() == w.ip && containsAll(flows, "src="+p.ip.String(), "dst="+w.ip.String()),
 			append([]string{fmt.Sprintf("outside saw %s", rep.Source), w.name + ": conntrack -L"}, indent(flows)...)...)
 		// The experiment: take the network's masquerade away.
-		if err := m.Delete(ctx, iptables.NewKernel(w.ns)); err != nil {
+		if err := m.Delete(ctx, masqIn); err != nil {
 			r.fail("remove the masquerade rules", err)
 			return
 		}
@@ -161,9 +162,8 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 	switch {
 	case c.kube != nil:
 		// The agent converges: its next resync puts the rules back.
-		k := iptables.NewKernel(w.ns)
 		start := time.Now()
-		err := poll(ctx, 3*agentResyncPeriod, func() (bool, error) { return m.Check(ctx, k) == nil, nil })
+		err := poll(ctx, 3*agentResyncPeriod, func() (bool, error) { return m.Check(ctx, masqIn) == nil, nil })
 		took := time.Since(start)
 		// Tests (goal 0) assert that the rules come back, not how soon.
 		r.check(fmt.Sprintf("podnet-agent on %s put its masquerade rules back within its resync period (%v)", w.name, agentResyncPeriod),
@@ -171,7 +171,7 @@ func (c *cluster) checkMasquerade(ctx context.Context, r *report) {
 			fmt.Sprintf("%s: %s back %s after they were deleted", w.name, m.Chain(), ms(took)))
 	case c.cfg.masq:
 		// Put it back as the next CNI ADD would.
-		if err := m.Ensure(ctx, iptables.NewKernel(w.ns)); err != nil {
+		if err := m.Ensure(ctx, masqIn); err != nil {
 			r.fail("restore the masquerade rules", err)
 		}
 	}
