@@ -57,6 +57,14 @@
 // refused at once in both modes (kube-proxy's nftables behaviour; its
 // iptables mode serves it through route_localnet).
 //
+// # Cluster IPs
+//
+// A new connection to a cluster IP on a port its Service does not have
+// is rejected at once (both modes; kube-proxy's nftables mode does the
+// same, its iptables mode lets it leave by the default route). With
+// Config.ServiceCIDRs, one to an address of those ranges that no Service
+// has is dropped.
+//
 // # Tables (ModeNftables)
 //
 // One table per family, named after the prefix (Chains.TableName:

@@ -23,8 +23,9 @@ func recordedProxy(t testing.TB, fams ...podnet.Family) (*Proxy, *nftRecorder) {
 	t.Helper()
 	rec := newNftRecorder()
 	cidrs := []netip.Prefix{podCIDR, netip.MustParsePrefix("fd00:200::/56")}[:len(fams)]
+	svcCIDRs := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/108")}[:len(fams)]
 	p, err := New(Config{Backend: nftBackend{dial: func() (nftConn, error) { return rec, nil }},
-		NodeName: "node0", ClusterCIDRs: cidrs, Families: fams})
+		NodeName: "node0", ClusterCIDRs: cidrs, ServiceCIDRs: svcCIDRs, Families: fams})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +185,8 @@ func TestPartialSyncsEqualFullSync(t *testing.T) {
 		},
 		"iptables": func(t *testing.T) (*Proxy, func() string) {
 			fk := iptables.NewFake()
-			p, err := New(Config{Backend: IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+			p, err := New(Config{Backend: IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR},
+				ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -66,9 +66,23 @@ func (ip *iptablesPlane) fixedChains(f podnet.Family, shared map[iptables.Chain]
 		{natC(c.NodePorts()), shared[natC(c.NodePorts())]},
 		{natC(c.Services()), services},
 		{filC(c.Canary()), []iptables.Rule{canaryRule}},
-		{filC(c.Services()), shared[filC(c.Services())]},
+		{filC(c.Services()), append(slices.Clone(shared[filC(c.Services())]), ip.serviceCIDRDrops(f)...)},
 		{filC(c.ExternalServices()), shared[filC(c.ExternalServices())]},
 	}
+}
+
+// serviceCIDRDrops drops new connections to the service CIDRs of family
+// f that no rule before translated or rejected: unallocated addresses.
+// They end the filter SERVICES chain; a partial sync inserts above them.
+func (ip *iptablesPlane) serviceCIDRDrops(f podnet.Family) []iptables.Rule {
+	var rules []iptables.Rule
+	for _, c := range ip.env.r.serviceCIDRs {
+		if podnet.FamilyOf(c.Addr()) == f {
+			rules = append(rules, iptables.Rule{Destination: iptables.Addr{Prefix: c},
+				Matches: []iptables.Match{iptables.Comment("unallocated service IP")}, Target: iptables.Drop})
+		}
+	}
+	return rules
 }
 
 func sortedNames[T any](m map[Name]T) []Name {

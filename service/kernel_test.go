@@ -42,6 +42,8 @@ func TestBehaviour(t *testing.T) {
 		{"LocalShortCircuit", testLocalShortCircuit},
 		{"InternalLocal", testInternalLocal},
 		{"LocalhostNodePort", testLocalhostNodePort},
+		{"ClusterIPOtherPort", testClusterIPOtherPort},
+		{"UnallocatedServiceIP", testUnallocatedServiceIP},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {

@@ -100,7 +100,7 @@ type nftFamily struct {
 	sets   map[string]*nftables.Set
 	shapes map[nftShape]bool // the endpoint-count sets and rules, true once written
 	use    map[nftShape]int  // elements of each written shape's set
-	refs   map[string]int    // hairpin elements, by key, with the number of Services using them
+	refs   map[string]int    // shared elements (hairpin, cluster-ips) by refKey, with the number of Services using them
 }
 
 // nftElem names one element: its family, set and key.
@@ -109,6 +109,9 @@ type nftElem struct {
 	set string
 	key string
 }
+
+// refKey names a shared element within its family.
+func (e nftElem) refKey() string { return e.set + "/" + e.key }
 
 // nftAffinity is the slower path of one Service port's endpoint list
 // with ClientIP affinity: its chain, shape number and endpoints.
@@ -253,6 +256,7 @@ func newNftFamily(f podnet.Family, table string) *nftFamily {
 		def(k.name+"-backends", slot, &backend)
 	}
 	def("hairpin", nftables.MustConcatSetType(addr, addr), nil)
+	def("cluster-ips", addr, nil)
 	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "no-local-endpoints", "external-reject", "external-drop"} {
 		def(n, ipKey, nil)
 	}
@@ -310,6 +314,28 @@ func (ff *nftFamily) inSet(k nftKind, set string) []expr.Any {
 // fromCIDR matches a source inside (or, with not, outside) the prefix.
 func (ff *nftFamily) fromCIDR(c netip.Prefix, not bool) []expr.Any {
 	return nft.InPrefix(nft.SAddr, c, not)
+}
+
+// firewall is the rules of the firewall chain (new connections in the
+// input, forward and output hooks), which meets packets the nat chains
+// left untranslated: a Service port without (local) endpoints, then any
+// other port of a cluster IP (rejected, so the client learns at once),
+// then an unallocated address of the service CIDRs (dropped, as
+// kube-proxy does, so it never leaves by the default route).
+func (ff *nftFamily) firewall(serviceCIDRs []netip.Prefix) [][]expr.Any {
+	ip := nftKinds[0]
+	drop := []expr.Any{nft.Verdict(expr.VerdictDrop, "")}
+	rules := [][]expr.Any{
+		slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()}),
+		slices.Concat(ff.inSet(ip, "no-local-endpoints"), drop),
+		{ff.daddr(reg0), ff.lookup("cluster-ips", reg0), ff.reject()},
+	}
+	for _, c := range serviceCIDRs {
+		if podnet.FamilyOf(c.Addr()) == ff.f {
+			rules = append(rules, append(nft.InPrefix(nft.DAddr, c, false), drop...))
+		}
+	}
+	return rules
 }
 
 // notLoopback matches a destination outside 127.0.0.0/8 (::1 in IPv6):
@@ -469,10 +495,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 			&expr.Masq{FullyRandom: true}},
 	}
 	drop := []expr.Any{nft.Verdict(expr.VerdictDrop, "")}
-	firewall := [][]expr.Any{
-		slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()}),
-		slices.Concat(ff.inSet(ip, "no-local-endpoints"), drop),
-	}
+	firewall := ff.firewall(np.env.r.serviceCIDRs)
 	external := [][]expr.Any{
 		slices.Concat(ff.inSet(ip, "external-reject"), []expr.Any{ff.reject()}),
 		slices.Concat(ff.inSet(ip, "external-drop"), drop),
@@ -656,6 +679,7 @@ func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort
 	}
 	out.endpoints += len(seen)
 	if sp.cip.IsValid() {
+		out.shared[nftElem{f, "cluster-ips", string(sp.cip.AsSlice())}] = true
 		k := ipKey(sp.cip, sp.proto, sp.p.Port)
 		t := svc
 		if sp.intLocal {
@@ -952,7 +976,7 @@ func (np *nftPlane) renderAll(want map[Name]*Service) (map[Name]*nftRendering, *
 		}
 		for e := range r.shared {
 			ff := np.fams[e.f]
-			if ff.refs[e.key]++; ff.refs[e.key] == 1 {
+			if ff.refs[e.refKey()]++; ff.refs[e.refKey()] == 1 {
 				b.queue(b.add, ff.sets[e.set], e.key, "")
 			}
 		}
@@ -1127,7 +1151,7 @@ func (np *nftPlane) sharedChanges(d *nftDiff) map[nftElem]int {
 	refs := map[nftElem]int{}
 	for e, delta := range d.refDelta {
 		ff := np.fams[e.f]
-		before := ff.refs[e.key]
+		before := ff.refs[e.refKey()]
 		after := before + delta
 		refs[e] = after
 		switch {
@@ -1251,9 +1275,9 @@ func (np *nftPlane) commit(d *nftDiff, renders map[Name]*nftRendering, refs map[
 	}
 	for e, n := range refs {
 		if n == 0 {
-			delete(np.fams[e.f].refs, e.key)
+			delete(np.fams[e.f].refs, e.refKey())
 		} else {
-			np.fams[e.f].refs[e.key] = n
+			np.fams[e.f].refs[e.refKey()] = n
 		}
 	}
 	for n, nr := range renders {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
@@ -108,5 +109,55 @@ func testLocalhostNodePort(t *testing.T, c *cluster) {
 	// The node port still works on the node's own addresses.
 	if r := ask(t, c.node0, "tcp", node0IP+":31045"); r.Name != "pod0a" {
 		t.Errorf("node IP:31045: %+v", r)
+	}
+}
+
+// testClusterIPOtherPort: a connection to a cluster IP on a port its
+// Service does not have is refused at once, from a pod and from the node,
+// instead of leaving by the default route (where, in this test, the
+// outside host answers for that address).
+func testClusterIPOtherPort(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	impostor(t, c, "10.96.0.48")
+	p := c.proxy()
+	apply(t, p, svc("web", "10.96.0.48", TCP, 80, c.endpoints("pod0a")))
+	for name, from := range map[string]*netns.NS{"pod": client.ns, "node": c.node0} {
+		if !refused(from, "10.96.0.48:8080") {
+			t.Errorf("%s → 10.96.0.48:8080 (no such Service port): not refused at once", name)
+		}
+		if r := ask(t, from, "tcp", "10.96.0.48:80"); r.Name != "pod0a" {
+			t.Errorf("%s → the Service port: %+v", name, r)
+		}
+	}
+}
+
+// testUnallocatedServiceIP: with the service CIDRs known, a connection to
+// an address in them that no Service has is dropped, not sent out by the
+// default route (where the outside host would answer it).
+func testUnallocatedServiceIP(t *testing.T, c *cluster) {
+	client := c.addPod("client", 0, "10.200.0.9")
+	impostor(t, c, "10.96.0.49")
+	p := c.proxy(func(cfg *Config) { cfg.ServiceCIDRs = []netip.Prefix{pfx("10.96.0.0/16")} })
+	apply(t, p, svc("web", "10.96.0.20", TCP, 80, nil))
+	for name, from := range map[string]*netns.NS{"pod": client.ns, "node": c.node0} {
+		if !dropped(from, "10.96.0.49:8080") {
+			t.Errorf("%s → 10.96.0.49:8080 (unallocated): answered or refused; want dropped", name)
+		}
+	}
+}
+
+// impostor makes the outside host, where node0's default route leads,
+// answer on a as probe "impostor": whatever reaches it there was let out.
+func impostor(t *testing.T, c *cluster, a string) {
+	t.Helper()
+	must(t, addr.Ensure(c.outside, "lo", pfx(a+"/32")))
+	must(t, route.Ensure(c.outside, route.Route{Dst: pfx("10.200.0.0/16"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
+	srv, err := probe.Serve(c.outside, netip.MustParseAddrPort(a+":8080"), "impostor")
+	must(t, err)
+	t.Cleanup(func() { srv.Close() })
+	// Without the proxy's rules the impostor answers: the test can fail.
+	if r, err := probe.Ask(c.node0, "tcp", netip.MustParseAddrPort(a+":8080"), 2*time.Second); err != nil || r.Name != "impostor" {
+		t.Fatalf("impostor on %s does not answer before the proxy runs: %+v %v", a, r, err)
 	}
 }

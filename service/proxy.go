@@ -30,6 +30,11 @@ type Config struct {
 	// ClusterCIDRs are the pod networks (at most one per family). Traffic
 	// to a cluster IP from outside them is masqueraded.
 	ClusterCIDRs []netip.Prefix
+	// ServiceCIDRs are the ranges cluster IPs are allocated from (the
+	// API server's --service-cluster-ip-range, or its ServiceCIDR
+	// objects). New connections to an address in them that no Service
+	// has are dropped instead of leaving by the default route. Optional.
+	ServiceCIDRs []netip.Prefix
 	// Families the proxy programs; nil means IPv4 only.
 	Families []podnet.Family
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
@@ -126,7 +131,16 @@ func newRenderer(cfg Config, ch Chains) (renderer, error) {
 		}
 		cidr[f] = c.Masked()
 	}
-	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, node: cfg.NodeName, mark: 1 << bit}, nil
+	for _, c := range cfg.ServiceCIDRs {
+		if !c.IsValid() || !slices.Contains(fams, podnet.FamilyOf(c.Addr())) {
+			return renderer{}, podnet.Invalid("service proxy: service CIDR %s: invalid, or of a family the proxy does not program", c)
+		}
+	}
+	svcCIDRs := make([]netip.Prefix, len(cfg.ServiceCIDRs))
+	for i, c := range cfg.ServiceCIDRs {
+		svcCIDRs[i] = c.Masked()
+	}
+	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, node: cfg.NodeName, mark: 1 << bit}, nil
 }
 
 // wanted returns the Service the model holds under n, or nil.

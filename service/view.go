@@ -13,8 +13,10 @@ type renderer struct {
 	chains   Chains
 	families []podnet.Family
 	cidr     map[podnet.Family]netip.Prefix // cluster CIDR per family
-	node     string
-	mark     uint32
+	// serviceCIDRs are where cluster IPs are allocated from.
+	serviceCIDRs []netip.Prefix
+	node         string
+	mark         uint32
 }
 
 // udpPort is what conntrack cleanup needs to know of one UDP port.
