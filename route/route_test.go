@@ -160,18 +160,26 @@ func TestSync(t *testing.T) {
 	}
 }
 
+// TestForwardingPerNamespace: a namespace's forwarding is its own. A new
+// namespace inherits IPv4 forwarding from the initial one (on on every
+// Docker host and Kubernetes node), so the test sets b's value itself
+// rather than assuming a pristine host, and checks both directions.
 func TestForwardingPerNamespace(t *testing.T) {
 	a, b := nstest.New(t), nstest.New(t)
 	for _, fam := range []route.Family{route.IPv4, route.IPv6} {
-		if err := route.SetForwarding(a, fam, true); err != nil {
-			t.Fatal(err)
-		}
-		on, err := route.Forwarding(a, fam)
-		if err != nil || !on {
-			t.Fatalf("%v forwarding in a: %v, %v", fam, on, err)
-		}
-		if on, _ := route.Forwarding(b, fam); on {
-			t.Fatalf("%v forwarding leaked into another namespace", fam)
+		for _, bOn := range []bool{true, false} { // a ends on, for ip netconf below
+			if err := route.SetForwarding(b, fam, bOn); err != nil {
+				t.Fatal(err)
+			}
+			if err := route.SetForwarding(a, fam, !bOn); err != nil {
+				t.Fatal(err)
+			}
+			if on, err := route.Forwarding(a, fam); err != nil || on == bOn {
+				t.Fatalf("%v forwarding in a after setting it %v: %v, %v", fam, !bOn, on, err)
+			}
+			if on, err := route.Forwarding(b, fam); err != nil || on != bOn {
+				t.Fatalf("%v forwarding in b = %v, %v after setting a %v; want %v (leaked)", fam, on, err, !bOn, bOn)
+			}
 		}
 	}
 	if got := strings.TrimSpace(ipRoute(t, a, "netconf", "show", "dev", "lo")); !strings.Contains(got, "forwarding on") {

@@ -37,16 +37,16 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
@@ -89,13 +89,7 @@ func main() {
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules and CNI configuration, and exit")
 	flag.Parse()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o, log); err != nil {
-		log.Error("podnet-agent", "err", err)
-		os.Exit(1)
-	}
+	daemon.Main("podnet-agent", func(ctx context.Context, log *slog.Logger) error { return run(ctx, o, log) })
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
@@ -130,7 +124,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	m := newMetrics(2 * cfg.resync)
 	if o.metricsAddr != "" {
-		srv, err := serveMetrics(o.metricsAddr, m, log)
+		srv, err := daemon.ServeMetrics(o.metricsAddr, m.reg, http.HandlerFunc(m.healthz), log)
 		if err != nil {
 			return err
 		}

@@ -2,15 +2,13 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podnet/podnet/daemon"
 )
 
 // metrics records each reconcile, under podnet_agent_….
@@ -34,7 +32,7 @@ type metrics struct {
 
 func newMetrics(healthTimeout time.Duration) *metrics {
 	m := &metrics{
-		reg: prometheus.NewRegistry(), healthTimeout: healthTimeout, started: time.Now(),
+		reg: daemon.NewRegistry(), healthTimeout: healthTimeout, started: time.Now(),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "podnet_agent_reconcile_duration_seconds",
 			Help: "Time one reconcile of routes, masquerade rules, CNI configuration and Node condition took", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15)}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podnet_agent_reconciles_total",
@@ -52,8 +50,7 @@ func newMetrics(healthTimeout time.Duration) *metrics {
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "podnet_agent_ready",
 			Help: "1 once routes, masquerade and the CNI configuration are in place"}),
 	}
-	m.reg.MustRegister(m.duration, m.reconciles, m.repairs, m.lastSuccess, m.routes, m.skipped, m.missingPodCIDR, m.ready,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.duration, m.reconciles, m.repairs, m.lastSuccess, m.routes, m.skipped, m.missingPodCIDR, m.ready)
 	return m
 }
 
@@ -103,19 +100,4 @@ func (m *metrics) healthz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ok")
-}
-
-func serveMetrics(addr string, m *metrics, log *slog.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", m.healthz)
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	log.Info("serving metrics", "addr", l.Addr().String())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(l)
-	return srv, nil
 }

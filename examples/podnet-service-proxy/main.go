@@ -36,14 +36,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
@@ -82,13 +82,7 @@ func main() {
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
 	flag.StringVar(&o.backend, "backend", "", "nftables or iptables (default: nftables where the kernel supports it, else iptables)")
 	flag.Parse()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, o, log); err != nil {
-		log.Error("podnet-service-proxy", "err", err)
-		os.Exit(1)
-	}
+	daemon.Main("podnet-service-proxy", func(ctx context.Context, log *slog.Logger) error { return run(ctx, o, log) })
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
@@ -137,7 +131,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	m := newMetrics(p, src, 2*o.syncPeriod)
 	if o.metricsAddr != "" {
-		srv, err := serveMetrics(o.metricsAddr, m, log)
+		srv, err := daemon.ServeMetrics(o.metricsAddr, m.reg, http.HandlerFunc(m.healthz), log)
 		if err != nil {
 			return err
 		}

@@ -2,15 +2,12 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/service"
 )
 
@@ -43,7 +40,7 @@ var programmingBuckets = append(prometheus.ExponentialBuckets(0.005, 2, 6),
 	append(prometheus.LinearBuckets(0.25, 0.25, 3), prometheus.LinearBuckets(1, 1, 59)...)...)
 
 func newMetrics(p *service.Proxy, src source, healthTimeout time.Duration) *metrics {
-	reg := prometheus.NewRegistry()
+	reg := daemon.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m := &metrics{
 		reg: reg, proxy: p, healthTimeout: healthTimeout,
@@ -72,8 +69,7 @@ func newMetrics(p *service.Proxy, src source, healthTimeout time.Duration) *metr
 			Help: "Endpoint chains written"}),
 	}
 	for _, c := range []prometheus.Collector{m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.rulesWritten,
-		m.programming, m.programmingQ, m.fullSyncs, m.syncErrors, m.services, m.endpoints,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		m.programming, m.programmingQ, m.fullSyncs, m.syncErrors, m.services, m.endpoints} {
 		f(c)
 	}
 	count := func(name, help string, pick func(s, e, r uint64) uint64) {
@@ -129,22 +125,4 @@ func formatTime(t time.Time) string {
 		return ""
 	}
 	return t.Format(time.RFC3339Nano)
-}
-
-// serveMetrics serves /metrics, /healthz and /livez on addr until the
-// returned server is closed. It listens before returning so that a bad or
-// busy address fails the command.
-func serveMetrics(addr string, m *metrics, log *slog.Logger) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", m.healthz)
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	log.Info("serving metrics", "addr", l.Addr().String())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(l)
-	return srv, nil
 }
