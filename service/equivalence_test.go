@@ -4,12 +4,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/iptables"
@@ -211,6 +214,9 @@ func TestPartialSyncsEqualFullSync(t *testing.T) {
 					if step > 0 && res.Full {
 						t.Fatalf("seed %d step %d: a full sync, want partial", seed, step)
 					}
+					if ok, err := p.Verify(context.Background()); !ok || err != nil {
+						t.Fatalf("seed %d step %d: Verify = %v, %v after a sync", seed, step, ok, err)
+					}
 					fresh, freshDump := mk(t)
 					if err := fresh.Replace(modelOf(svcs)); err != nil {
 						t.Fatal(err)
@@ -274,4 +280,57 @@ func sortedEntries(dump string) string {
 		i = end
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestNftablesVerifyRepairs: what someone changes inside the proxy's
+// tables — a set flushed, an element deleted or added, a rule removed —
+// reads as a difference, and the next sync is a full one that leaves what
+// a fresh full sync writes.
+func TestNftablesVerifyRepairs(t *testing.T) {
+	tamper := map[string]func(rt *recTable){
+		"set flushed": func(rt *recTable) {
+			rs := rt.sets["ip-backends"]
+			rs.elems, rs.raw = map[string]string{}, map[string]nftables.SetElement{}
+		},
+		"element deleted": func(rt *recTable) {
+			rs := rt.sets["cluster-ips"]
+			k := slices.Sorted(maps.Keys(rs.elems))[0]
+			delete(rs.elems, k)
+			delete(rs.raw, k)
+		},
+		"element added": func(rt *recTable) {
+			rs := rt.sets["no-endpoints"]
+			e := elem(rs.s, ipKey(ip("10.96.9.9"), TCP, 80), "")
+			k, v := elemText(rs.s, e)
+			rs.elems[k], rs.raw[k] = v, e
+		},
+		"rule removed": func(rt *recTable) {
+			rc := rt.chains["firewall"]
+			rc.rules = rc.rules[:len(rc.rules)-1]
+		},
+	}
+	for name, change := range tamper {
+		t.Run(name, func(t *testing.T) {
+			p, rec := recordedProxy(t, podnet.IPv4, podnet.IPv6)
+			must(t, p.Replace(goldenServices()))
+			if _, err := p.Sync(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			want := rec.Dump()
+			if ok, err := p.Verify(context.Background()); !ok || err != nil {
+				t.Fatalf("untouched tables: Verify = %v, %v", ok, err)
+			}
+			change(rec.tables["ip podnet-proxy"])
+			if ok, err := p.Verify(context.Background()); ok || err != nil {
+				t.Fatalf("after the change: Verify = %v, %v; want false", ok, err)
+			}
+			res, err := p.Sync(context.Background())
+			if err != nil || !res.Full || res.Reason != "tables differ from what was written" {
+				t.Fatalf("repair: %+v %v", res, err)
+			}
+			if got := rec.Dump(); got != want {
+				t.Errorf("repaired tables differ from the full sync's:\n%s", lineDiff(want, got))
+			}
+		})
+	}
 }

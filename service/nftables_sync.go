@@ -154,6 +154,7 @@ type nftConn interface {
 	DelChain(*nftables.Chain)
 	AddRule(*nftables.Rule) *nftables.Rule
 	GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error)
+	GetSetElements(*nftables.Set) ([]nftables.SetElement, error)
 	Flush() error
 	CloseLasting() error
 }
@@ -779,6 +780,92 @@ func (np *nftPlane) intact() (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// verify reads every set and map of the proxy's tables, and the rules of
+// their fixed chains, and reports whether they hold what the proxy wrote:
+// a set flushed, an element deleted or changed, a rule removed or added
+// by hand all read as a difference. The dynamic affinity sets, which the
+// kernel fills, are not compared.
+//
+// Equivalent to: nft list table ip NAME, compared with the proxy's record
+func (np *nftPlane) verify() (bool, error) {
+	if np.fams == nil {
+		return false, nil // nothing written yet
+	}
+	c, err := np.connect()
+	if err != nil {
+		return false, err
+	}
+	want := np.expected()
+	for f, ff := range np.fams {
+		for name, s := range ff.sets {
+			es, err := c.GetSetElements(s)
+			if err != nil {
+				return false, nil // the set is gone
+			}
+			got := make(map[string]string, len(es))
+			for _, e := range es {
+				k, v := elemText(s, e)
+				got[k] = v
+			}
+			if !maps.Equal(got, want[f][name]) {
+				np.env.log.Warn("nftables set differs from what was written", "family", f, "set", name, "elements", len(got), "want", len(want[f][name]))
+				return false, nil
+			}
+		}
+		if !np.rulesIntact(c, ff) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// expected returns the elements every set should hold, printed, per
+// family and set: the Services' own and the shared ones.
+func (np *nftPlane) expected() map[podnet.Family]map[string]map[string]string {
+	out := map[podnet.Family]map[string]map[string]string{}
+	put := func(f podnet.Family, set, key, val string) {
+		if out[f] == nil {
+			out[f] = map[string]map[string]string{}
+		}
+		if out[f][set] == nil {
+			out[f][set] = map[string]string{}
+		}
+		s := np.fams[f].sets[set]
+		k, v := elemText(s, elem(s, key, val))
+		out[f][set][k] = v
+	}
+	for _, r := range np.written {
+		for e, v := range r.elems {
+			put(e.f, e.set, e.key, v)
+		}
+	}
+	for f, ff := range np.fams {
+		for rk := range ff.refs {
+			set, key, _ := strings.Cut(rk, "/")
+			put(f, set, key, "")
+		}
+	}
+	return out
+}
+
+// rulesIntact reports whether each fixed chain of ff holds as many rules
+// as the proxy wrote there (an entries chain: its affinity rule and one
+// per endpoint count).
+func (np *nftPlane) rulesIntact(c nftConn, ff *nftFamily) bool {
+	shapes := map[string]int{}
+	for sh := range ff.shapes {
+		shapes[entriesChain(sh.kind)]++
+	}
+	for _, ch := range np.fixedChains(ff) {
+		rules, err := c.GetRules(ff.table, ch.c)
+		if err != nil || len(rules) != len(ch.rules)+shapes[ch.c.Name] {
+			np.env.log.Warn("nftables chain differs from what was written", "family", ff.f, "chain", ch.c.Name)
+			return false
+		}
+	}
+	return true
 }
 
 // elemBatch collects element additions and deletions per set.

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 func nftOut(t *testing.T, ns *netns.NS, args ...string) string {
@@ -217,5 +219,47 @@ func TestNftablesDuplicateEntry(t *testing.T) {
 	}
 	if got := backendOf(); got != "10.200.0.5 . 8080" {
 		t.Errorf("b did not take over in the same sync: %q", got)
+	}
+}
+
+// TestNftablesRunRepairsTampering: Run reads the table back every sync
+// period; a map of the proxy's flushed by hand (nft flush map) breaks the
+// Service until the next period's full sync repairs it.
+func TestNftablesRunRepairsTampering(t *testing.T) {
+	c := newCluster(t, ModeNftables)
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	must(t, p.Update(svc("web", "10.96.0.20", TCP, 80, c.endpoints("pod1a"))))
+	ctx, cancel := context.WithCancel(context.Background())
+	reasons := make(chan string, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.Run(ctx, RunConfig{SyncPeriod: 300 * time.Millisecond, OnSync: func(r SyncResult, err error) {
+			if err == nil && r.Full {
+				reasons <- r.Reason
+			}
+		}})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, client.ns, "tcp", "10.96.0.20:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+	if _, err := execns.Output(context.Background(), c.node0, nil, "nft", "flush", "map", "ip", "podnet-proxy", "ip-backends"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probe.Ask(client.ns, "tcp", netip.MustParseAddrPort("10.96.0.20:80"), time.Second); err == nil {
+		t.Fatal("the Service still answers with its backends flushed: the test cannot see a repair")
+	}
+	eventually(t, client.ns, "tcp", "10.96.0.20:80", func(r probe.Reply) bool { return r.Name == "pod1a" })
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-reasons:
+			if r == "tables differ from what was written" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no full sync with reason \"tables differ from what was written\"")
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -161,4 +162,25 @@ func decodeVerdict(b []byte) string {
 		}
 	}
 	return strings.TrimSpace(kind + " " + chain)
+}
+
+// elemText prints an element's key and value as nft does.
+func elemText(s *nftables.Set, e nftables.SetElement) (key, val string) {
+	key = decode(s.KeyType.Name, e.Key)
+	switch {
+	case e.VerdictData != nil:
+		val = verdictText(e.VerdictData)
+	case s.IsMap && s.DataType.Name == nftables.TypeVerdict.Name:
+		val = decodeVerdict(e.Val)
+	case s.IsMap:
+		val = decode(s.DataType.Name, e.Val)
+	}
+	return key, val
+}
+
+// verdictText prints a verdict as nft does: "goto CHAIN".
+func verdictText(v *expr.Verdict) string {
+	names := map[expr.VerdictKind]string{expr.VerdictAccept: "accept", expr.VerdictDrop: "drop", expr.VerdictReturn: "return",
+		expr.VerdictJump: "jump", expr.VerdictGoto: "goto"}
+	return strings.TrimSpace(names[v.Kind] + " " + v.Chain)
 }

@@ -35,7 +35,8 @@ type recTable struct {
 
 type recSet struct {
 	s     *nftables.Set
-	elems map[string]string // key -> value, printed
+	elems map[string]string              // key -> value, printed
+	raw   map[string]nftables.SetElement // key printed -> as sent
 }
 
 type recChain struct {
@@ -95,7 +96,7 @@ func (r *nftRecorder) AddSet(s *nftables.Set, es []nftables.SetElement) error {
 			name = fmt.Sprintf("__anon%d", s.ID)
 		}
 		if rt.sets[name] == nil {
-			rt.sets[name] = &recSet{s: s, elems: map[string]string{}}
+			rt.sets[name] = &recSet{s: s, elems: map[string]string{}, raw: map[string]nftables.SetElement{}}
 		}
 		return addElems(rt.sets[name], es)
 	})
@@ -135,6 +136,7 @@ func addElems(rs *recSet, es []nftables.SetElement) error {
 			return fmt.Errorf("add element %s to %s: %w", k, rs.s.Name, unix.EEXIST)
 		}
 		rs.elems[k] = v
+		rs.raw[k] = e
 	}
 	return nil
 }
@@ -162,6 +164,7 @@ func (r *nftRecorder) SetDeleteElements(s *nftables.Set, es []nftables.SetElemen
 				return fmt.Errorf("delete element %s from %s: %w", k, s.Name, unix.ENOENT)
 			}
 			delete(rs.elems, k)
+			delete(rs.raw, k)
 		}
 		return nil
 	})
@@ -262,6 +265,14 @@ func (r *nftRecorder) AddRule(rule *nftables.Rule) *nftables.Rule {
 	return rule
 }
 
+func (r *nftRecorder) GetSetElements(s *nftables.Set) ([]nftables.SetElement, error) {
+	rs, err := set(r.tables, s, "list elements")
+	if err != nil {
+		return nil, err
+	}
+	return slices.Collect(maps.Values(rs.raw)), nil
+}
+
 func (r *nftRecorder) GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error) {
 	_, rc, err := chain(r.tables, c, "list rules")
 	if err != nil {
@@ -300,7 +311,7 @@ func (r *nftRecorder) copyTables() map[string]*recTable {
 	for k, rt := range r.tables {
 		c := &recTable{family: rt.family, name: rt.name, sets: map[string]*recSet{}, chains: map[string]*recChain{}}
 		for n, rs := range rt.sets {
-			c.sets[n] = &recSet{s: rs.s, elems: maps.Clone(rs.elems)}
+			c.sets[n] = &recSet{s: rs.s, elems: maps.Clone(rs.elems), raw: maps.Clone(rs.raw)}
 		}
 		for n, rc := range rt.chains {
 			c.chains[n] = &recChain{c: rc.c, rules: slices.Clone(rc.rules)}
@@ -308,24 +319,6 @@ func (r *nftRecorder) copyTables() map[string]*recTable {
 		out[k] = c
 	}
 	return out
-}
-
-// elemText prints an element's key and value as nft does.
-func elemText(s *nftables.Set, e nftables.SetElement) (key, val string) {
-	key = decode(s.KeyType.Name, e.Key)
-	switch {
-	case e.VerdictData != nil:
-		val = verdictText(e.VerdictData)
-	case s.IsMap:
-		val = decode(s.DataType.Name, e.Val)
-	}
-	return key, val
-}
-
-func verdictText(v *expr.Verdict) string {
-	names := map[expr.VerdictKind]string{expr.VerdictAccept: "accept", expr.VerdictDrop: "drop", expr.VerdictReturn: "return",
-		expr.VerdictJump: "jump", expr.VerdictGoto: "goto"}
-	return strings.TrimSpace(names[v.Kind] + " " + v.Chain)
 }
 
 // Dump prints every table: sets and maps with their elements sorted,

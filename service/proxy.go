@@ -53,13 +53,16 @@ type Proxy struct {
 	r     renderer
 	ch    Chains
 	log   *slog.Logger
-	mu    sync.Mutex // guards want, dirty, full, pending, triggers, lastSync
+	mu    sync.Mutex // guards want, dirty, fullReason, pending, triggers, lastSync, lastFull
 	want  map[Name]*Service
 	dirty map[Name]bool
-	full  bool
+	// fullReason says why the next sync must be a full one; "" when it
+	// need not.
+	fullReason string
 	// pending is when the oldest change not yet written arrived (zero when
 	// none waits); lastSync when the last successful sync ended.
 	pending, lastSync time.Time
+	lastFull          time.Time     // when the last successful full sync ended
 	triggers          []time.Time   // see RecordTrigger
 	changed           chan struct{} // 1-buffered: a change arrived, for Run
 	syncMu            sync.Mutex    // serialises Sync and Cleanup; guards synced
@@ -91,11 +94,11 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{
 		cfg: cfg, ch: ch, log: log, r: r,
-		want:    map[Name]*Service{},
-		dirty:   map[Name]bool{},
-		full:    true,
-		synced:  map[Name]*Service{},
-		changed: make(chan struct{}, 1),
+		want:       map[Name]*Service{},
+		dirty:      map[Name]bool{},
+		fullReason: "start",
+		synced:     map[Name]*Service{},
+		changed:    make(chan struct{}, 1),
 	}
 	p.pl = cfg.Backend.plane(&env{r: r, log: log, wanted: p.wanted})
 	return p, nil
@@ -290,7 +293,7 @@ func (p *Proxy) Stats() (services, endpoints int) {
 // SyncResult tells what a Sync did.
 type SyncResult struct {
 	Full     bool          // all chains were rewritten
-	Reason   string        // why a full sync: "start", "previous sync failed", "canary chain missing"
+	Reason   string        // why a full sync: "start", "previous sync failed", "canary chain missing", "tables differ from what was written", "periodic", "cleanup"
 	Services int           // Services whose rules were (re)written or removed
 	Rules    int           // rule lines written
 	Flows    int           // conntrack flows deleted
@@ -341,7 +344,10 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 		return SyncResult{Full: full, Reason: res.Reason}, fmt.Errorf("sync services in netns %q: %w", p.nsName(), err)
 	}
 	p.mu.Lock()
-	p.full = false
+	if full {
+		p.fullReason = ""
+		p.lastFull = time.Now()
+	}
 	p.lastSync = time.Now()
 	p.mu.Unlock()
 	res.Triggers = tk.triggers
@@ -354,12 +360,9 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 // syncKind decides between a full and a partial sync, and why a full one.
 func (p *Proxy) syncKind() (full bool, reason string, err error) {
 	p.mu.Lock()
-	full, reason = p.full, "start"
-	if !p.lastSync.IsZero() {
-		reason = "previous sync failed"
-	}
+	reason = p.fullReason
 	p.mu.Unlock()
-	if full {
+	if reason != "" {
 		return true, reason, nil
 	}
 	ok, err := p.pl.intact()
@@ -403,7 +406,7 @@ func (p *Proxy) take(full bool) taken {
 func (p *Proxy) giveBack(tk taken) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.full = true
+	p.fullReason = "previous sync failed"
 	for n := range tk.dirty {
 		p.dirty[n] = true
 	}
@@ -452,6 +455,41 @@ func (p *Proxy) nsName() string {
 	return "backend"
 }
 
+// Verify reads the proxy's tables back and reports whether they hold what
+// the last syncs wrote; when they do not, the next Sync is a full one
+// (reason "tables differ from what was written"), and Run starts it at
+// once. In ModeNftables it compares every element of every set and map
+// the proxy owns and the rules of its fixed chains, so a set flushed, an
+// element deleted or a rule removed by hand is seen; in ModeIptables it
+// checks the canary chains, as every Sync does. Run calls it every
+// SyncPeriod. Its cost grows with the Services (one dump of the
+// tables); docs/performance.md has the figure.
+func (p *Proxy) Verify(ctx context.Context) (bool, error) {
+	p.syncMu.Lock()
+	ok, err := p.pl.verify()
+	p.syncMu.Unlock()
+	if err != nil {
+		return false, fmt.Errorf("verify services in netns %q: %w", p.nsName(), err)
+	}
+	if !ok {
+		p.requestFull("tables differ from what was written")
+	}
+	return ok, nil
+}
+
+// requestFull makes the next sync a full one and wakes Run.
+func (p *Proxy) requestFull(reason string) {
+	p.mu.Lock()
+	if p.fullReason == "" {
+		p.fullReason = reason
+	}
+	if p.pending.IsZero() {
+		p.pending = time.Now()
+	}
+	p.mu.Unlock()
+	p.notify()
+}
+
 // Cleanup removes every rule, chain and table the proxy owns (found by
 // reading the tables, so what an earlier run left goes too) in one
 // transaction, and forgets what it wrote: the next Sync is a full one.
@@ -467,7 +505,7 @@ func (p *Proxy) Cleanup(ctx context.Context) error {
 	}
 	p.synced = map[Name]*Service{}
 	p.mu.Lock()
-	p.full = true
+	p.fullReason = "cleanup"
 	for n := range p.want {
 		p.markDirty(n)
 	}

@@ -17,6 +17,9 @@ type RunConfig struct {
 	// that sync into a full one); 0 means DefaultSyncPeriod. It also
 	// bounds the wait between retries of a failed sync.
 	SyncPeriod time.Duration
+	// FullSyncPeriod is how often Run makes a full sync even when the
+	// tables read back as written: 0 means DefaultFullSyncPeriod.
+	FullSyncPeriod time.Duration
 	// OnSync, if set, is called after every sync with its result, from
 	// Run's goroutine: for metrics and logs.
 	OnSync func(SyncResult, error)
@@ -24,6 +27,10 @@ type RunConfig struct {
 
 // DefaultSyncPeriod is kube-proxy's default --sync-period.
 const DefaultSyncPeriod = 30 * time.Second
+
+// DefaultFullSyncPeriod is how often kube-proxy rewrites everything it
+// owns whatever else happens: an hour.
+const DefaultFullSyncPeriod = time.Hour
 
 // firstRetry is the wait after the first failed sync; each further failure
 // doubles it, up to the sync period.
@@ -33,7 +40,10 @@ const firstRetry = time.Second
 // Delete, Replace or RecordTrigger report a change (changes coalesce, and
 // syncs start at least MinSyncPeriod apart), and every SyncPeriod. A failed
 // sync is retried after 1 s, 2 s, 4 s … up to SyncPeriod; the retry is a
-// full sync. Run returns nil when ctx is done; the rules stay in force.
+// full sync. Every SyncPeriod it also reads the tables back (Verify), and
+// repairs with a full sync what someone changed in them; every
+// FullSyncPeriod it makes a full sync anyway. Run returns nil when ctx is
+// done; the rules stay in force.
 //
 // Start Run once the Services are loaded (for a Kubernetes source, once
 // its informers have synced): its first sync is a full one, and it removes
@@ -43,9 +53,14 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 	if period <= 0 {
 		period = DefaultSyncPeriod
 	}
+	fullPeriod := cfg.FullSyncPeriod
+	if fullPeriod <= 0 {
+		fullPeriod = DefaultFullSyncPeriod
+	}
 	s := scheduler{minGap: cfg.MinSyncPeriod, period: period}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var lastVerify time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -56,6 +71,10 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 			}
 		case <-timer.C:
 			start := time.Now()
+			if start.Sub(lastVerify) >= period {
+				lastVerify = start
+				p.checkTables(ctx, fullPeriod)
+			}
 			res, err := p.Sync(ctx)
 			if ctx.Err() != nil {
 				return nil
@@ -64,6 +83,23 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 				cfg.OnSync(res, err)
 			}
 			resetTimer(timer, s.afterSync(start, time.Now(), err == nil))
+		}
+	}
+}
+
+// checkTables makes the next sync a full one when the last full sync is
+// fullPeriod old, or when the tables no longer hold what was written.
+func (p *Proxy) checkTables(ctx context.Context, fullPeriod time.Duration) {
+	p.mu.Lock()
+	due := !p.lastFull.IsZero() && time.Since(p.lastFull) >= fullPeriod
+	fresh := p.lastFull.IsZero() || p.fullReason != ""
+	p.mu.Unlock()
+	switch {
+	case due:
+		p.requestFull("periodic")
+	case !fresh:
+		if _, err := p.Verify(ctx); err != nil {
+			p.log.Warn("verify failed", "err", err)
 		}
 	}
 }
