@@ -8,6 +8,11 @@
 #                        10k and 30k Services × 5 endpoints; for nftables also
 #                        what one goto element costs once a verdict map holds
 #                        one per Service (the layout not chosen);
+#   BenchmarkSlowPaths   at 10k Services, both backends: a restarted proxy's
+#                        full sync into populated tables, a partial sync
+#                        bringing a new endpoint count, turning affinity on,
+#                        1000 Services in one sync, Verify, and a UDP
+#                        endpoint removal with 100k conntrack flows;
 #   BenchmarkFirstPacket new TCP connections per second to one Service
 #                        through the rules at 100 and 10k Services;
 #   BenchmarkSync        the iptables backend's full sync against the
@@ -18,4 +23,4 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-exec go test -run '^$' -bench 'BenchmarkModes|BenchmarkFirstPacket|BenchmarkSync$' -benchtime 1x -timeout 60m ./service/
+exec go test -run '^$' -bench 'BenchmarkModes|BenchmarkSlowPaths|BenchmarkFirstPacket|BenchmarkSync$' -benchtime 1x -timeout 60m ./service/

@@ -112,9 +112,11 @@ type plane interface {
 	// intact reports whether the proxy's objects are still in the
 	// kernel as the last sync left them (the canary).
 	intact() (bool, error)
-	// verify reads the objects back and reports whether they hold
-	// exactly what was written: slower than intact, for a periodic check.
-	verify() (bool, error)
+	// verifier returns a check that reads the objects back and reports
+	// whether they hold exactly what was written when verifier was
+	// called: slower than intact, for a periodic check. The check may run
+	// while the plane syncs.
+	verifier() func() (bool, error)
 	// full rewrites everything from want and returns the rules (or
 	// elements) written.
 	full(ctx context.Context, want map[Name]*Service) (int, error)

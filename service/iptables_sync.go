@@ -284,9 +284,10 @@ func (ip *iptablesPlane) intact() (bool, error) {
 	return true, nil
 }
 
-// verify is intact: reading the tables back (iptables-save) costs seconds
-// at scale, and the canary covers what flushes them.
-func (ip *iptablesPlane) verify() (bool, error) { return ip.intact() }
+// verifier checks the canary, as intact does: reading the tables back
+// (iptables-save) costs seconds at scale, and the canary covers what
+// flushes them.
+func (ip *iptablesPlane) verifier() func() (bool, error) { return ip.intact }
 
 // cleanup removes every chain the proxy owns and the jumps to them.
 func (ip *iptablesPlane) cleanup(ctx context.Context) error {

@@ -161,12 +161,15 @@ type nftConn interface {
 
 // nftPlane is ModeNftables.
 type nftPlane struct {
-	env     *env
-	ns      *netns.NS
-	dial    func() (nftConn, error)
-	conn    nftConn
-	fams    map[podnet.Family]*nftFamily
-	written map[Name]*nftRendering
+	env  *env
+	ns   *netns.NS
+	dial func() (nftConn, error)
+	// verifyDial opens the socket Verify reads over, apart from the one
+	// syncs write through.
+	verifyDial func() (nftConn, error)
+	conn       nftConn
+	fams       map[podnet.Family]*nftFamily
+	written    map[Name]*nftRendering
 	// owners says which Service holds each entry (an address, protocol
 	// and port, or a node port, of one family); losers are the Services
 	// that wanted one another held, to be synced again when it is let go.
@@ -175,10 +178,12 @@ type nftPlane struct {
 }
 
 func newNftPlane(e *env, ns *netns.NS, dial func() (nftConn, error)) *nftPlane {
+	verifyDial := dial
 	if dial == nil {
 		dial = func() (nftConn, error) { return nft.Open(ns) }
+		verifyDial = func() (nftConn, error) { return nft.Open(ns) }
 	}
-	return &nftPlane{env: e, ns: ns, dial: dial, written: map[Name]*nftRendering{}}
+	return &nftPlane{env: e, ns: ns, dial: dial, verifyDial: verifyDial, written: map[Name]*nftRendering{}}
 }
 
 // NftablesSupported reports whether the kernel of ns has what ModeNftables
@@ -782,47 +787,95 @@ func (np *nftPlane) intact() (bool, error) {
 	return true, nil
 }
 
-// verify reads every set and map of the proxy's tables, and the rules of
-// their fixed chains, and reports whether they hold what the proxy wrote:
-// a set flushed, an element deleted or changed, a rule removed or added
-// by hand all read as a difference. The dynamic affinity sets, which the
-// kernel fills, are not compared.
+// verifier returns a check that reads every set and map of the proxy's
+// tables, and the rules of their fixed chains, and reports whether they
+// hold what the proxy had written when verifier was called: a set
+// flushed, an element deleted or changed, a rule removed or added by hand
+// all read as a difference. The dynamic affinity sets, which the kernel
+// fills, are not compared. Elements are compared as the bytes sent. The
+// check reads over a socket of its own, so it may run while a sync
+// writes; its answer is then stale and the caller drops it.
 //
 // Equivalent to: nft list table ip NAME, compared with the proxy's record
-func (np *nftPlane) verify() (bool, error) {
+func (np *nftPlane) verifier() func() (bool, error) {
 	if np.fams == nil {
-		return false, nil // nothing written yet
+		return func() (bool, error) { return false, nil } // nothing written yet
 	}
-	c, err := np.connect()
-	if err != nil {
-		return false, err
+	type chainWant struct {
+		c     *nftables.Chain
+		rules int
 	}
 	want := np.expected()
+	sets := map[podnet.Family][]*nftables.Set{}
+	chains := map[podnet.Family][]chainWant{}
 	for f, ff := range np.fams {
-		for name, s := range ff.sets {
-			es, err := c.GetSetElements(s)
-			if err != nil {
-				return false, nil // the set is gone
-			}
-			got := make(map[string]string, len(es))
-			for _, e := range es {
-				k, v := elemText(s, e)
-				got[k] = v
-			}
-			if !maps.Equal(got, want[f][name]) {
-				np.env.log.Warn("nftables set differs from what was written", "family", f, "set", name, "elements", len(got), "want", len(want[f][name]))
-				return false, nil
-			}
+		sets[f] = slices.Collect(maps.Values(ff.sets))
+		shapes := map[string]int{}
+		for sh := range ff.shapes {
+			shapes[entriesChain(sh.kind)]++
 		}
-		if !np.rulesIntact(c, ff) {
-			return false, nil
+		for _, ch := range np.fixedChains(ff) {
+			chains[f] = append(chains[f], chainWant{ch.c, len(ch.rules) + shapes[ch.c.Name]})
 		}
 	}
-	return true, nil
+	log, dial := np.env.log, np.verifyDial
+	return func() (bool, error) {
+		c, err := dial()
+		if err != nil {
+			return false, err
+		}
+		defer c.CloseLasting()
+		for f := range sets {
+			for _, s := range sets[f] {
+				es, err := c.GetSetElements(s)
+				if err != nil || !sameElements(s, es, want[f][s.Name]) {
+					log.Warn("nftables set differs from what was written", "family", f, "set", s.Name, "elements", len(es), "want", len(want[f][s.Name]))
+					return false, nil
+				}
+			}
+			for _, ch := range chains[f] {
+				if rules, err := c.GetRules(ch.c.Table, ch.c); err != nil || len(rules) != ch.rules {
+					log.Warn("nftables chain differs from what was written", "family", f, "chain", ch.c.Name)
+					return false, nil
+				}
+			}
+		}
+		return true, nil
+	}
 }
 
-// expected returns the elements every set should hold, printed, per
-// family and set: the Services' own and the shared ones.
+// sameElements reports whether es, read from set s, are exactly want:
+// key to value as the proxy sent them (a verdict map's value is the
+// chain it leads to).
+func sameElements(s *nftables.Set, es []nftables.SetElement, want map[string]string) bool {
+	if len(es) != len(want) {
+		return false
+	}
+	verdicts := s.IsMap && s.DataType.Name == nftables.TypeVerdict.Name
+	for _, e := range es {
+		v, ok := want[string(e.Key)]
+		if !ok {
+			return false
+		}
+		got := string(e.Val)
+		switch {
+		case !s.IsMap:
+			got = ""
+		case e.VerdictData != nil:
+			got = e.VerdictData.Chain
+		case verdicts:
+			_, got, _ = strings.Cut(decodeVerdict(e.Val), " ")
+		}
+		if got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// expected returns the elements every set should hold, key to value as
+// sent (a verdict map's: its chain), per family and set: the Services'
+// own and the shared ones.
 func (np *nftPlane) expected() map[podnet.Family]map[string]map[string]string {
 	out := map[podnet.Family]map[string]map[string]string{}
 	put := func(f podnet.Family, set, key, val string) {
@@ -832,9 +885,7 @@ func (np *nftPlane) expected() map[podnet.Family]map[string]map[string]string {
 		if out[f][set] == nil {
 			out[f][set] = map[string]string{}
 		}
-		s := np.fams[f].sets[set]
-		k, v := elemText(s, elem(s, key, val))
-		out[f][set][k] = v
+		out[f][set][key] = val
 	}
 	for _, r := range np.written {
 		for e, v := range r.elems {
@@ -848,24 +899,6 @@ func (np *nftPlane) expected() map[podnet.Family]map[string]map[string]string {
 		}
 	}
 	return out
-}
-
-// rulesIntact reports whether each fixed chain of ff holds as many rules
-// as the proxy wrote there (an entries chain: its affinity rule and one
-// per endpoint count).
-func (np *nftPlane) rulesIntact(c nftConn, ff *nftFamily) bool {
-	shapes := map[string]int{}
-	for sh := range ff.shapes {
-		shapes[entriesChain(sh.kind)]++
-	}
-	for _, ch := range np.fixedChains(ff) {
-		rules, err := c.GetRules(ff.table, ch.c)
-		if err != nil || len(rules) != len(ch.rules)+shapes[ch.c.Name] {
-			np.env.log.Warn("nftables chain differs from what was written", "family", ff.f, "chain", ch.c.Name)
-			return false
-		}
-	}
-	return true
 }
 
 // elemBatch collects element additions and deletions per set.

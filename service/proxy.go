@@ -69,6 +69,9 @@ type Proxy struct {
 	// synced is the model as the last successful syncs wrote it: what
 	// conntrack cleanup compares the next one with.
 	synced map[Name]*Service
+	// generation counts the successful syncs and cleanups: Verify's
+	// answer is stale when it changed while the tables were read.
+	generation int
 }
 
 // New validates cfg and returns a Proxy with no Services. Nothing is
@@ -350,6 +353,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	}
 	p.lastSync = time.Now()
 	p.mu.Unlock()
+	p.generation++
 	res.Triggers = tk.triggers
 	res.Flows = p.cleanFlows(ctx, full, tk.want)
 	res.Duration = time.Since(start)
@@ -464,14 +468,24 @@ func (p *Proxy) nsName() string {
 // checks the canary chains, as every Sync does. Run calls it every
 // SyncPeriod. Its cost grows with the Services (one dump of the
 // tables); docs/performance.md has the figure.
+//
+// The tables are read without holding up syncs; when one ends meanwhile,
+// the answer is stale and Verify reports true (the next period checks
+// again).
 func (p *Proxy) Verify(ctx context.Context) (bool, error) {
 	p.syncMu.Lock()
-	ok, err := p.pl.verify()
+	check, gen := p.pl.verifier(), p.generation
 	p.syncMu.Unlock()
-	if err != nil {
+	ok, err := check()
+	p.syncMu.Lock()
+	stale := p.generation != gen
+	p.syncMu.Unlock()
+	switch {
+	case stale:
+		return true, nil
+	case err != nil:
 		return false, fmt.Errorf("verify services in netns %q: %w", p.nsName(), err)
-	}
-	if !ok {
+	case !ok:
 		p.requestFull("tables differ from what was written")
 	}
 	return ok, nil
@@ -504,6 +518,7 @@ func (p *Proxy) Cleanup(ctx context.Context) error {
 		return err
 	}
 	p.synced = map[Name]*Service{}
+	p.generation++
 	p.mu.Lock()
 	p.fullReason = "cleanup"
 	for n := range p.want {
