@@ -96,7 +96,7 @@ func (b nftBackend) plane(e *env) plane {
 
 // env is what a backend needs of the Proxy it writes for.
 type env struct {
-	r   renderer
+	r   *renderer // the Proxy's; changes only under its sync lock
 	log *slog.Logger
 	// wanted returns the Service the proxy holds under a name (nil when
 	// none): the nftables backend syncs again a Service that waited for

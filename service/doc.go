@@ -57,6 +57,16 @@
 // refused at once in both modes (kube-proxy's nftables behaviour; its
 // iptables mode serves it through route_localnet).
 //
+// # Topology
+//
+// Cluster-policy traffic follows the EndpointSlice hints as kube-proxy
+// does: when every ready endpoint has a node hint and one names this node
+// (trafficDistribution PreferSameNode), only those; else when every ready
+// endpoint has a zone hint and one names Config.Zone (PreferClose,
+// PreferSameZone, topology-aware routing), only those; else every
+// endpoint. The fallback to terminating endpoints ignores hints.
+// Proxy.SetZone follows a relabelled Node (service/kube does).
+//
 // # Cluster IPs
 //
 // A new connection to a cluster IP on a port its Service does not have

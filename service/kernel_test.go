@@ -44,6 +44,7 @@ func TestBehaviour(t *testing.T) {
 		{"LocalhostNodePort", testLocalhostNodePort},
 		{"ClusterIPOtherPort", testClusterIPOtherPort},
 		{"UnallocatedServiceIP", testUnallocatedServiceIP},
+		{"TopologyHints", testTopologyHints},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {

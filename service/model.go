@@ -101,6 +101,11 @@ type Endpoint struct {
 	// endpoint of the port is Ready.
 	Ready, Serving, Terminating bool
 	NodeName                    string // the node it runs on; compared with Config.NodeName
+	// ZoneHints and NodeHints are the EndpointSlice's hints (forZones,
+	// forNodes), set by Kubernetes for a Service with a
+	// trafficDistribution: the zones and nodes that should prefer this
+	// endpoint. See the package documentation, Topology.
+	ZoneHints, NodeHints []string
 }
 
 // Service is a Kubernetes Service with its endpoints: what the proxy turns
@@ -275,7 +280,8 @@ func (s *Service) equal(o *Service) bool {
 	for i := range s.Endpoints {
 		a, b := &s.Endpoints[i], &o.Endpoints[i]
 		if a.Addr != b.Addr || a.Ready != b.Ready || a.Serving != b.Serving || a.Terminating != b.Terminating ||
-			a.NodeName != b.NodeName || len(a.Ports) != len(b.Ports) {
+			a.NodeName != b.NodeName || len(a.Ports) != len(b.Ports) ||
+			!slices.Equal(a.ZoneHints, b.ZoneHints) || !slices.Equal(a.NodeHints, b.NodeHints) {
 			return false
 		}
 		for k, v := range a.Ports {
@@ -296,6 +302,8 @@ func (s *Service) clone() *Service {
 	c.Ports = slices.Clone(s.Ports)
 	c.Endpoints = slices.Clone(s.Endpoints)
 	for i := range c.Endpoints {
+		c.Endpoints[i].ZoneHints = slices.Clone(s.Endpoints[i].ZoneHints)
+		c.Endpoints[i].NodeHints = slices.Clone(s.Endpoints[i].NodeHints)
 		if s.Endpoints[i].Ports != nil {
 			m := make(map[string]uint16, len(s.Endpoints[i].Ports))
 			for k, v := range s.Endpoints[i].Ports {

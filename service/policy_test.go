@@ -161,3 +161,37 @@ func impostor(t *testing.T, c *cluster, a string) {
 		t.Fatalf("impostor on %s does not answer before the proxy runs: %+v %v", a, r, err)
 	}
 }
+
+// testTopologyHints: with zone hints, new connections go to the endpoint
+// hinted for the node's zone; SetZone moves them; a zone no endpoint is
+// hinted for uses every endpoint.
+func testTopologyHints(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy(func(cfg *Config) { cfg.Zone = "zone-a" })
+	s := svc("near", "10.96.0.70", TCP, 80, c.endpoints("pod0a", "pod1a"))
+	s.Endpoints[0].ZoneHints = []string{"zone-a"}
+	s.Endpoints[1].ZoneHints = []string{"zone-b"}
+	apply(t, p, s)
+	seen := func() map[string]int {
+		got := map[string]int{}
+		for range 20 {
+			got[ask(t, client.ns, "tcp", "10.96.0.70:80").Name]++
+		}
+		return got
+	}
+	if got := seen(); got["pod0a"] != 20 {
+		t.Errorf("zone-a: %v, want pod0a only", got)
+	}
+	p.SetZone("zone-b")
+	apply(t, p)
+	if got := seen(); got["pod1a"] != 20 {
+		t.Errorf("zone-b: %v, want pod1a only", got)
+	}
+	p.SetZone("zone-c")
+	apply(t, p)
+	if got := seen(); got["pod0a"] == 0 || got["pod1a"] == 0 {
+		t.Errorf("zone-c (no endpoint hinted): %v, want both", got)
+	}
+}

@@ -25,8 +25,13 @@ type Config struct {
 	// ChainPrefix names the chains (and the nftables tables); ""
 	// means DefaultChainPrefix, KubeChainPrefix gives kube-proxy's names.
 	ChainPrefix string
-	// NodeName selects the local endpoints for traffic policy Local.
+	// NodeName selects the local endpoints for traffic policy Local, and
+	// the endpoints hinted for this node (PreferSameNode).
 	NodeName string
+	// Zone is the node's topology.kubernetes.io/zone label: endpoints
+	// hinted for it are preferred (see the package documentation,
+	// Topology). SetZone changes it. Optional.
+	Zone string
 	// ClusterCIDRs are the pod networks (at most one per family). Traffic
 	// to a cluster IP from outside them is masqueraded.
 	ClusterCIDRs []netip.Prefix
@@ -103,7 +108,7 @@ func New(cfg Config) (*Proxy, error) {
 		synced:     map[Name]*Service{},
 		changed:    make(chan struct{}, 1),
 	}
-	p.pl = cfg.Backend.plane(&env{r: r, log: log, wanted: p.wanted})
+	p.pl = cfg.Backend.plane(&env{r: &p.r, log: log, wanted: p.wanted})
 	return p, nil
 }
 
@@ -146,7 +151,24 @@ func newRenderer(cfg Config, ch Chains) (renderer, error) {
 	for i, c := range cfg.ServiceCIDRs {
 		svcCIDRs[i] = c.Masked()
 	}
-	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, node: cfg.NodeName, mark: 1 << bit}, nil
+	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
+}
+
+// SetZone changes the node's zone (its topology.kubernetes.io/zone label;
+// "" when it has none). Every Service is written again at the next Sync,
+// as the endpoints its hints prefer may change.
+func (p *Proxy) SetZone(zone string) {
+	p.syncMu.Lock()
+	defer p.syncMu.Unlock()
+	if p.r.zone == zone {
+		return
+	}
+	p.r.zone = zone
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := range p.want {
+		p.markDirty(n)
+	}
 }
 
 // wanted returns the Service the model holds under n, or nil.

@@ -16,6 +16,7 @@ type renderer struct {
 	// serviceCIDRs are where cluster IPs are allocated from.
 	serviceCIDRs []netip.Prefix
 	node         string
+	zone         string // the node's topology.kubernetes.io/zone; see Proxy.SetZone
 	mark         uint32
 }
 
@@ -52,6 +53,54 @@ func pick(eps []Endpoint, local func(Endpoint) bool) []Endpoint {
 		return ready
 	}
 	return term
+}
+
+// clusterEndpoints returns the endpoints that take new connections under
+// the Cluster policy: the ready ones the topology hints leave this node,
+// or, when none is ready, the serving terminating ones.
+func (r *renderer) clusterEndpoints(eps []Endpoint) []Endpoint {
+	near := r.topology(eps)
+	var ready, term []Endpoint
+	for _, e := range eps {
+		switch {
+		case e.Ready && !e.Terminating:
+			if near(e) {
+				ready = append(ready, e)
+			}
+		case e.Serving && e.Terminating:
+			term = append(term, e)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return term
+}
+
+// topology returns which ready endpoints the hints give this node, as
+// kube-proxy decides: when every ready endpoint has a node hint and one
+// names this node, those naming it (PreferSameNode); else when every
+// ready endpoint has a zone hint and one names this node's zone, those
+// naming it (PreferSameZone, PreferClose); else every endpoint.
+func (r *renderer) topology(eps []Endpoint) func(Endpoint) bool {
+	allNode, allZone, forNode, forZone, any := true, true, false, false, false
+	for _, e := range eps {
+		if !e.Ready || e.Terminating {
+			continue
+		}
+		any = true
+		allNode = allNode && len(e.NodeHints) > 0
+		allZone = allZone && len(e.ZoneHints) > 0
+		forNode = forNode || r.node != "" && slices.Contains(e.NodeHints, r.node)
+		forZone = forZone || r.zone != "" && slices.Contains(e.ZoneHints, r.zone)
+	}
+	switch {
+	case any && allNode && forNode:
+		return func(e Endpoint) bool { return slices.Contains(e.NodeHints, r.node) }
+	case any && allZone && forZone:
+		return func(e Endpoint) bool { return slices.Contains(e.ZoneHints, r.zone) }
+	}
+	return func(Endpoint) bool { return true }
 }
 
 // familyService is a Service as one family sees it.
@@ -95,7 +144,7 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 	if !fs.cip.IsValid() && len(fs.eips) == 0 && !fs.nodePorts {
 		return nil
 	}
-	fs.svcSel = pick(eps, func(Endpoint) bool { return true })
+	fs.svcSel = r.clusterEndpoints(eps)
 	fs.svlSel = pick(eps, func(e Endpoint) bool { return r.node != "" && e.NodeName == r.node })
 	slices.SortFunc(fs.svcSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
 	slices.SortFunc(fs.svlSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })

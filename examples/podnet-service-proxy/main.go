@@ -54,6 +54,7 @@ type options struct {
 	kubeconfig    string
 	nodeName      string
 	clusterCIDR   string
+	serviceCIDR   string
 	prefix        string
 	netnsPath     string
 	once          bool
@@ -72,6 +73,7 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "follow the API server of this kubeconfig file")
 	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for traffic policy Local and its Node object")
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded (default with --kubeconfig: the Node's podCIDRs)")
+	flag.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR(s), comma-separated (kube-apiserver's --service-cluster-ip-range): connections to addresses in them that no Service has are dropped")
 	flag.StringVar(&o.prefix, "chain-prefix", service.DefaultChainPrefix, "chain name prefix; KUBE gives kube-proxy's names")
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
 	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
@@ -89,6 +91,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	cidrs, err := parseCIDRs(o.clusterCIDR)
 	if err != nil {
 		return fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	svcCIDRs, err := parseCIDRs(o.serviceCIDR)
+	if err != nil {
+		return fmt.Errorf("--service-cidr: %w", err)
 	}
 	ns, err := openNetNS(o.netnsPath)
 	if err != nil {
@@ -115,7 +121,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs, Families: families(cidrs), Logger: log})
+	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
+		ServiceCIDRs: svcCIDRs, Families: families(cidrs), Logger: log})
 	if err != nil {
 		return err
 	}

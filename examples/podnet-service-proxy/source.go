@@ -171,7 +171,7 @@ func (k *kubeSource) clusterCIDRs(ctx context.Context) ([]netip.Prefix, error) {
 func (k *kubeSource) load(ctx context.Context, p *service.Proxy) error { return k.start(ctx, p) }
 
 func (k *kubeSource) start(ctx context.Context, p *service.Proxy) error {
-	src, err := kube.New(kube.Config{Client: k.client, Proxy: p, Logger: k.log})
+	src, err := kube.New(kube.Config{Client: k.client, Proxy: p, NodeName: k.node, Logger: k.log})
 	if err != nil {
 		return err
 	}

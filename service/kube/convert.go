@@ -13,14 +13,29 @@ import (
 	"github.com/podnet/podnet/service"
 )
 
+// Labels that take a Service away from this proxy, as from kube-proxy:
+// another proxy implements it, or it is headless.
+const (
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelHeadless         = "service.kubernetes.io/headless"
+)
+
 // Convert returns the proxy's model of svc with the endpoints of eps (the
 // Service's EndpointSlices), keeping the addresses of families (nil means
 // both). ok is false when the Service gets no rules: headless,
-// ExternalName, or no cluster IP of families. An address that does not
+// ExternalName, labelled for another proxy (LabelServiceProxyName) or
+// headless (LabelHeadless), or no cluster IP of families. Endpoints keep
+// their slices' topology hints. An address that does not
 // parse is an error matching ErrInvalid; the result is not validated
 // (Proxy.Update does that).
 func Convert(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, families []podnet.Family) (s service.Service, ok bool, err error) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || svc.Spec.ClusterIP == corev1.ClusterIPNone {
+		return s, false, nil
+	}
+	if _, other := svc.Labels[LabelServiceProxyName]; other {
+		return s, false, nil
+	}
+	if _, headless := svc.Labels[LabelHeadless]; headless {
 		return s, false, nil
 	}
 	name := service.Name{Namespace: svc.Namespace, Name: svc.Name}
@@ -145,10 +160,19 @@ func endpoint(a netip.Addr, e discoveryv1.Endpoint, ports map[string]uint16) ser
 	if e.Conditions.Serving != nil {
 		serving = *e.Conditions.Serving
 	}
-	return service.Endpoint{
+	out := service.Endpoint{
 		Addr: a, Ports: ports, NodeName: deref(e.NodeName),
 		Ready: ready, Serving: serving, Terminating: deref(e.Conditions.Terminating),
 	}
+	if h := e.Hints; h != nil {
+		for _, z := range h.ForZones {
+			out.ZoneHints = append(out.ZoneHints, z.Name)
+		}
+		for _, n := range h.ForNodes {
+			out.NodeHints = append(out.NodeHints, n.Name)
+		}
+	}
+	return out
 }
 
 // merge joins two entries for one address: the conditions of the ready

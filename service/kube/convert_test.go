@@ -3,6 +3,7 @@ package kube
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -119,7 +120,11 @@ func TestConvertSkipsAndRejects(t *testing.T) {
 	headless := svcObj("None")
 	ext := svcObj("10.96.0.20")
 	ext.Spec.Type = corev1.ServiceTypeExternalName
-	for _, svc := range []*corev1.Service{headless, ext} {
+	other := svcObj("10.96.0.21")
+	other.Labels = map[string]string{LabelServiceProxyName: "foo-bar"}
+	labelledHeadless := svcObj("10.96.0.22")
+	labelledHeadless.Labels = map[string]string{LabelHeadless: ""}
+	for _, svc := range []*corev1.Service{headless, ext, other, labelledHeadless} {
 		if _, ok, err := Convert(svc, nil, nil); ok || err != nil {
 			t.Errorf("%s: ok=%v err=%v, want no rules and no error", svc.Spec.ClusterIP, ok, err)
 		}
@@ -131,5 +136,22 @@ func TestConvertSkipsAndRejects(t *testing.T) {
 	badSlice := slice("web-x", discoveryv1.AddressTypeIPv4, 0, epSpec{addr: "10.200.0.2"})
 	if _, _, err := Convert(svcObj("10.96.0.20"), []*discoveryv1.EndpointSlice{badSlice}, nil); !errors.Is(err, podnet.ErrInvalid) {
 		t.Errorf("slice port 0: %v, want ErrInvalid", err)
+	}
+}
+
+// TestConvertHints: an endpoint's forZones and forNodes hints reach the
+// model.
+func TestConvertHints(t *testing.T) {
+	es := slice("web-a", discoveryv1.AddressTypeIPv4, 8080, epSpec{addr: "10.200.0.2"}, epSpec{addr: "10.200.1.2"})
+	es.Endpoints[0].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}}, ForNodes: []discoveryv1.ForNode{{Name: "node0"}}}
+	s, ok, err := Convert(svcObj("10.96.0.20"), []*discoveryv1.EndpointSlice{es}, nil)
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if e := s.Endpoints[0]; !slices.Equal(e.ZoneHints, []string{"zone-a"}) || !slices.Equal(e.NodeHints, []string{"node0"}) {
+		t.Errorf("hinted endpoint: %+v", e)
+	}
+	if e := s.Endpoints[1]; e.ZoneHints != nil || e.NodeHints != nil {
+		t.Errorf("endpoint without hints: %+v", e)
 	}
 }

@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -30,6 +32,11 @@ const byService = "podnet.service"
 type Config struct {
 	Client kubernetes.Interface // required
 	Proxy  *service.Proxy       // required: receives every change
+	// NodeName, when set, makes the source follow that Node's
+	// topology.kubernetes.io/zone label into Proxy.SetZone, so that
+	// endpoints hinted for the zone are preferred (needs get, list and
+	// watch on nodes).
+	NodeName string
 	// ResyncPeriod makes the informers re-deliver every object that often;
 	// 0 means never (the proxy's own periodic sync repairs the tables).
 	ResyncPeriod time.Duration
@@ -107,11 +114,44 @@ func (s *Source) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kube source: %w", err)
 	}
+	synced := []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
+	if s.cfg.NodeName != "" {
+		nodeSynced, err := s.followZone(ctx)
+		if err != nil {
+			return err
+		}
+		synced = append(synced, nodeSynced)
+	}
 	s.factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), svcReg.HasSynced, sliceReg.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("kube source: informers did not sync: %w", context.Cause(ctx))
 	}
 	return nil
+}
+
+// followZone starts an informer on this node's Node object that hands its
+// zone label to the proxy.
+func (s *Source) followZone(ctx context.Context) (cache.InformerSynced, error) {
+	f := informers.NewSharedInformerFactoryWithOptions(s.cfg.Client, s.cfg.ResyncPeriod,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", s.cfg.NodeName).String()
+		}))
+	inf := f.Core().V1().Nodes().Informer()
+	zone := func(obj any) {
+		if n, ok := obj.(*corev1.Node); ok {
+			s.cfg.Proxy.SetZone(n.Labels[corev1.LabelTopologyZone])
+		}
+	}
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    zone,
+		UpdateFunc: func(_, obj any) { zone(obj) },
+		DeleteFunc: func(any) { s.cfg.Proxy.SetZone("") },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kube source: %w", err)
+	}
+	f.Start(ctx.Done())
+	return reg.HasSynced, nil
 }
 
 // Changes returns how many Service and EndpointSlice events the source

@@ -31,12 +31,18 @@ func TestMain(m *testing.M) { kubetest.Main(m) }
 // control plane, and returns the Fake and a channel of sync results.
 func follow(t *testing.T, cs kubernetes.Interface) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
 	t.Helper()
+	return followNode(t, cs, "")
+}
+
+// followNode is follow with the source following the zone of Node node.
+func followNode(t *testing.T, cs kubernetes.Interface, node string) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
+	t.Helper()
 	fk := iptables.NewFake()
 	p, err := service.New(service.Config{Backend: service.IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := New(Config{Client: cs, Proxy: p})
+	src, err := New(Config{Client: cs, Proxy: p, NodeName: node})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,4 +273,60 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestSourceFollowsZone: endpoints hinted for the zone of the proxy's
+// Node are the ones its rules use; relabelling the Node into another zone
+// moves the rules to that zone's endpoint, and a Node without a zone
+// label uses every endpoint.
+func TestSourceFollowsZone(t *testing.T) {
+	cs, err := kubetest.Shared(t).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ns := namespace(t, cs)
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "zoned-node", Labels: map[string]string{corev1.LabelTopologyZone: "zone-a"}}}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), node.Name, metav1.DeleteOptions{}) })
+	fk, _, _ := followNode(t, cs, node.Name)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}}}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	es := apiSlice("web-a", svc.Name, time.Now(), "10.200.0.2", "10.200.1.2")
+	es.Endpoints[0].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}}}
+	es.Endpoints[1].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-b"}}}
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	only := func(want, not string) func(string) bool {
+		return func(rules string) bool {
+			return strings.Contains(rules, "--to-destination "+want+":8080") && !strings.Contains(rules, "--to-destination "+not+":8080")
+		}
+	}
+	eventually(t, fk, "zone-a's endpoint only", only("10.200.0.2", "10.200.1.2"))
+	relabel := func(zone string) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if zone == "" {
+			delete(n.Labels, corev1.LabelTopologyZone)
+		} else {
+			n.Labels[corev1.LabelTopologyZone] = zone
+		}
+		if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relabel("zone-b")
+	eventually(t, fk, "zone-b's endpoint only", only("10.200.1.2", "10.200.0.2"))
+	relabel("")
+	eventually(t, fk, "both endpoints", func(rules string) bool {
+		return strings.Contains(rules, "--to-destination 10.200.0.2:8080") && strings.Contains(rules, "--to-destination 10.200.1.2:8080")
+	})
 }
