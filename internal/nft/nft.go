@@ -1,6 +1,7 @@
 // Package nft reads what iptables-nft keeps in the kernel straight from
-// nf_tables over netlink, without running iptables: whether a chain exists
-// and the comments of a chain's rules. A CNI ADD uses it to see in well
+// nf_tables over netlink (github.com/google/nftables), without running
+// iptables: whether a chain exists and what a chain's rules match, jump
+// to and are commented with. A CNI ADD uses it to see in well
 // under a millisecond that the per-network rules are in place, where one
 // exec of iptables costs several.
 //
@@ -10,53 +11,49 @@
 package nft
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/netns"
 )
 
-// nf_tables netlink constants (linux/netfilter/nf_tables.h).
-const (
-	subsysNFTables = 10
-	msgGetChain    = 4
-	msgGetRule     = 7
-
-	attrChainTable = 1
-	attrChainName  = 3
-	attrRuleTable  = 1
-	attrRuleChain  = 2
-	attrRuleExprs  = 4
-	attrRuleUData  = 7
-
-	udataRuleComment = 0 // NFTNL_UDATA_RULE_COMMENT
-)
-
-// Conn is a netlink socket to nf_tables inside one namespace.
+// Conn is a netlink socket to nf_tables inside one namespace. Its calls
+// may be made from several goroutines; they take turns on the socket.
 type Conn struct {
-	c *netfilter.Conn
+	mu  sync.Mutex
+	nft *nftables.Conn
+	// nl is nft's own socket, kept as google/nftables hands it to a
+	// SockOption, for the one request made without that library.
+	nl *netlink.Conn
 }
 
 // Dial opens a Conn whose socket lives in ns.
 func Dial(ns *netns.NS) (*Conn, error) {
-	c, err := netfilter.Dial(&netlink.Config{NetNS: ns.Fd()})
+	c := &Conn{}
+	keep := nftables.SockOption(func(nl *netlink.Conn) error {
+		c.nl = nl
+		return nil
+	})
+	n, err := nftables.New(nftables.WithNetNSFd(ns.Fd()), nftables.AsLasting(), nftables.WithSockOptions(keep))
 	if err != nil {
 		return nil, fmt.Errorf("nf_tables socket in netns %q: %w", ns, err)
 	}
-	return &Conn{c: c}, nil
+	c.nft = n
+	return c, nil
 }
 
 // Close closes the socket.
-func (c *Conn) Close() error { return c.c.Close() }
+func (c *Conn) Close() error { return c.nft.CloseLasting() }
 
 // DialIPTables opens a Conn in ns when that is where iptables keeps its
 // rules; ok is false when the legacy x_tables nat table is in use there
@@ -76,35 +73,36 @@ func DialIPTables(ns *netns.NS) (c *Conn, ok bool) {
 	return c, err == nil
 }
 
-func proto(family podnet.Family) netfilter.ProtoFamily {
-	if family == podnet.IPv6 {
-		return netfilter.ProtoIPv6
-	}
-	return netfilter.ProtoIPv4
-}
-
-func strAttr(typ uint16, s string) netfilter.Attribute {
-	return netfilter.Attribute{Type: typ, Data: append([]byte(s), 0)}
-}
-
-func (c *Conn) query(h netfilter.Header, attrs []netfilter.Attribute) ([]netlink.Message, error) {
-	msg, err := netfilter.MarshalNetlink(h, attrs)
-	if err != nil {
-		return nil, err
-	}
-	return c.c.Query(msg)
-}
-
 // ChainExists reports whether chain exists in table of the iptables
-// (IPv4) or ip6tables (IPv6) nf_tables backend.
+// (IPv4) or ip6tables (IPv6) nf_tables backend: it sends
+// NFT_MSG_GETCHAIN for it, which fails with ENOENT when the chain or its
+// table is missing.
+//
+// google/nftables' ListChain makes the same request but formats the
+// kernel's error with %v, so ENOENT cannot be told from a failure without
+// matching text; hence the request is built here, on the same socket.
 //
 // Equivalent to: iptables -t TABLE -S CHAIN >/dev/null
 func (c *Conn) ChainExists(family podnet.Family, table, chain string) (bool, error) {
-	_, err := c.query(netfilter.Header{
-		SubsystemID: subsysNFTables, MessageType: msgGetChain,
-		Family: proto(family), Flags: netlink.Request,
-	}, []netfilter.Attribute{strAttr(attrChainTable, table), strAttr(attrChainName, chain)})
-	if isNotExist(err) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.NFTA_CHAIN_TABLE, table)
+	ae.String(unix.NFTA_CHAIN_NAME, chain)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return false, fmt.Errorf("get chain %s/%s: %w", table, chain, err)
+	}
+	// struct nfgenmsg: family, version, resource id (big-endian u16).
+	gen := []byte{byte(Table(family, table).Family), unix.NFNETLINK_V0, 0, 0}
+	c.mu.Lock()
+	_, err = c.nl.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN),
+			Flags: netlink.Request,
+		},
+		Data: append(gen, attrs...),
+	})
+	c.mu.Unlock()
+	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}
 	if err != nil {
@@ -122,7 +120,9 @@ type Rule struct {
 	// bitwise expression when the length is not a whole number of bytes).
 	Cmps []Cmp
 	// Target and TargetInfo are the xtables target (MASQUERADE, DNAT …)
-	// and its kernel struct, when the rule has one.
+	// and its kernel struct, when the rule has one. TargetInfo is the
+	// struct as google/nftables' xt package encodes what it decoded: the
+	// kernel's bytes without the padding to 8 bytes after them.
 	Target     string
 	TargetInfo []byte
 }
@@ -135,190 +135,64 @@ type Cmp struct {
 }
 
 // Rules returns the rules of chain in order; none when the chain is empty
-// or does not exist.
+// or does not exist (the kernel's dump of a missing chain is empty).
 //
-// Equivalent to: iptables -t TABLE -S CHAIN (comments and jump targets only)
+// Equivalent to: iptables -t TABLE -S CHAIN (comments, comparisons,
+// jumps and targets only)
 func (c *Conn) Rules(family podnet.Family, table, chain string) ([]Rule, error) {
-	msgs, err := c.query(netfilter.Header{
-		SubsystemID: subsysNFTables, MessageType: msgGetRule,
-		Family: proto(family), Flags: netlink.Request | netlink.Dump,
-	}, []netfilter.Attribute{strAttr(attrRuleTable, table), strAttr(attrRuleChain, chain)})
-	if isNotExist(err) {
-		return nil, nil
-	}
+	t := Table(family, table)
+	c.mu.Lock()
+	rs, err := c.nft.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+	c.mu.Unlock()
 	if err != nil {
 		return nil, fmt.Errorf("list rules of %s/%s: %w", table, chain, err)
 	}
 	var rules []Rule
-	for _, m := range msgs {
-		_, attrs, err := netfilter.UnmarshalNetlink(m)
+	for _, r := range rs {
+		rule, err := ruleOf(t.Family, r)
 		if err != nil {
 			return nil, fmt.Errorf("list rules of %s/%s: %w", table, chain, err)
 		}
-		var r Rule
-		for _, a := range attrs {
-			switch a.Type {
-			case attrRuleExprs:
-				parseExprs(a.Data, &r)
-			case attrRuleUData:
-				if c := commentOf(a.Data); c != "" {
-					r.Comment = c
-				}
-			}
-		}
-		rules = append(rules, r)
+		rules = append(rules, rule)
 	}
 	return rules, nil
 }
 
-// parseExprs reads an NFTA_RULE_EXPRESSIONS list for what Rules reports:
-// an xtables "comment" match (how iptables-nft 1.8 stores comments), an
-// immediate jump/goto verdict, comparisons and an xtables target.
-func parseExprs(b []byte, r *Rule) {
-	var mask []byte
-	for _, elem := range attrs(b) { // NFTA_LIST_ELEM
-		var name string
-		var data []byte
-		for _, a := range attrs(elem.data) {
-			switch a.typ {
-			case 1: // NFTA_EXPR_NAME
-				name = cstring(a.data)
-			case 2: // NFTA_EXPR_DATA
-				data = a.data
+// ruleOf keeps what Rule reports of r: an xtables "comment" match (how
+// iptables-nft 1.8 stores comments) or a comment in the user data (how
+// newer iptables-nft and nft store it), a jump/goto verdict, comparisons
+// with the mask of a bitwise expression before them, and an xtables
+// target.
+func ruleOf(fam nftables.TableFamily, r *nftables.Rule) (Rule, error) {
+	var (
+		out  Rule
+		mask []byte
+	)
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Match:
+			if c, ok := e.Info.(*xt.Comment); ok && e.Name == "comment" {
+				out.Comment = string(*c)
 			}
-		}
-		switch name {
-		case "match":
-			var mname string
-			var info []byte
-			for _, a := range attrs(data) {
-				switch a.typ {
-				case 1: // NFTA_MATCH_NAME
-					mname = cstring(a.data)
-				case 3: // NFTA_MATCH_INFO
-					info = a.data
-				}
+		case *expr.Bitwise:
+			mask = e.Mask
+		case *expr.Cmp:
+			out.Cmps = append(out.Cmps, Cmp{Not: e.Op == expr.CmpOpNeq, Value: e.Data, Mask: mask})
+			mask = nil
+		case *expr.Target:
+			info, err := xt.Marshal(xt.TableFamily(fam), e.Rev, e.Info)
+			if err != nil {
+				return Rule{}, fmt.Errorf("target %s: %w", e.Name, err)
 			}
-			if mname == "comment" {
-				r.Comment = cstring(info)
-			}
-		case "bitwise":
-			mask = dataValue(data, 4) // NFTA_BITWISE_MASK
-		case "cmp":
-			c := parseCmp(data)
-			c.Mask, mask = mask, nil
-			r.Cmps = append(r.Cmps, c)
-		case "target":
-			for _, a := range attrs(data) {
-				switch a.typ {
-				case 1: // NFTA_TARGET_NAME
-					r.Target = cstring(a.data)
-				case 3: // NFTA_TARGET_INFO
-					r.TargetInfo = a.data
-				}
-			}
-		case "immediate":
-			for _, a := range attrs(data) {
-				if a.typ != 2 { // NFTA_IMMEDIATE_DATA
-					continue
-				}
-				for _, d := range attrs(a.data) {
-					if d.typ != 2 { // NFTA_DATA_VERDICT
-						continue
-					}
-					for _, v := range attrs(d.data) {
-						if v.typ == 2 { // NFTA_VERDICT_CHAIN
-							r.Jump = cstring(v.data)
-						}
-					}
-				}
+			out.Target, out.TargetInfo = e.Name, info
+		case *expr.Verdict:
+			if e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto {
+				out.Jump = e.Chain
 			}
 		}
 	}
-}
-
-// parseCmp reads an NFTA_CMP_* list: the operator (big-endian u32,
-// NFT_CMP_NEQ is 1) and NFTA_CMP_DATA's NFTA_DATA_VALUE.
-func parseCmp(b []byte) Cmp {
-	var c Cmp
-	for _, a := range attrs(b) {
-		switch a.typ {
-		case 2: // NFTA_CMP_OP
-			c.Not = len(a.data) == 4 && binary.BigEndian.Uint32(a.data) == 1
-		}
+	if c := CommentOf(r.UserData); c != "" {
+		out.Comment = c
 	}
-	c.Value = dataValue(b, 3) // NFTA_CMP_DATA
-	return c
-}
-
-// dataValue returns the NFTA_DATA_VALUE nested in attribute typ of b.
-func dataValue(b []byte, typ uint16) []byte {
-	for _, a := range attrs(b) {
-		if a.typ != typ {
-			continue
-		}
-		for _, d := range attrs(a.data) {
-			if d.typ == 1 { // NFTA_DATA_VALUE
-				return d.data
-			}
-		}
-	}
-	return nil
-}
-
-type attr struct {
-	typ  uint16
-	data []byte
-}
-
-// attrs splits b into netlink attributes (native-endian headers, 4-byte
-// alignment), dropping the nested and byte-order flag bits of the type.
-func attrs(b []byte) []attr {
-	var out []attr
-	for len(b) >= 4 {
-		n := int(binary.NativeEndian.Uint16(b[0:2]))
-		typ := binary.NativeEndian.Uint16(b[2:4]) & 0x3fff
-		if n < 4 || n > len(b) {
-			return out
-		}
-		out = append(out, attr{typ, b[4:n]})
-		n = (n + 3) &^ 3
-		if n > len(b) {
-			return out
-		}
-		b = b[n:]
-	}
-	return out
-}
-
-func cstring(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(b)
-}
-
-// commentOf finds the comment in a rule's user data (how newer iptables-nft
-// stores it): (type u8, length u8, value) records, the comment
-// NUL-terminated.
-func commentOf(udata []byte) string {
-	for len(udata) >= 2 {
-		typ, n := udata[0], int(udata[1])
-		if len(udata) < 2+n {
-			return ""
-		}
-		if typ == udataRuleComment {
-			return cstring(udata[2 : 2+n])
-		}
-		udata = udata[2+n:]
-	}
-	return ""
-}
-
-func isNotExist(err error) bool {
-	var oe *netlink.OpError
-	if errors.As(err, &oe) {
-		return errors.Is(oe.Err, unix.ENOENT)
-	}
-	return errors.Is(err, unix.ENOENT)
+	return out, nil
 }

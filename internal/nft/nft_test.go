@@ -1,8 +1,11 @@
 package nft_test
 
 import (
+	"encoding/binary"
+	"fmt"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/podnet/podnet"
@@ -71,6 +74,82 @@ func TestChainsAndComments(t *testing.T) {
 	if got, err := c.Rules(4, "nat", "NOPE"); err != nil || len(got) != 0 {
 		t.Errorf("Rules(missing) = %+v, %v", got, err)
 	}
+}
+
+// TestRulesDecoded: what Rules reads of iptables-nft rules (negations,
+// masks, goto, target structs) and of a native nft rule (its comment in
+// the user data), written from the rules' meaning.
+func TestRulesDecoded(t *testing.T) {
+	ns := nstest.New(t)
+	iptables(t, ns, "iptables", "-t", "nat", "-N", "PODNET-Y")
+	iptables(t, ns, "iptables", "-t", "nat", "-N", "PODNET-Z")
+	iptables(t, ns, "iptables", "-t", "nat", "-A", "PODNET-Y", "!", "-d", "10.0.0.0/25", "-j", "MASQUERADE", "--random-fully")
+	iptables(t, ns, "iptables", "-t", "nat", "-A", "PODNET-Y", "-d", "224.0.0.0/4", "-j", "RETURN")
+	iptables(t, ns, "iptables", "-t", "nat", "-A", "PODNET-Y", "-s", "10.1.0.0/16", "-g", "PODNET-Z")
+	iptables(t, ns, "iptables", "-t", "nat", "-A", "PODNET-Y", "-j", "MASQUERADE")
+	iptables(t, ns, "ip6tables", "-t", "nat", "-N", "PODNET-Y")
+	iptables(t, ns, "ip6tables", "-t", "nat", "-A", "PODNET-Y", "-s", "fd00::/64", "-j", "MASQUERADE", "--random-fully")
+	err := ns.Do(func() error {
+		cmd := exec.Command("nft", "-f", "-")
+		cmd.Stdin = strings.NewReader("table ip own {\n chain d {\n }\n chain c {\n  ip saddr 10.9.0.0/16 counter jump d comment \"native one\"\n }\n}\n")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft: %v: %s", err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := nft.Dial(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	const randomFully = 1 << 4 // NF_NAT_RANGE_PROTO_RANDOM_FULLY
+	flags := func(info []byte, off int) uint32 {
+		if len(info) < off+4 {
+			return 1 << 31
+		}
+		return binary.NativeEndian.Uint32(info[off:])
+	}
+	v4, err := c.Rules(4, "nat", "PODNET-Y")
+	if err != nil || len(v4) != 4 {
+		t.Fatalf("Rules(PODNET-Y) = %+v, %v; want 4 rules", v4, err)
+	}
+	cmp := func(not bool, value, mask []byte) []nft.Cmp { return []nft.Cmp{{Not: not, Value: value, Mask: mask}} }
+	for i, want := range []nft.Rule{
+		{Cmps: cmp(true, []byte{10, 0, 0, 0}, []byte{255, 255, 255, 128}), Target: "MASQUERADE"},
+		{Cmps: cmp(false, []byte{224, 0, 0, 0}, []byte{240, 0, 0, 0})},
+		{Cmps: cmp(false, []byte{10, 1}, nil), Jump: "PODNET-Z"},
+		{Target: "MASQUERADE"},
+	} {
+		got := v4[i]
+		if got.Comment != "" || got.Jump != want.Jump || got.Target != want.Target || !slices.EqualFunc(got.Cmps, want.Cmps, equalCmp) {
+			t.Errorf("rule %d: %+v; want %+v", i, got, want)
+		}
+	}
+	// nf_nat_ipv4_multi_range_compat: rangesize, then the range's flags.
+	if f0, f3 := flags(v4[0].TargetInfo, 4), flags(v4[3].TargetInfo, 4); f0&randomFully == 0 || f3&randomFully != 0 {
+		t.Errorf("IPv4 MASQUERADE flags: %#x with --random-fully, %#x without", f0, f3)
+	}
+	// nf_nat_range: flags first.
+	v6, err := c.Rules(6, "nat", "PODNET-Y")
+	if err != nil || len(v6) != 1 || v6[0].Target != "MASQUERADE" || flags(v6[0].TargetInfo, 0)&randomFully == 0 {
+		t.Errorf("Rules(6, PODNET-Y) = %+v, %v; want MASQUERADE --random-fully", v6, err)
+	}
+	native, err := c.Rules(4, "own", "c")
+	if err != nil || len(native) != 1 || native[0].Comment != "native one" || native[0].Jump != "d" {
+		t.Errorf("native rule = %+v, %v; want comment \"native one\", jump d", native, err)
+	}
+	if ok, err := c.ChainExists(4, "own", "d"); err != nil || !ok {
+		t.Errorf("ChainExists(own, d) = %v, %v", ok, err)
+	}
+}
+
+func equalCmp(a, b nft.Cmp) bool {
+	return a.Not == b.Not && slices.Equal(a.Value, b.Value) && slices.Equal(a.Mask, b.Mask)
 }
 
 func BenchmarkChainExists(b *testing.B) {

@@ -1,14 +1,14 @@
 package nl
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"syscall"
 
+	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	vnl "github.com/vishvananda/netlink/nl"
 
 	"github.com/podnet/podnet/netns"
 )
@@ -51,22 +51,23 @@ func addrsOf(ns *netns.NS, ifindex, family int, strict bool) ([]LinkAddr, error)
 		return nil, fmt.Errorf("list addresses of ifindex %d: address family %d: %w", ifindex, family, syscall.EAFNOSUPPORT)
 	}
 	var addrs []LinkAddr
-	err := withConn(ns, func(c conn) error {
+	err := withConn(ns, func(c *mnl.Conn) error {
 		strict := strict
 		if strict {
 			// Without strict checking the kernel ignores ifa_index and
 			// walks every device; old kernels do not know the option.
-			err := unix.SetsockoptInt(c.fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1)
+			// (Config.Strict would fail the dial there instead.)
+			err := c.SetOption(mnl.GetStrictCheck, true)
 			if err != nil && !errors.Is(err, unix.ENOPROTOOPT) {
 				return fmt.Errorf("set strict checking: %w", err)
 			}
 			strict = err == nil
 		}
 		var err error
-		addrs, err = Dump(func() ([]LinkAddr, error) { return c.dumpAddrs(ifindex, family) })
+		addrs, err = Dump(func() ([]LinkAddr, error) { return dumpAddrs(c, ifindex, family) })
 		if err == nil && len(addrs) == 0 && !strict {
 			// The full dump cannot tell a link without addresses from none.
-			err = c.getLink(ifindex)
+			_, err = execute(c, unix.RTM_GETLINK, 0, ifInfomsg(ifindex))
 		}
 		return err
 	})
@@ -79,28 +80,25 @@ func addrsOf(ns *netns.NS, ifindex, family int, strict bool) ([]LinkAddr, error)
 // dumpAddrs dumps the addresses of ifindex; with strict checking the
 // kernel walks only that link, without it every link, and the messages of
 // other links are dropped here.
-func (c conn) dumpAddrs(ifindex, family int) ([]LinkAddr, error) {
-	msg := vnl.NewIfAddrmsg(family)
-	msg.Index = uint32(ifindex)
+func dumpAddrs(c *mnl.Conn, ifindex, family int) ([]LinkAddr, error) {
+	msgs, err := execute(c, unix.RTM_GETADDR, mnl.Dump, ifAddrmsg(family, ifindex))
+	if err != nil {
+		return nil, err
+	}
 	var out []LinkAddr
-	err := c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
+	for _, m := range msgs {
 		if m.Header.Type != unix.RTM_NEWADDR {
-			return nil
+			continue
 		}
 		a, ok, err := parseAddr(m.Data, ifindex, family)
+		if err != nil {
+			return nil, err
+		}
 		if ok {
 			out = append(out, a)
 		}
-		return err
-	}, msg)
-	return out, err
-}
-
-// getLink asks for the link ifindex; a missing one gives ENODEV.
-func (c conn) getLink(ifindex int) error {
-	msg := vnl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(ifindex)
-	return c.request(unix.RTM_GETLINK, 0, func(syscall.NetlinkMessage) error { return nil }, msg)
+	}
+	return out, nil
 }
 
 // parseAddr decodes an RTM_NEWADDR message; ok is false for an address of
@@ -111,29 +109,32 @@ func parseAddr(b []byte, ifindex, family int) (LinkAddr, bool, error) {
 	if len(b) < unix.SizeofIfAddrmsg {
 		return LinkAddr{}, false, fmt.Errorf("short RTM_NEWADDR message (%d bytes)", len(b))
 	}
-	msg := vnl.DeserializeIfAddrmsg(b)
-	if int(msg.Index) != ifindex || (family != unix.AF_UNSPEC && int(msg.Family) != family) {
+	// struct ifaddrmsg: family, prefix length, flags, scope (u8), index (u32).
+	msgFamily, bits, index := int(b[0]), int(b[1]), int(binary.NativeEndian.Uint32(b[4:]))
+	if index != ifindex || (family != unix.AF_UNSPEC && msgFamily != family) {
 		return LinkAddr{}, false, nil
 	}
-	attrs, err := vnl.ParseRouteAttr(b[msg.Len():])
+	ad, err := mnl.NewAttributeDecoder(b[unix.SizeofIfAddrmsg:])
 	if err != nil {
 		return LinkAddr{}, false, err
 	}
 	var local, address netip.Addr
-	for _, a := range attrs {
-		switch a.Attr.Type {
+	for ad.Next() {
+		switch ad.Type() {
 		case unix.IFA_LOCAL:
-			local, _ = netip.AddrFromSlice(a.Value)
+			local, _ = netip.AddrFromSlice(ad.Bytes())
 		case unix.IFA_ADDRESS:
-			address, _ = netip.AddrFromSlice(a.Value)
+			address, _ = netip.AddrFromSlice(ad.Bytes())
 		}
 	}
-	bits := int(msg.Prefixlen)
+	if err := ad.Err(); err != nil {
+		return LinkAddr{}, false, err
+	}
 	var la LinkAddr
 	switch {
 	case !local.IsValid():
 		la.Prefix = netip.PrefixFrom(address, bits)
-	case msg.Family == unix.AF_INET && local == address:
+	case msgFamily == unix.AF_INET && local == address:
 		la.Prefix = netip.PrefixFrom(local, bits)
 	default:
 		la.Prefix = netip.PrefixFrom(local, local.BitLen())
@@ -142,7 +143,7 @@ func parseAddr(b []byte, ifindex, family int) (LinkAddr, bool, error) {
 		}
 	}
 	if !la.Prefix.IsValid() {
-		return LinkAddr{}, false, fmt.Errorf("RTM_NEWADDR message without a valid address (family %d, prefix length %d)", msg.Family, bits)
+		return LinkAddr{}, false, fmt.Errorf("RTM_NEWADDR message without a valid address (family %d, prefix length %d)", msgFamily, bits)
 	}
 	return la, true, nil
 }

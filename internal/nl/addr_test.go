@@ -65,6 +65,12 @@ func kernelAddrs(t *testing.T, h *netlink.Handle, l netlink.Link, family int) []
 	return out
 }
 
+// impls are AddrsOf and its fallback for kernels without strict checking.
+var impls = []struct {
+	name string
+	fn   func(*netns.NS, int, int) ([]nl.LinkAddr, error)
+}{{"strict", nl.AddrsOf}, {"fallback", nl.AddrsOfLoose}}
+
 func TestAddrsOf(t *testing.T) {
 	ns := nstest.New(t)
 	h, err := nl.Handle(ns)
@@ -91,10 +97,6 @@ func TestAddrsOf(t *testing.T) {
 		addAddr(t, h, other, a)
 	}
 
-	impls := []struct {
-		name string
-		fn   func(*netns.NS, int, int) ([]nl.LinkAddr, error)
-	}{{"strict", nl.AddrsOf}, {"fallback", nl.AddrsOfLoose}}
 	families := []struct {
 		name   string
 		family int
@@ -146,6 +148,38 @@ func TestAddrsOf(t *testing.T) {
 	}
 	if _, err := nl.AddrsOf(ns, target.Attrs().Index, unix.AF_PACKET); err == nil {
 		t.Error("AF_PACKET: no error")
+	}
+}
+
+// TestAddrsOfManyAddresses: a link with more addresses than one read of
+// the socket holds (the kernel sends the dump in parts of at most 32 KiB,
+// here about 70 KiB) is listed whole, and the other link's as many
+// addresses are not.
+func TestAddrsOfManyAddresses(t *testing.T) {
+	ns := nstest.New(t)
+	h, err := nl.Handle(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	target := addVeth(t, h, "t0", "t1", nil)
+	other, _ := h.LinkByName("t1")
+	const n = 1000
+	var want []nl.LinkAddr
+	for i := range n {
+		a := la(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}).String() + "/16")
+		addAddr(t, h, target, a)
+		addAddr(t, h, other, la(netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}).String()+"/16"))
+		want = append(want, a)
+	}
+	for _, impl := range impls {
+		got, err := impl.fn(ns, target.Attrs().Index, unix.AF_INET)
+		if err != nil || !slices.Equal(got, kernelAddrs(t, h, target, unix.AF_INET)) || len(got) != n {
+			t.Errorf("%s: %d addresses, %v; want the %d AddrList reports", impl.name, len(got), err, n)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: addresses not in the order added", impl.name)
+		}
 	}
 }
 

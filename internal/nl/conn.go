@@ -1,22 +1,20 @@
 package nl
 
 import (
+	"encoding/binary"
 	"fmt"
 	"runtime"
-	"sync"
-	"syscall"
 
+	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/vishvananda/netlink"
-	vnl "github.com/vishvananda/netlink/nl"
 
 	"github.com/podnet/podnet/netns"
 )
 
-// conn is the one hand-written NETLINK_ROUTE client; everything else goes
-// through vishvananda/netlink. It carries only the three requests that
-// library cannot make, each for a measured need on a CNI ADD's path
+// Three requests that vishvananda/netlink cannot make go through
+// mdlayher/netlink instead, each for a measured need on a CNI ADD's path
 // (docs/performance.md):
 //
 //   - AddrsOf: a strict-checked dump of one link's addresses. AddrList
@@ -25,43 +23,38 @@ import (
 //     path lookup that grows with the namespaces on the machine.
 //   - PortState: a bridge port's STP state, which vishvananda/netlink
 //     does not decode from IFLA_INFO_SLAVE_DATA.
+//
+// mdlayher/netlink sends each request, matches the reply's sequence
+// number and port, reads a multi-part reply to NLMSG_DONE and turns an
+// NLMSG_ERROR (or a failed dump's NLMSG_DONE) into an *OpError wrapping
+// the errno. What it leaves to its caller is NLM_F_DUMP_INTR: execute
+// checks for it.
 
-// withConn runs fn with a NETLINK_ROUTE socket in ns and a receive buffer,
-// and closes the socket afterwards.
-func withConn(ns *netns.NS, fn func(c conn) error) error {
-	fd, err := routeSocket(ns)
+// withConn runs fn with a NETLINK_ROUTE socket in ns, and closes the
+// socket afterwards.
+func withConn(ns *netns.NS, fn func(c *mnl.Conn) error) error {
+	c, err := dial(ns)
 	if err != nil {
 		return fmt.Errorf("netlink socket in netns %q: %w", ns, err)
 	}
-	defer unix.Close(fd)
-	buf := recvBufs.Get().(*[recvBufSize]byte)
-	defer recvBufs.Put(buf)
-	return fn(conn{fd: fd, buf: buf[:]})
+	defer c.Close()
+	return fn(c)
 }
 
-// routeSocket opens a NETLINK_ROUTE socket in ns. When the calling thread
-// is in ns already (the usual case: the node's namespace, from an unlocked
+// dial opens a NETLINK_ROUTE socket in ns. When the calling thread is in
+// ns already (the usual case: the node's namespace, from an unlocked
 // goroutine) it opens it right there, with the thread locked so that the
-// check and the socket see the same thread; otherwise it opens it on a
-// thread switched into ns by ns.Do.
-func routeSocket(ns *netns.NS) (int, error) {
-	open := func() (int, error) {
-		return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-	}
+// check and the socket see the same thread; otherwise mdlayher/netlink
+// opens it on a thread it switches into ns and back (Config.NetNS).
+func dial(ns *netns.NS) (*mnl.Conn, error) {
 	runtime.LockOSThread()
 	if inThreadNS(ns) {
-		fd, err := open()
+		c, err := mnl.Dial(unix.NETLINK_ROUTE, nil)
 		runtime.UnlockOSThread()
-		return fd, err
+		return c, err
 	}
 	runtime.UnlockOSThread()
-	fd := -1
-	err := ns.Do(func() error {
-		var err error
-		fd, err = open()
-		return err
-	})
-	return fd, err
+	return mnl.Dial(unix.NETLINK_ROUTE, &mnl.Config{NetNS: ns.Fd()})
 }
 
 // inThreadNS reports whether the calling thread is in ns.
@@ -73,92 +66,42 @@ func inThreadNS(ns *netns.NS) bool {
 	return cur.Dev == want.Dev && cur.Ino == want.Ino
 }
 
-// recvBufSize holds any message the kernel sends: it sizes dump replies by
-// the reader's buffer, up to 32 KiB.
-const recvBufSize = 32 << 10
-
-var recvBufs = sync.Pool{New: func() any { return new([recvBufSize]byte) }}
-
-// conn is a NETLINK_ROUTE socket used for one request at a time.
-type conn struct {
-	fd  int
-	buf []byte
+// execute sends req and returns the messages of its reply, NLMSG_DONE
+// left out. A reply the kernel marked inconsistent (NLM_F_DUMP_INTR: the
+// table changed between two parts of a dump) gives
+// netlink.ErrDumpInterrupted, for Dump to retry. Only data messages are
+// checked: mdlayher/netlink drops the NLMSG_DONE, and a flag there alone
+// means the last part had no data, so what came was read in one pass.
+func execute(c *mnl.Conn, typ uint16, flags mnl.HeaderFlags, data []byte) ([]mnl.Message, error) {
+	msgs, err := c.Execute(mnl.Message{
+		Header: mnl.Header{Type: mnl.HeaderType(typ), Flags: mnl.Request | flags},
+		Data:   data,
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range msgs {
+		if m.Header.Flags&mnl.DumpInterrupted != 0 {
+			return nil, netlink.ErrDumpInterrupted
+		}
+	}
+	return msgs, nil
 }
 
-// request sends one request and passes each message of the reply to fn,
-// until the reply ends. A dump the kernel marked inconsistent
-// (NLM_F_DUMP_INTR) gives netlink.ErrDumpInterrupted, after reading it to
-// its end so that the socket can be reused.
-func (c conn) request(typ, flags int, fn func(syscall.NetlinkMessage) error, data ...vnl.NetlinkRequestData) error {
-	req := vnl.NewNetlinkRequest(typ, flags)
-	for _, d := range data {
-		req.AddData(d)
-	}
-	if err := unix.Sendto(c.fd, req.Serialize(), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return err
-	}
-	var fnErr error
-	intr := false
-	for {
-		n, _, rflags, from, err := unix.Recvmsg(c.fd, c.buf, nil, 0)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return err
-		}
-		if rflags&unix.MSG_TRUNC != 0 {
-			return fmt.Errorf("netlink reply larger than %d bytes", len(c.buf))
-		}
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != 0 {
-			continue // not from the kernel
-		}
-		msgs, err := syscall.ParseNetlinkMessage(c.buf[:n])
-		if err != nil {
-			return err
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != req.Seq {
-				continue
-			}
-			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
-				intr = true
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE, unix.NLMSG_ERROR:
-				// Both may carry a negative errno: NLMSG_ERROR always
-				// (0 is an ACK), NLMSG_DONE when a dump failed.
-				if len(m.Data) >= 4 {
-					if errno := int32(vnl.NativeEndian().Uint32(m.Data)); errno < 0 {
-						return syscall.Errno(-errno)
-					}
-				}
-				return done(fnErr, intr)
-			}
-			if fnErr == nil {
-				fnErr = fn(m)
-			}
-			if m.Header.Flags&unix.NLM_F_MULTI == 0 {
-				return done(fnErr, intr)
-			}
-		}
-	}
+// ifInfomsg is a struct ifinfomsg asking about the link ifindex (0: the
+// one an IFLA_IFNAME attribute names).
+func ifInfomsg(ifindex int) []byte {
+	b := make([]byte, unix.SizeofIfInfomsg)
+	b[0] = unix.AF_UNSPEC
+	binary.NativeEndian.PutUint32(b[4:], uint32(ifindex))
+	return b
 }
 
-func done(fnErr error, intr bool) error {
-	if fnErr == nil && intr {
-		return netlink.ErrDumpInterrupted
-	}
-	return fnErr
-}
-
-// attr returns the value of the first attribute of type typ (nested or
-// not), or nil.
-func attr(attrs []syscall.NetlinkRouteAttr, typ uint16) []byte {
-	for _, a := range attrs {
-		if a.Attr.Type&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
-			return a.Value
-		}
-	}
-	return nil
+// ifAddrmsg is a struct ifaddrmsg for a dump of the family addresses of
+// ifindex.
+func ifAddrmsg(family, ifindex int) []byte {
+	b := make([]byte, unix.SizeofIfAddrmsg)
+	b[0] = byte(family)
+	binary.NativeEndian.PutUint32(b[4:], uint32(ifindex))
+	return b
 }

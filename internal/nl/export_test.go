@@ -1,11 +1,10 @@
 package nl
 
 import (
-	"syscall"
+	"encoding/binary"
 
+	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	vnl "github.com/vishvananda/netlink/nl"
 
 	"github.com/podnet/podnet/netns"
 )
@@ -19,19 +18,18 @@ func AddrsOfLoose(ns *netns.NS, ifindex, family int) ([]LinkAddr, error) {
 // DumpedIndexes returns the ifindex of every address the kernel sends for a
 // strict-checked dump of the addresses of ifindex, before any filtering here.
 func DumpedIndexes(ns *netns.NS, ifindex, family int) ([]int, error) {
-	msg := vnl.NewIfAddrmsg(family)
-	msg.Index = uint32(ifindex)
 	var idx []int
-	err := withConn(ns, func(c conn) error {
-		if err := unix.SetsockoptInt(c.fd, unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+	err := withConn(ns, func(c *mnl.Conn) error {
+		if err := c.SetOption(mnl.GetStrictCheck, true); err != nil {
 			return err
 		}
-		return c.request(unix.RTM_GETADDR, unix.NLM_F_DUMP, func(m syscall.NetlinkMessage) error {
+		msgs, err := execute(c, unix.RTM_GETADDR, mnl.Dump, ifAddrmsg(family, ifindex))
+		for _, m := range msgs {
 			if m.Header.Type == unix.RTM_NEWADDR {
-				idx = append(idx, int(vnl.DeserializeIfAddrmsg(m.Data).Index))
+				idx = append(idx, int(binary.NativeEndian.Uint32(m.Data[4:])))
 			}
-			return nil
-		}, msg)
+		}
+		return err
 	})
 	return idx, err
 }

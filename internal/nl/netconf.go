@@ -4,9 +4,8 @@ import (
 	"fmt"
 	"syscall"
 
+	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
-
-	vnl "github.com/vishvananda/netlink/nl"
 
 	"github.com/podnet/podnet/netns"
 )
@@ -18,23 +17,16 @@ const (
 	netconfaIfindexAll = -1 // the "all" settings: net.ipv4.ip_forward, net.ipv6.conf.all
 )
 
-// netconfRequest is a struct netconfmsg (one byte, padded to four) and a
-// NETCONFA_IFINDEX attribute.
-type netconfRequest struct {
-	family  uint8
-	ifindex int32
-}
-
-func (r netconfRequest) Len() int { return 4 + unix.SizeofRtAttr + 4 }
-
-func (r netconfRequest) Serialize() []byte {
-	b := make([]byte, r.Len())
-	b[0] = r.family
-	ne := vnl.NativeEndian()
-	ne.PutUint16(b[4:], uint16(unix.SizeofRtAttr+4))
-	ne.PutUint16(b[6:], netconfaIfindex)
-	ne.PutUint32(b[8:], uint32(r.ifindex))
-	return b
+// netconfRequest is a struct netconfmsg (one byte, padded to four) asking
+// for family and a NETCONFA_IFINDEX attribute naming ifindex.
+func netconfRequest(family, ifindex int) ([]byte, error) {
+	ae := mnl.NewAttributeEncoder()
+	ae.Int32(netconfaIfindex, int32(ifindex))
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte{byte(family), 0, 0, 0}, attrs...), nil
 }
 
 // Forwarding reports whether forwarding of family (unix.AF_INET or
@@ -49,27 +41,45 @@ func Forwarding(ns *netns.NS, family int) (bool, error) {
 	if family != unix.AF_INET && family != unix.AF_INET6 {
 		return false, fmt.Errorf("forwarding: address family %d: %w", family, syscall.EAFNOSUPPORT)
 	}
-	on, found := false, false
-	err := withConn(ns, func(c conn) error {
-		return c.request(unix.RTM_GETNETCONF, 0, func(m syscall.NetlinkMessage) error {
-			if m.Header.Type != unix.RTM_NEWNETCONF || len(m.Data) < 4 {
-				return nil
-			}
-			attrs, err := vnl.ParseRouteAttr(m.Data[4:])
-			if err != nil {
-				return err
-			}
-			if v := attr(attrs, netconfaForwarding); len(v) >= 4 {
-				on, found = vnl.NativeEndian().Uint32(v) != 0, true
-			}
-			return nil
-		}, netconfRequest{uint8(family), netconfaIfindexAll})
+	var on bool
+	err := withConn(ns, func(c *mnl.Conn) error {
+		req, err := netconfRequest(family, netconfaIfindexAll)
+		if err != nil {
+			return err
+		}
+		msgs, err := execute(c, unix.RTM_GETNETCONF, 0, req)
+		if err != nil {
+			return err
+		}
+		on, err = parseForwarding(msgs)
+		return err
 	})
-	if err == nil && !found {
-		err = fmt.Errorf("no NETCONFA_FORWARDING in the reply")
-	}
 	if err != nil {
 		return false, fmt.Errorf("forwarding of family %d in netns %q: %w", family, ns, Err(err))
 	}
 	return on, nil
+}
+
+// parseForwarding reads NETCONFA_FORWARDING (a u32) from the
+// RTM_NEWNETCONF reply.
+func parseForwarding(msgs []mnl.Message) (bool, error) {
+	for _, m := range msgs {
+		if m.Header.Type != unix.RTM_NEWNETCONF || len(m.Data) < 4 {
+			continue
+		}
+		ad, err := mnl.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return false, err
+		}
+		for ad.Next() {
+			if ad.Type() == netconfaForwarding {
+				on := ad.Uint32() != 0
+				return on, ad.Err()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return false, err
+		}
+	}
+	return false, fmt.Errorf("no NETCONFA_FORWARDING in the reply")
 }

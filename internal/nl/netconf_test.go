@@ -29,8 +29,17 @@ func TestForwarding(t *testing.T) {
 				t.Errorf("family %d after %s=%s: Forwarding = %v, %v", family, keys[family], v, got, err)
 			}
 		}
-		if got, err := nl.Forwarding(other, family); err != nil || got {
-			t.Errorf("family %d in an untouched namespace: Forwarding = %v, %v; want false", family, got, err)
+		// The untouched namespace keeps its own value (a new namespace
+		// copies IPv4's from the host's), whatever ns was set to.
+		v, err := sysctl.Get(other, keys[family])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sysctl.Set(ns, keys[family], map[string]string{"0": "1", "1": "0"}[v]); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := nl.Forwarding(other, family); err != nil || got != (v == "1") {
+			t.Errorf("family %d in an untouched namespace with %s=%s: Forwarding = %v, %v", family, keys[family], v, got, err)
 		}
 	}
 	if _, err := nl.Forwarding(ns, unix.AF_PACKET); err == nil {
