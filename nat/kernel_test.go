@@ -11,7 +11,6 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/podnet/podnet/conntrack"
-	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/nl"
 	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/iptables"
@@ -26,14 +25,6 @@ var (
 	p4 = netip.MustParsePrefix
 	a4 = netip.MustParseAddr
 )
-
-// restoreRaw seeds rules the way another program would write them.
-func restoreRaw(t *testing.T, ns *netns.NS, text string) {
-	t.Helper()
-	if _, err := execns.Output(context.Background(), ns, strings.NewReader(text), "iptables-restore", "-w", "--noflush"); err != nil {
-		t.Fatalf("seed rules: %v", err)
-	}
-}
 
 // saveText returns the namespace's rules of both families.
 func saveText(t *testing.T, k *iptables.Kernel) string {

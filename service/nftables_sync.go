@@ -936,15 +936,6 @@ func queueAll(m map[*nftables.Set][]nftables.SetElement, op func(*nftables.Set, 
 	return nil
 }
 
-// addShape queues the set of shape s and its rule.
-func (np *nftPlane) addShape(c nftConn, ff *nftFamily, s nftShape) error {
-	if err := c.AddSet(ff.shapeSet(s), nil); err != nil {
-		return err
-	}
-	c.AddRule(&nftables.Rule{Table: ff.table, Chain: &nftables.Chain{Name: entriesChain(s.kind), Table: ff.table}, Exprs: ff.shapeRule(s)})
-	return nil
-}
-
 // writeAffinity queues the chain of a, replacing old's (nil when new):
 // endpoints that stay keep their chain and dynamic set, so their clients
 // keep their affinity.
