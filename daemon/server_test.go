@@ -72,3 +72,29 @@ func TestServeMetrics(t *testing.T) {
 		t.Errorf("/livez after Close: %s", resp.Status)
 	}
 }
+
+// TestServeHealthzAndRoutes: a health port answers /healthz and /livez
+// only; a metrics server answers the extra routes it is given.
+func TestServeHealthzAndRoutes(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "healthy") })
+	log := slog.New(slog.DiscardHandler)
+	hz, err := daemon.ServeHealthz("127.0.0.1:0", ok, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hz.Close()
+	for path, want := range map[string]int{"/healthz": 200, "/livez": 200, "/metrics": 404} {
+		if code, _ := get(t, "http://"+hz.Addr+path); code != want {
+			t.Errorf("health port %s: %d, want %d", path, code, want)
+		}
+	}
+	mode := daemon.Route{Path: "/proxyMode", Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "nftables") })}
+	srv, err := daemon.ServeMetrics("127.0.0.1:0", daemon.NewRegistry(), ok, log, mode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if code, body := get(t, "http://"+srv.Addr+"/proxyMode"); code != 200 || body != "nftables" {
+		t.Errorf("/proxyMode: %d %q", code, body)
+	}
+}

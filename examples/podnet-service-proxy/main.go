@@ -60,6 +60,7 @@ type options struct {
 	once          bool
 	cleanup       bool
 	metricsAddr   string
+	healthzAddr   string
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
 	poll          time.Duration
@@ -78,7 +79,8 @@ func main() {
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
 	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove every rule and chain the proxy owns and exit")
-	flag.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /healthz and /livez on this address (e.g. 127.0.0.1:10249)")
+	flag.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics, /proxyMode, /healthz and /livez on this address (kube-proxy's is 127.0.0.1:10249)")
+	flag.StringVar(&o.healthzAddr, "healthz-addr", "", "serve /healthz and /livez on this address too (kube-proxy's is 0.0.0.0:10256)")
 	flag.DurationVar(&o.syncPeriod, "sync-period", service.DefaultSyncPeriod, "how often to check the canary chain and resync")
 	flag.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "least time between two syncs; changes arriving sooner are written together (0: at once)")
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
@@ -137,13 +139,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	m := newMetrics(p, src, 2*o.syncPeriod)
-	if o.metricsAddr != "" {
-		srv, err := daemon.ServeMetrics(o.metricsAddr, m.reg, http.HandlerFunc(m.healthz), log)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
+	stop, err := serveEndpoints(o, m, mode, log)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	if err := src.start(ctx, p); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -153,6 +153,38 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	p.Run(ctx, service.RunConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, OnSync: m.observe})
 	log.Info("stopping; the rules stay in place")
 	return nil
+}
+
+// serveEndpoints starts the metrics server (with kube-proxy's /proxyMode)
+// and the health server the flags ask for; stop closes them.
+func serveEndpoints(o options, m *metrics, mode service.Mode, log *slog.Logger) (stop func(), err error) {
+	var srvs []*http.Server
+	stop = func() {
+		for _, s := range srvs {
+			s.Close()
+		}
+	}
+	healthz := http.HandlerFunc(m.healthz)
+	if o.metricsAddr != "" {
+		proxyMode := daemon.Route{Path: "/proxyMode", Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			fmt.Fprint(w, mode)
+		})}
+		srv, err := daemon.ServeMetrics(o.metricsAddr, m.reg, healthz, log, proxyMode)
+		if err != nil {
+			return stop, err
+		}
+		srvs = append(srvs, srv)
+	}
+	if o.healthzAddr != "" {
+		srv, err := daemon.ServeHealthz(o.healthzAddr, healthz, log)
+		if err != nil {
+			stop()
+			return stop, err
+		}
+		srvs = append(srvs, srv)
+	}
+	return stop, nil
 }
 
 // chooseBackend returns the mode the flag names, or by default nftables

@@ -211,7 +211,7 @@ func TestDaemon(t *testing.T) {
 	writeFile(t, dir, "web.yaml", webManifest)
 	var stderr syncBuffer
 	cmd, done := startDaemon(t, ns, &stderr,
-		"--netns", ns.Path(), "--node-name", "node0", "--manifests", dir, "--metrics-addr", "127.0.0.1:9101", "--poll", "50ms")
+		"--netns", ns.Path(), "--node-name", "node0", "--manifests", dir, "--metrics-addr", "127.0.0.1:9101", "--healthz-addr", "127.0.0.1:9102", "--poll", "50ms")
 	get := httpGetIn(ns, "http://127.0.0.1:9101")
 	waitFor := func(what string, ok func() bool) {
 		t.Helper()
@@ -229,6 +229,7 @@ func TestDaemon(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", want, metrics)
 		}
 	}
+	checkKubeProxyURLs(t, ns, get)
 	writeFile(t, dir, "dns.json", dnsManifest)
 	waitFor("the dns Service's rules", func() bool { return hasClusterIP(save(t, ns), "10.96.0.10") })
 	writeFile(t, dir, "web.yaml", strings.Replace(webManifest, "port: 80,", "port: 70000,", 1))
@@ -251,6 +252,25 @@ func TestDaemon(t *testing.T) {
 	}
 	if !hasClusterIP(save(t, ns), "10.96.0.20") {
 		t.Error("rules removed on stop")
+	}
+}
+
+// checkKubeProxyURLs: kube-proxy's /proxyMode names the backend (nftables,
+// the default on this kernel), and the health port answers /healthz and
+// /livez, as the e2e "should check kube-proxy urls" asks of them.
+func checkKubeProxyURLs(t *testing.T, ns *netns.NS, get func(string) (int, string)) {
+	t.Helper()
+	if code, body := get("/proxyMode"); code != 200 || body != "nftables" {
+		t.Errorf("/proxyMode: %d %q, want 200 \"nftables\"", code, body)
+	}
+	health := httpGetIn(ns, "http://127.0.0.1:9102")
+	for _, path := range []string{"/healthz", "/livez"} {
+		if code, _ := health(path); code != 200 {
+			t.Errorf("health port %s: %d, want 200", path, code)
+		}
+	}
+	if code, _ := health("/metrics"); code != 404 {
+		t.Errorf("health port /metrics: %d, want 404 (metrics stay on their own address)", code)
 	}
 }
 
