@@ -34,47 +34,30 @@ type epChoice struct {
 	chain string
 }
 
-// pick returns the endpoints that take new connections: the ready ones,
-// or, when none is ready, the serving terminating ones.
-func pick(eps []Endpoint, local func(Endpoint) bool) []Endpoint {
-	var ready, term []Endpoint
+// pick returns the endpoints that take new connections: the ready ones
+// that ready accepts, or, when there is none, the serving terminating
+// ones that terminating accepts.
+func pick(eps []Endpoint, ready, terminating func(Endpoint) bool) []Endpoint {
+	var r, t []Endpoint
 	for _, e := range eps {
-		if !local(e) {
-			continue
-		}
 		switch {
-		case e.Ready && !e.Terminating:
-			ready = append(ready, e)
-		case e.Serving && e.Terminating:
-			term = append(term, e)
+		case e.Ready && !e.Terminating && ready(e):
+			r = append(r, e)
+		case e.Serving && e.Terminating && terminating(e):
+			t = append(t, e)
 		}
 	}
-	if len(ready) > 0 {
-		return ready
+	if len(r) > 0 {
+		return r
 	}
-	return term
+	return t
 }
 
 // clusterEndpoints returns the endpoints that take new connections under
 // the Cluster policy: the ready ones the topology hints leave this node,
-// or, when none is ready, the serving terminating ones.
+// or, when none is ready, the serving terminating ones (hints aside).
 func (r *renderer) clusterEndpoints(eps []Endpoint) []Endpoint {
-	near := r.topology(eps)
-	var ready, term []Endpoint
-	for _, e := range eps {
-		switch {
-		case e.Ready && !e.Terminating:
-			if near(e) {
-				ready = append(ready, e)
-			}
-		case e.Serving && e.Terminating:
-			term = append(term, e)
-		}
-	}
-	if len(ready) > 0 {
-		return ready
-	}
-	return term
+	return pick(eps, r.topology(eps), func(Endpoint) bool { return true })
 }
 
 // topology returns which ready endpoints the hints give this node, as
@@ -145,7 +128,8 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 		return nil
 	}
 	fs.svcSel = r.clusterEndpoints(eps)
-	fs.svlSel = pick(eps, func(e Endpoint) bool { return r.node != "" && e.NodeName == r.node })
+	local := func(e Endpoint) bool { return r.node != "" && e.NodeName == r.node }
+	fs.svlSel = pick(eps, local, local)
 	slices.SortFunc(fs.svcSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
 	slices.SortFunc(fs.svlSel, func(a, b Endpoint) int { return a.Addr.Compare(b.Addr) })
 	fs.intLocal = s.InternalTrafficPolicy == PolicyLocal
