@@ -69,11 +69,14 @@
 //
 // # Cluster IPs
 //
-// A new connection to a cluster IP on a port its Service does not have
-// is rejected at once (both modes; kube-proxy's nftables mode does the
-// same, its iptables mode lets it leave by the default route). With
-// Config.ServiceCIDRs, one to an address of those ranges that no Service
-// has is dropped.
+// In ModeNftables a new connection to a cluster IP on a port its Service
+// does not have is rejected at once, as kube-proxy's nftables mode does.
+// With Config.ServiceCIDRs, one to an address of those ranges that no
+// rule translated or rejected is dropped, in both modes: in ModeIptables
+// that covers the other ports of a cluster IP too (a REJECT per Service
+// in the filter table would make adding or deleting a Service cost ten
+// times more at 10k Services; kube-proxy's iptables mode lets such
+// connections leave by the default route).
 //
 // # Tables (ModeNftables)
 //

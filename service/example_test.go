@@ -43,7 +43,6 @@ func Example() {
 	}
 	// Output:
 	// full: true start
-	// -A PODNET-SERVICES -d 10.96.0.30/32 -m comment --comment "default/nginx cluster IP, other ports" -j REJECT --reject-with icmp-port-unreachable
 	// -A PODNET-NODEPORTS -p tcp -m comment --comment "default/nginx:" -m tcp --dport 31088 -j PODNET-EXT-4N57TFCL4MD7ZTDA
 	// -A PODNET-SEP-FYHXJY6ICPOY2K7K -p tcp -m comment --comment "default/nginx:" -j DNAT --to-destination 10.200.1.2:80
 	// -A PODNET-SERVICES -d 10.96.0.30/32 -p tcp -m comment --comment "default/nginx: cluster IP" -m tcp --dport 80 -j PODNET-SVC-4N57TFCL4MD7ZTDA

@@ -44,28 +44,8 @@ func (r *renderer) render(s *Service) (*rendering, error) {
 				return nil, err
 			}
 		}
-		if err := fs.clusterIPReject(out); err != nil {
-			return nil, err
-		}
 	}
 	return out, nil
-}
-
-// clusterIPReject rejects new connections to the cluster IP that no
-// port's rule translated: a port the Service does not have.
-func (fs *familyService) clusterIPReject(out *rendering) error {
-	if !fs.cip.IsValid() {
-		return nil
-	}
-	c := iptables.Chain{Family: fs.f, Table: iptables.TableFilter, Name: fs.r.chains.Services()}
-	rule := iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(fs.cip)},
-		Matches: []iptables.Match{iptables.Comment(fs.s.Name.String() + " cluster IP, other ports")}, Target: iptables.Reject{}}
-	spec, err := rule.Spec(fs.f)
-	if err != nil {
-		return err
-	}
-	out.shared = append(out.shared, placed{c, rule, spec})
-	return nil
 }
 
 // iptPort renders one servicePort into iptables rules.
