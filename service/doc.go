@@ -71,8 +71,9 @@
 //
 // In ModeNftables a new connection to a cluster IP on a port its Service
 // does not have is rejected at once, as kube-proxy's nftables mode does.
-// With Config.ServiceCIDRs, one to an address of those ranges that no
-// rule translated or rejected is dropped, in both modes: in ModeIptables
+// With Config.ServiceCIDRs (or Proxy.SetServiceCIDRs, which service/kube
+// calls from the ServiceCIDR objects), one to an address of those ranges
+// that no rule translated or rejected is dropped, in both modes: in ModeIptables
 // that covers the other ports of a cluster IP too (a REJECT per Service
 // in the filter table would make adding or deleting a Service cost ten
 // times more at 10k Services; kube-proxy's iptables mode lets such

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,14 +143,9 @@ func newRenderer(cfg Config, ch Chains) (renderer, error) {
 		}
 		cidr[f] = c.Masked()
 	}
-	for _, c := range cfg.ServiceCIDRs {
-		if !c.IsValid() || !slices.Contains(fams, podnet.FamilyOf(c.Addr())) {
-			return renderer{}, podnet.Invalid("service proxy: service CIDR %s: invalid, or of a family the proxy does not program", c)
-		}
-	}
-	svcCIDRs := make([]netip.Prefix, len(cfg.ServiceCIDRs))
-	for i, c := range cfg.ServiceCIDRs {
-		svcCIDRs[i] = c.Masked()
+	svcCIDRs, err := checkServiceCIDRs(fams, cfg.ServiceCIDRs)
+	if err != nil {
+		return renderer{}, err
 	}
 	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
 }
@@ -169,6 +165,41 @@ func (p *Proxy) SetZone(zone string) {
 	for n := range p.want {
 		p.markDirty(n)
 	}
+}
+
+// SetServiceCIDRs replaces Config.ServiceCIDRs (as the API server's
+// ServiceCIDR objects change). It validates cidrs as New does and changes
+// nothing when they are the same; otherwise the next Sync is a full one
+// (reason "service CIDRs changed"), since their drop rules are fixed.
+func (p *Proxy) SetServiceCIDRs(cidrs []netip.Prefix) error {
+	masked, err := checkServiceCIDRs(p.r.families, cidrs)
+	if err != nil {
+		return err
+	}
+	p.syncMu.Lock()
+	same := slices.Equal(p.r.serviceCIDRs, masked)
+	if !same {
+		p.r.serviceCIDRs = masked
+	}
+	p.syncMu.Unlock()
+	if !same {
+		p.requestFull("service CIDRs changed")
+	}
+	return nil
+}
+
+// checkServiceCIDRs validates service CIDRs against the families a proxy
+// programs and returns them masked, sorted and without repeats.
+func checkServiceCIDRs(fams []podnet.Family, cidrs []netip.Prefix) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		if !c.IsValid() || !slices.Contains(fams, podnet.FamilyOf(c.Addr())) {
+			return nil, podnet.Invalid("service proxy: service CIDR %s: invalid, or of a family the proxy does not program", c)
+		}
+		out = append(out, c.Masked())
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
+	return slices.Compact(out), nil
 }
 
 // wanted returns the Service the model holds under n, or nil.

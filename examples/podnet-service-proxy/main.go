@@ -74,7 +74,7 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "follow the API server of this kubeconfig file")
 	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for traffic policy Local and its Node object")
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded (default with --kubeconfig: the Node's podCIDRs)")
-	flag.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR(s), comma-separated (kube-apiserver's --service-cluster-ip-range): connections to addresses in them that no Service has are dropped")
+	flag.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR(s), comma-separated (kube-apiserver's --service-cluster-ip-range): connections to addresses in them that no Service has are dropped (default with an API server: its ServiceCIDR objects)")
 	flag.StringVar(&o.prefix, "chain-prefix", service.DefaultChainPrefix, "chain name prefix; KUBE gives kube-proxy's names")
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
 	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
@@ -261,7 +261,12 @@ func newSource(o options, log *slog.Logger) (source, error) {
 	case o.manifests != "":
 		return &manifestSource{path: o.manifests, poll: o.poll, log: log}, nil
 	case o.kubeconfig != "" || inCluster:
-		return newKubeSource(o.kubeconfig, o.nodeName, log)
+		k, err := newKubeSource(o.kubeconfig, o.nodeName, log)
+		if err != nil {
+			return nil, err
+		}
+		k.serviceCIDRs = o.serviceCIDR == ""
+		return k, nil
 	}
 	return nil, errors.New("no source: give --kubeconfig or --manifests (or run in a pod for the in-cluster configuration)")
 }

@@ -108,8 +108,11 @@ func (m *manifestSource) watch(ctx context.Context, p *service.Proxy, stamp stri
 type kubeSource struct {
 	client kubernetes.Interface
 	node   string
-	log    *slog.Logger
-	src    atomic.Pointer[kube.Source]
+	// serviceCIDRs: follow the API server's ServiceCIDR objects (no
+	// --service-cidr given).
+	serviceCIDRs bool
+	log          *slog.Logger
+	src          atomic.Pointer[kube.Source]
 }
 
 // newKubeSource connects to the API server of kubeconfig, or to the
@@ -171,7 +174,7 @@ func (k *kubeSource) clusterCIDRs(ctx context.Context) ([]netip.Prefix, error) {
 func (k *kubeSource) load(ctx context.Context, p *service.Proxy) error { return k.start(ctx, p) }
 
 func (k *kubeSource) start(ctx context.Context, p *service.Proxy) error {
-	src, err := kube.New(kube.Config{Client: k.client, Proxy: p, NodeName: k.node, Logger: k.log})
+	src, err := kube.New(kube.Config{Client: k.client, Proxy: p, NodeName: k.node, FollowServiceCIDRs: k.serviceCIDRs, Logger: k.log})
 	if err != nil {
 		return err
 	}

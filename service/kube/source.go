@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -37,6 +40,11 @@ type Config struct {
 	// endpoints hinted for the zone are preferred (needs get, list and
 	// watch on nodes).
 	NodeName string
+	// FollowServiceCIDRs makes the source hand the CIDRs of the API
+	// server's ServiceCIDR objects (networking.k8s.io/v1) to
+	// Proxy.SetServiceCIDRs, so that unallocated service addresses are
+	// dropped (needs list and watch on servicecidrs).
+	FollowServiceCIDRs bool
 	// ResyncPeriod makes the informers re-deliver every object that often;
 	// 0 means never (the proxy's own periodic sync repairs the tables).
 	ResyncPeriod time.Duration
@@ -115,6 +123,13 @@ func (s *Source) Start(ctx context.Context) error {
 		return fmt.Errorf("kube source: %w", err)
 	}
 	synced := []cache.InformerSynced{svcReg.HasSynced, sliceReg.HasSynced}
+	if s.cfg.FollowServiceCIDRs {
+		cidrSynced, err := s.followServiceCIDRs()
+		if err != nil {
+			return err
+		}
+		synced = append(synced, cidrSynced)
+	}
 	if s.cfg.NodeName != "" {
 		nodeSynced, err := s.followZone(ctx)
 		if err != nil {
@@ -127,6 +142,39 @@ func (s *Source) Start(ctx context.Context) error {
 		return fmt.Errorf("kube source: informers did not sync: %w", context.Cause(ctx))
 	}
 	return nil
+}
+
+// followServiceCIDRs registers an informer on the ServiceCIDR objects
+// that hands their CIDRs, of the proxy's families, to the proxy whenever
+// one changes.
+func (s *Source) followServiceCIDRs() (cache.InformerSynced, error) {
+	inf := s.factory.Networking().V1().ServiceCIDRs()
+	lister := inf.Lister()
+	update := func(any) {
+		objs, err := lister.List(labels.Everything())
+		if err != nil {
+			return
+		}
+		var cidrs []netip.Prefix
+		for _, o := range objs {
+			for _, c := range o.Spec.CIDRs {
+				p, err := netip.ParsePrefix(c)
+				if err == nil && slices.Contains(s.cfg.Proxy.Families(), podnet.FamilyOf(p.Addr())) {
+					cidrs = append(cidrs, p)
+				}
+			}
+		}
+		if err := s.cfg.Proxy.SetServiceCIDRs(cidrs); err != nil {
+			s.log.Error("service CIDRs rejected", "cidrs", cidrs, "err", err)
+		}
+	}
+	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: update, UpdateFunc: func(_, o any) { update(o) }, DeleteFunc: update,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kube source: %w", err)
+	}
+	return reg.HasSynced, nil
 }
 
 // followZone starts an informer on this node's Node object that hands its

@@ -15,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -31,18 +32,26 @@ func TestMain(m *testing.M) { kubetest.Main(m) }
 // control plane, and returns the Fake and a channel of sync results.
 func follow(t *testing.T, cs kubernetes.Interface) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
 	t.Helper()
-	return followNode(t, cs, "")
+	return followWith(t, cs, func(*Config) {})
 }
 
 // followNode is follow with the source following the zone of Node node.
 func followNode(t *testing.T, cs kubernetes.Interface, node string) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
+	t.Helper()
+	return followWith(t, cs, func(c *Config) { c.NodeName = node })
+}
+
+// followWith is follow with the source's Config changed by opt.
+func followWith(t *testing.T, cs kubernetes.Interface, opt func(*Config)) (*iptables.Fake, *service.Proxy, <-chan service.SyncResult) {
 	t.Helper()
 	fk := iptables.NewFake()
 	p, err := service.New(service.Config{Backend: service.IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := New(Config{Client: cs, Proxy: p, NodeName: node})
+	cfg := Config{Client: cs, Proxy: p}
+	opt(&cfg)
+	src, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,4 +338,39 @@ func TestSourceFollowsZone(t *testing.T) {
 	eventually(t, fk, "both endpoints", func(rules string) bool {
 		return strings.Contains(rules, "--to-destination 10.200.0.2:8080") && strings.Contains(rules, "--to-destination 10.200.1.2:8080")
 	})
+}
+
+// TestSourceFollowsServiceCIDRs: the API server's ServiceCIDR objects
+// (its default one, made from --service-cluster-ip-range, and one added
+// later) become the proxy's drops of unallocated service addresses; a
+// deleted one goes.
+func TestSourceFollowsServiceCIDRs(t *testing.T) {
+	cs, err := kubetest.Shared(t).Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	fk, _, _ := followWith(t, cs, func(c *Config) { c.FollowServiceCIDRs = true })
+	drop := func(cidr string) func(string) bool {
+		return func(rules string) bool {
+			return strings.Contains(rules, "-A PODNET-SERVICES -d "+cidr+` -m comment --comment "unallocated service IP" -j DROP`)
+		}
+	}
+	def, err := cs.NetworkingV1().ServiceCIDRs().Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil || len(def.Spec.CIDRs) == 0 {
+		t.Fatalf("the API server's default ServiceCIDR: %+v %v", def, err)
+	}
+	eventually(t, fk, "the default ServiceCIDR's drop", drop(def.Spec.CIDRs[0]))
+	extra := &networkingv1.ServiceCIDR{ObjectMeta: metav1.ObjectMeta{Name: "podnet-test-extra"}, Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.100.0.0/24"}}}
+	if _, err := cs.NetworkingV1().ServiceCIDRs().Create(ctx, extra, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cs.NetworkingV1().ServiceCIDRs().Delete(context.Background(), extra.Name, metav1.DeleteOptions{})
+	})
+	eventually(t, fk, "the added ServiceCIDR's drop", drop("10.100.0.0/24"))
+	if err := cs.NetworkingV1().ServiceCIDRs().Delete(ctx, extra.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, fk, "the deleted ServiceCIDR's drop gone", func(rules string) bool { return !drop("10.100.0.0/24")(rules) })
 }
