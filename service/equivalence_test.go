@@ -164,6 +164,7 @@ func randomChange(r *rand.Rand, svcs map[string]*Service) {
 	case 5:
 		s.Ports[0].Protocol = []Protocol{TCP, UDP}[r.IntN(2)]
 		s.ExternalIPs = [][]netip.Addr{nil, {ip("203.0.113.9")}}[r.IntN(2)]
+		s.LoadBalancerIPs = [][]netip.Addr{nil, {ip("203.0.113.30")}}[r.IntN(2)]
 	}
 }
 

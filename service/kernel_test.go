@@ -45,6 +45,7 @@ func TestBehaviour(t *testing.T) {
 		{"ClusterIPOtherPort", testClusterIPOtherPort},
 		{"UnallocatedServiceIP", testUnallocatedServiceIP},
 		{"TopologyHints", testTopologyHints},
+		{"LoadBalancer", testLoadBalancer},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {

@@ -114,8 +114,17 @@ type Service struct {
 	Name
 	ClusterIPs  []netip.Addr // usually one; one per family at most
 	ExternalIPs []netip.Addr
-	Ports       []Port
-	Affinity    Affinity
+	// LoadBalancerIPs are the load balancer's ingress IPs that reach the
+	// node unchanged (status.loadBalancer.ingress with ipMode VIP, the
+	// default): served as external IPs are, under the external policy.
+	LoadBalancerIPs []netip.Addr
+	// LoadBalancerSourceRanges limit which sources may use the
+	// load-balancer IPs. The proxy does not enforce them yet: while a
+	// Service has any, its LoadBalancerIPs are not served at all, so no
+	// source the ranges exclude gets through this node.
+	LoadBalancerSourceRanges []netip.Prefix
+	Ports                    []Port
+	Affinity                 Affinity
 	// AffinitySeconds is the ClientIP affinity timeout; 0 means
 	// DefaultAffinitySeconds.
 	AffinitySeconds       uint32
@@ -136,7 +145,7 @@ func (s *Service) Validate() error {
 	if strings.ContainsAny(s.Namespace+s.Name.Name, "/: \"'\\\n") {
 		return bad("namespace or name contains '/', ':', a space or a quote")
 	}
-	if len(s.ClusterIPs) == 0 && len(s.ExternalIPs) == 0 && !s.hasNodePort() {
+	if len(s.ClusterIPs) == 0 && len(s.ExternalIPs) == 0 && len(s.LoadBalancerIPs) == 0 && !s.hasNodePort() {
 		return bad("no cluster IP, external IP or node port")
 	}
 	for _, check := range []func(func(string, ...any) error) error{s.validateIPs, s.validatePolicies, s.validatePorts, s.validateEndpoints} {
@@ -165,6 +174,19 @@ func (s *Service) validateIPs(bad func(string, ...any) error) error {
 		}
 		if slices.Contains(s.ClusterIPs, ip) {
 			return bad("external IP %s is also a cluster IP", ip)
+		}
+	}
+	for _, ip := range s.LoadBalancerIPs {
+		if !ip.IsValid() || ip.IsUnspecified() || ip.Zone() != "" {
+			return bad("load-balancer IP %q is not a unicast address", ip)
+		}
+		if slices.Contains(s.ClusterIPs, ip) || slices.Contains(s.ExternalIPs, ip) {
+			return bad("load-balancer IP %s is also a cluster or external IP", ip)
+		}
+	}
+	for _, r := range s.LoadBalancerSourceRanges {
+		if !r.IsValid() {
+			return bad("load-balancer source range %q is not a prefix", r)
 		}
 	}
 	return nil
@@ -248,6 +270,16 @@ func (s *Service) validateEndpoints(bad func(string, ...any) error) error {
 	return nil
 }
 
+// externalIPs returns the addresses served under the external traffic
+// policy: the external IPs, and the load-balancer IPs unless source
+// ranges (not enforced yet) restrict them.
+func (s *Service) externalIPs() []netip.Addr {
+	if len(s.LoadBalancerSourceRanges) > 0 {
+		return s.ExternalIPs
+	}
+	return slices.Concat(s.ExternalIPs, s.LoadBalancerIPs)
+}
+
 func (s *Service) hasNodePort() bool {
 	for _, p := range s.Ports {
 		if p.NodePort != 0 {
@@ -274,6 +306,7 @@ func (s *Service) equal(o *Service) bool {
 	if s.Name != o.Name || s.Affinity != o.Affinity || s.AffinitySeconds != o.AffinitySeconds ||
 		s.ExternalTrafficPolicy != o.ExternalTrafficPolicy || s.InternalTrafficPolicy != o.InternalTrafficPolicy ||
 		!slices.Equal(s.ClusterIPs, o.ClusterIPs) || !slices.Equal(s.ExternalIPs, o.ExternalIPs) ||
+		!slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) || !slices.Equal(s.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges) ||
 		!slices.Equal(s.Ports, o.Ports) || len(s.Endpoints) != len(o.Endpoints) {
 		return false
 	}
@@ -299,6 +332,8 @@ func (s *Service) clone() *Service {
 	c := *s
 	c.ClusterIPs = slices.Clone(s.ClusterIPs)
 	c.ExternalIPs = slices.Clone(s.ExternalIPs)
+	c.LoadBalancerIPs = slices.Clone(s.LoadBalancerIPs)
+	c.LoadBalancerSourceRanges = slices.Clone(s.LoadBalancerSourceRanges)
 	c.Ports = slices.Clone(s.Ports)
 	c.Endpoints = slices.Clone(s.Endpoints)
 	for i := range c.Endpoints {

@@ -59,11 +59,27 @@ func entryOf(e nftElem) string {
 	return e.f.String() + "/" + tag + key
 }
 
-// claim gives n the entries of r no other Service holds, and drops from r
+// claim gives n the entries of r no other Service holds, and then
+// defines the endpoint-count sets (shapes) r's remaining elements need:
+// a shape only a skipped element would use is never written.
+func (np *nftPlane) claim(n Name, r *nftRendering) {
+	np.arbitrate(n, r)
+	for e := range r.elems {
+		if sh, ok := shapeOf(e.set); ok {
+			ff := np.fams[e.f]
+			if _, had := ff.shapes[sh]; !had {
+				ff.shapes[sh] = false
+			}
+			ff.shapeSet(sh)
+		}
+	}
+}
+
+// arbitrate gives n the entries of r no other Service holds, and drops from r
 // the elements of those another holds (two Services with one external
 // IP and port, say): the first keeps it, as the first iptables rule
 // would, and the sync does not fail on a duplicate element.
-func (np *nftPlane) claim(n Name, r *nftRendering) {
+func (np *nftPlane) arbitrate(n Name, r *nftRendering) {
 	for e := range r.elems {
 		id := entryOf(e)
 		if o, held := np.owners[id]; held && o != n {
@@ -126,11 +142,7 @@ func (np *nftPlane) entry(out *nftRendering, ff *nftFamily, k nftKind, key strin
 		out.add(ff.f, k.name+"-affinity", key, t.aff.chain)
 		return
 	}
-	shape := nftShape{k, len(t.eps)}
-	if _, ok := ff.shapes[shape]; !ok {
-		ff.shapes[shape] = false
-	}
-	out.add(ff.f, ff.shapeSet(shape).Name, key, "")
+	out.add(ff.f, nftShape{k, len(t.eps)}.set(), key, "")
 	for i, c := range t.eps {
 		out.add(ff.f, k.name+"-backends", key+string(nft.NE32(uint32(i))), backendVal(c.ap))
 	}

@@ -205,3 +205,27 @@ func testTopologyHints(t *testing.T, c *cluster) {
 		t.Errorf("zone-c (no endpoint hinted): %v, want both", got)
 	}
 }
+
+// testLoadBalancer: a load-balancer IP reaches the endpoints from outside
+// as an external IP does (masqueraded under the Cluster policy); while
+// the Service has source ranges, which the proxy does not enforce yet,
+// the IP is not served at all, so no excluded source gets in.
+func testLoadBalancer(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	for _, lb := range []string{"203.0.113.20", "203.0.113.21"} {
+		must(t, route.Ensure(c.outside, route.Route{Dst: pfx(lb + "/32"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
+	}
+	p := c.proxy()
+	open := svc("lb", "10.96.0.90", TCP, 80, c.endpoints("pod1a"))
+	open.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.20")}
+	ranged := svc("lb-ranged", "10.96.0.91", TCP, 80, c.endpoints("pod1a"))
+	ranged.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.21")}
+	ranged.LoadBalancerSourceRanges = []netip.Prefix{pfx(outsideIP + "/32")}
+	apply(t, p, open, ranged)
+	if r := ask(t, c.outside, "tcp", "203.0.113.20:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
+		t.Errorf("outside → load-balancer IP: %+v, want pod1a seeing the node's address", r)
+	}
+	if r, err := probe.Ask(c.outside, "tcp", netip.MustParseAddrPort("203.0.113.21:80"), 500*time.Millisecond); err == nil && r.Name == "pod1a" {
+		t.Errorf("load-balancer IP with source ranges served: %+v", r)
+	}
+}

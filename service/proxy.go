@@ -219,7 +219,7 @@ func (p *Proxy) Update(s Service) error {
 	if err := s.Validate(); err != nil {
 		return err
 	}
-	for _, ip := range slices.Concat(s.ClusterIPs, s.ExternalIPs) {
+	for _, ip := range slices.Concat(s.ClusterIPs, s.ExternalIPs, s.LoadBalancerIPs) {
 		if !slices.Contains(p.r.families, podnet.FamilyOf(ip)) {
 			return podnet.Invalid("service %q: %s is %v, which the proxy does not program", s.Name.String(), ip, podnet.FamilyOf(ip))
 		}

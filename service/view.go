@@ -112,7 +112,7 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 			fs.cip = ip.Unmap()
 		}
 	}
-	for _, ip := range s.ExternalIPs {
+	for _, ip := range s.externalIPs() {
 		if podnet.FamilyOf(ip) == f {
 			fs.eips = append(fs.eips, ip.Unmap())
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -66,6 +67,9 @@ func Convert(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, families []p
 	if s.ExternalIPs, err = parseAddrs(svc.Spec.ExternalIPs, keep); err != nil {
 		return s, false, bad("external IP %v", err)
 	}
+	if err = loadBalancer(svc, keep, &s); err != nil {
+		return s, false, bad("%v", err)
+	}
 	if had && len(s.ClusterIPs) == 0 {
 		return s, false, nil // a Service of another family
 	}
@@ -80,6 +84,38 @@ func Convert(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, families []p
 		return s, false, bad("%v", err)
 	}
 	return s, true, nil
+}
+
+// loadBalancer fills in the load balancer's ingress IPs that reach the
+// node unchanged (ipMode VIP or unset; kube-proxy leaves ipMode Proxy to
+// the load balancer) and the source ranges, for a LoadBalancer Service.
+func loadBalancer(svc *corev1.Service, keep func(netip.Addr) bool, s *service.Service) error {
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		return nil
+	}
+	var ips []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP != "" && (in.IPMode == nil || *in.IPMode == corev1.LoadBalancerIPModeVIP) {
+			ips = append(ips, in.IP)
+		}
+	}
+	lbIPs, err := parseAddrs(ips, keep)
+	if err != nil {
+		return fmt.Errorf("load-balancer ingress IP %v", err)
+	}
+	for _, a := range lbIPs { // an address listed twice is served once
+		if !slices.Contains(s.ClusterIPs, a) && !slices.Contains(s.ExternalIPs, a) && !slices.Contains(s.LoadBalancerIPs, a) {
+			s.LoadBalancerIPs = append(s.LoadBalancerIPs, a)
+		}
+	}
+	for _, r := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		if err != nil {
+			return fmt.Errorf("load-balancer source range %q: %v", r, err)
+		}
+		s.LoadBalancerSourceRanges = append(s.LoadBalancerSourceRanges, p)
+	}
+	return nil
 }
 
 func parseAddrs(in []string, keep func(netip.Addr) bool) ([]netip.Addr, error) {

@@ -155,3 +155,36 @@ func TestConvertHints(t *testing.T) {
 		t.Errorf("endpoint without hints: %+v", e)
 	}
 }
+
+// TestConvertLoadBalancer: ingress IPs with ipMode VIP (or none) are
+// served, ipMode Proxy ones are the load balancer's business, an address
+// that is already an external IP is not listed twice, and the source
+// ranges are kept.
+func TestConvertLoadBalancer(t *testing.T) {
+	svc := svcObj("10.96.0.20")
+	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalIPs = []string{"203.0.113.9"}
+	svc.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24", " 198.51.100.0/24"}
+	vip, proxy := corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{
+		{IP: "203.0.113.7"}, {IP: "203.0.113.8", IPMode: &vip}, {IP: "203.0.113.10", IPMode: &proxy},
+		{IP: "203.0.113.9"}, {Hostname: "lb.example.com"},
+	}
+	s, ok, err := Convert(svc, nil, nil)
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if want := []netip.Addr{netip.MustParseAddr("203.0.113.7"), netip.MustParseAddr("203.0.113.8")}; !slices.Equal(s.LoadBalancerIPs, want) {
+		t.Errorf("load-balancer IPs %v, want %v", s.LoadBalancerIPs, want)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.0/24")}; !slices.Equal(s.LoadBalancerSourceRanges, want) {
+		t.Errorf("source ranges %v, want %v", s.LoadBalancerSourceRanges, want)
+	}
+	if err := s.Validate(); err != nil {
+		t.Errorf("converted Service does not validate: %v", err)
+	}
+	svc.Spec.Type = corev1.ServiceTypeClusterIP
+	if s, _, _ := Convert(svc, nil, nil); s.LoadBalancerIPs != nil {
+		t.Errorf("a ClusterIP Service's stale status served: %v", s.LoadBalancerIPs)
+	}
+}
