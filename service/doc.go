@@ -21,8 +21,9 @@
 // external IPs; see LoadBalancerSourceRanges for the limit), ports (name,
 // protocol, port, target port, node port), ClientIP session affinity,
 // external and internal traffic policies, and Endpoints (address,
-// per-port target, ready/serving/terminating, node, topology hints). Service.Validate rejects bad input with
-// errors matching ErrInvalid that name the Service and field.
+// per-port target, ready/serving/terminating, node, topology hints).
+// Service.Validate rejects bad input with errors matching ErrInvalid that
+// name the Service and field.
 //
 // # Rules (ModeIptables)
 //

@@ -123,8 +123,12 @@ type Service struct {
 	// Service has any, its LoadBalancerIPs are not served at all, so no
 	// source the ranges exclude gets through this node.
 	LoadBalancerSourceRanges []netip.Prefix
-	Ports                    []Port
-	Affinity                 Affinity
+	// HealthCheckNodePort, for a Service with an external policy Local,
+	// is the port on which a proxy with Config.ServeHealthChecks tells
+	// load balancers whether this node has a ready endpoint; 0: none.
+	HealthCheckNodePort uint16
+	Ports               []Port
+	Affinity            Affinity
 	// AffinitySeconds is the ClientIP affinity timeout; 0 means
 	// DefaultAffinitySeconds.
 	AffinitySeconds       uint32
@@ -303,7 +307,7 @@ func (s *Service) affinitySeconds() uint32 {
 // equal reports whether two Services produce the same rules (deep
 // equality of the model).
 func (s *Service) equal(o *Service) bool {
-	if s.Name != o.Name || s.Affinity != o.Affinity || s.AffinitySeconds != o.AffinitySeconds ||
+	if s.Name != o.Name || s.Affinity != o.Affinity || s.AffinitySeconds != o.AffinitySeconds || s.HealthCheckNodePort != o.HealthCheckNodePort ||
 		s.ExternalTrafficPolicy != o.ExternalTrafficPolicy || s.InternalTrafficPolicy != o.InternalTrafficPolicy ||
 		!slices.Equal(s.ClusterIPs, o.ClusterIPs) || !slices.Equal(s.ExternalIPs, o.ExternalIPs) ||
 		!slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) || !slices.Equal(s.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges) ||

@@ -46,6 +46,12 @@ type Config struct {
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
 	// 0 means DefaultMasqueradeBit.
 	MasqueradeBit int
+	// ServeHealthChecks makes the proxy serve each Service's
+	// HealthCheckNodePort on every address of the Backend's namespace,
+	// as kube-proxy does: 200 and kube-proxy's JSON body while this node
+	// has a ready endpoint of the Service, 503 otherwise. Close stops
+	// them. Needs a Backend with a namespace.
+	ServeHealthChecks bool
 	// Logger receives one line per sync; nil discards.
 	Logger *slog.Logger
 }
@@ -78,6 +84,7 @@ type Proxy struct {
 	// generation counts the successful syncs and cleanups: Verify's
 	// answer is stale when it changed while the tables were read.
 	generation int
+	hc         *healthChecks // nil unless Config.ServeHealthChecks
 }
 
 // New validates cfg and returns a Proxy with no Services. Nothing is
@@ -110,6 +117,13 @@ func New(cfg Config) (*Proxy, error) {
 		changed:    make(chan struct{}, 1),
 	}
 	p.pl = cfg.Backend.plane(&env{r: &p.r, log: log, wanted: p.wanted})
+	if cfg.ServeHealthChecks {
+		ns := cfg.Backend.NetNS()
+		if ns == nil {
+			return nil, podnet.Invalid("service proxy: ServeHealthChecks needs a Backend with a namespace")
+		}
+		p.hc = &healthChecks{ns: ns, log: log, ports: map[uint16]*healthPort{}}
+	}
 	return p, nil
 }
 
@@ -396,6 +410,7 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	res.Services = len(tk.want)
 	if err != nil {
 		p.giveBack(tk)
+		p.serveHealth(false)
 		p.log.Error("sync failed", "full", full, "err", err)
 		return SyncResult{Full: full, Reason: res.Reason}, fmt.Errorf("sync services in netns %q: %w", p.nsName(), err)
 	}
@@ -409,9 +424,28 @@ func (p *Proxy) Sync(ctx context.Context) (SyncResult, error) {
 	p.generation++
 	res.Triggers = tk.triggers
 	res.Flows = p.cleanFlows(ctx, full, tk.want)
+	p.serveHealth(true)
 	res.Duration = time.Since(start)
 	p.log.Info("synced", "full", res.Full, "reason", res.Reason, "services", res.Services, "rules", res.Rules, "flows_deleted", res.Flows, "duration", res.Duration)
 	return res, nil
+}
+
+// serveHealth brings the health-check node ports in line with the
+// Services as written; healthy says whether the last sync succeeded.
+// p.syncMu must be held.
+func (p *Proxy) serveHealth(healthy bool) {
+	if p.hc != nil {
+		p.hc.update(healthStates(p.synced, p.r.node, healthy))
+	}
+}
+
+// Close stops what the proxy serves (its health-check node ports). The
+// rules stay in force.
+func (p *Proxy) Close() error {
+	if p.hc != nil {
+		p.hc.close()
+	}
+	return nil
 }
 
 // syncKind decides between a full and a partial sync, and why a full one.

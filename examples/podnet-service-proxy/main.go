@@ -124,10 +124,11 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
-		ServiceCIDRs: svcCIDRs, Families: families(cidrs), Logger: log})
+		ServiceCIDRs: svcCIDRs, Families: families(cidrs), ServeHealthChecks: true, Logger: log})
 	if err != nil {
 		return err
 	}
+	defer p.Close()
 	if err := removeOther(ctx, ns, o.prefix, mode, log); err != nil {
 		return err
 	}

@@ -88,10 +88,14 @@ func Convert(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, families []p
 
 // loadBalancer fills in the load balancer's ingress IPs that reach the
 // node unchanged (ipMode VIP or unset; kube-proxy leaves ipMode Proxy to
-// the load balancer) and the source ranges, for a LoadBalancer Service.
+// the load balancer), the source ranges and the health-check node port,
+// for a LoadBalancer Service.
 func loadBalancer(svc *corev1.Service, keep func(netip.Addr) bool, s *service.Service) error {
 	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 		return nil
+	}
+	if hc := svc.Spec.HealthCheckNodePort; hc > 0 && hc <= 65535 {
+		s.HealthCheckNodePort = uint16(hc)
 	}
 	var ips []string
 	for _, in := range svc.Status.LoadBalancer.Ingress {

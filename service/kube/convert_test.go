@@ -165,6 +165,7 @@ func TestConvertLoadBalancer(t *testing.T) {
 	svc.Spec.Type = corev1.ServiceTypeLoadBalancer
 	svc.Spec.ExternalIPs = []string{"203.0.113.9"}
 	svc.Spec.LoadBalancerSourceRanges = []string{"192.0.2.0/24", " 198.51.100.0/24"}
+	svc.Spec.HealthCheckNodePort = 32100
 	vip, proxy := corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy
 	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{
 		{IP: "203.0.113.7"}, {IP: "203.0.113.8", IPMode: &vip}, {IP: "203.0.113.10", IPMode: &proxy},
@@ -179,6 +180,9 @@ func TestConvertLoadBalancer(t *testing.T) {
 	}
 	if want := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.0/24")}; !slices.Equal(s.LoadBalancerSourceRanges, want) {
 		t.Errorf("source ranges %v, want %v", s.LoadBalancerSourceRanges, want)
+	}
+	if s.HealthCheckNodePort != 32100 {
+		t.Errorf("health-check node port %d, want 32100", s.HealthCheckNodePort)
 	}
 	if err := s.Validate(); err != nil {
 		t.Errorf("converted Service does not validate: %v", err)
