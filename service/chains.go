@@ -126,6 +126,14 @@ func (c Chains) External(n Name, port string, p Protocol) string {
 	return c.prefix + "-EXT-" + hash16(portName(n, port)+string(p.rule()))
 }
 
+// Firewall returns the chain that lets only the sources of a Service
+// port's loadBalancerSourceRanges on to its external chain.
+//
+// Equivalent to: KUBE-FW-<hash>
+func (c Chains) Firewall(n Name, port string, p Protocol) string {
+	return c.prefix + "-FW-" + hash16(portName(n, port)+string(p.rule()))
+}
+
 // Endpoint returns the chain that DNATs to one endpoint of a Service port.
 //
 // Equivalent to: KUBE-SEP-<hash of "ns/name:port" + protocol + "ip:port">
@@ -142,15 +150,19 @@ func (c Chains) Owns(name string) bool {
 		return true
 	}
 	rest, ok := strings.CutPrefix(name, c.prefix+"-")
-	if !ok || len(rest) != 4+16 {
+	if !ok {
 		return false
 	}
-	switch rest[:4] {
-	case "SVC-", "SVL-", "EXT-", "SEP-":
+	kind, hash, ok := strings.Cut(rest, "-")
+	if !ok || len(hash) != 16 {
+		return false
+	}
+	switch kind {
+	case "SVC", "SVL", "EXT", "SEP", "FW":
 	default:
 		return false
 	}
-	for _, r := range rest[4:] {
+	for _, r := range hash {
 		if !(r >= 'A' && r <= 'Z' || r >= '2' && r <= '7') {
 			return false
 		}

@@ -18,7 +18,7 @@
 // # Model
 //
 // A Service has cluster IPs, external IPs, load-balancer IPs (served as
-// external IPs; see LoadBalancerSourceRanges for the limit), ports (name,
+// external IPs, to the sources of its source ranges), ports (name,
 // protocol, port, target port, node port), ClientIP session affinity,
 // external and internal traffic policies, and Endpoints (address,
 // per-port target, ready/serving/terminating, node, topology hints).

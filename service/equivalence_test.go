@@ -50,7 +50,10 @@ func goldenServices() []Service {
 	sticky.Affinity, sticky.AffinitySeconds = AffinityClientIP, 60
 	dual := svc("dual", "10.96.0.60", TCP, 443, []Endpoint{ep("10.200.0.8", "node0"), ep("fd00:200::8", "node0")})
 	dual.ClusterIPs = append(dual.ClusterIPs, ip("fd00:96::60"))
-	return []Service{w, dns, empty, local, sticky, dual}
+	lb := svc("lb", "10.96.0.70", TCP, 443, []Endpoint{ep("10.200.0.9", "node0")})
+	lb.LoadBalancerIPs = []netip.Addr{ip("203.0.113.70")}
+	lb.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	return []Service{w, dns, empty, local, sticky, dual, lb}
 }
 
 // TestNftablesGolden: the batch a full sync sends, applied and printed
@@ -90,6 +93,9 @@ func TestNftablesGolden(t *testing.T) {
 		{"ip podnet-proxy", "external-masq-local", "203.0.113.7 . tcp . 80"}, // the node, masqueraded
 		{"ip podnet-proxy", "ip-affinity", "10.96.0.50 . tcp . 80 : goto affinity-"},
 		{"ip6 podnet-proxy", "ip-backends", "fd00:96::60 . tcp . 443 . 0 : fd00:200::8 . 8080"},
+		{"ip podnet-proxy", "firewall-ips", "203.0.113.70 . tcp . 443"}, // source ranges
+		{"ip podnet-proxy", "firewall-allow", "203.0.113.70 . tcp . 443 . 192.0.2.0 - 203.0.113.70 . tcp . 443 . 192.0.2.255"},
+		{"ip podnet-proxy", "external-masq", "203.0.113.70 . tcp . 443"}, // served as an external IP
 	} {
 		if !slices.ContainsFunc(setElements(got, c.table, c.set), func(e string) bool { return strings.HasPrefix(e, c.elem) }) {
 			t.Errorf("%s set %s lacks %q", c.table, c.set, c.elem)
@@ -165,6 +171,7 @@ func randomChange(r *rand.Rand, svcs map[string]*Service) {
 		s.Ports[0].Protocol = []Protocol{TCP, UDP}[r.IntN(2)]
 		s.ExternalIPs = [][]netip.Addr{nil, {ip("203.0.113.9")}}[r.IntN(2)]
 		s.LoadBalancerIPs = [][]netip.Addr{nil, {ip("203.0.113.30")}}[r.IntN(2)]
+		s.LoadBalancerSourceRanges = [][]netip.Prefix{nil, {netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.7/32")}}[r.IntN(2)]
 	}
 }
 

@@ -209,26 +209,55 @@ func (sp *iptPort) externalChain() {
 	sp.out.chains = append(sp.out.chains, ownedChain{sp.natC(sp.ext), rules})
 }
 
-// externalIPRules sends traffic to each external IP to the external
-// chain, and answers what that chain leaves (no endpoints for external
-// traffic) with extVerdict in the filter table.
+// externalIPRules sends traffic to each external or load-balancer IP to
+// the external chain (a load-balancer IP with source ranges through the
+// firewall chain first), and answers what that leaves with a verdict in
+// the filter table: extVerdict when there are no endpoints for external
+// traffic, DROP for a source outside the ranges.
 func (sp *iptPort) externalIPRules() error {
+	fw := sp.firewallChain()
 	for _, eip := range sp.eips {
 		dst := iptables.Addr{Prefix: hostPrefix(eip)}
+		gated := slices.Contains(sp.fwIPs, eip)
 		if sp.hasExternalChain() {
+			target := sp.ext
+			if gated {
+				target = fw
+			}
 			if err := sp.place(sp.natC(sp.r.chains.Services()), iptables.Rule{Destination: dst, Protocol: sp.np,
-				Matches: []iptables.Match{iptables.Comment(sp.spn + " external IP"), sp.portMatch}, Target: iptables.Jump(sp.ext)}); err != nil {
+				Matches: []iptables.Match{iptables.Comment(sp.spn + " external IP"), sp.portMatch}, Target: iptables.Jump(target)}); err != nil {
 				return err
 			}
 		}
-		if len(sp.extEps) == 0 {
-			if err := sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Destination: dst, Protocol: sp.np,
-				Matches: []iptables.Match{iptables.Comment(sp.spn + " has no local endpoints"), sp.portMatch}, Target: sp.extVerdict}); err != nil {
-				return err
-			}
+		verdict, comment := sp.extVerdict, sp.spn+" has no local endpoints"
+		switch {
+		case len(sp.extEps) > 0 && !gated:
+			continue
+		case len(sp.extEps) > 0:
+			verdict, comment = iptables.Drop, sp.spn+" source not in loadBalancerSourceRanges"
+		}
+		if err := sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Destination: dst, Protocol: sp.np,
+			Matches: []iptables.Match{iptables.Comment(comment), sp.portMatch}, Target: verdict}); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// firewallChain adds, for a port with load-balancer source ranges, the
+// chain that sends their sources on to the external chain; the rest is
+// left untranslated for the filter table's DROP. It returns its name.
+func (sp *iptPort) firewallChain() string {
+	fw := sp.r.chains.Firewall(sp.s.Name, sp.p.Name, sp.proto)
+	if len(sp.fwIPs) == 0 || !sp.hasExternalChain() {
+		return fw
+	}
+	var rules []iptables.Rule
+	for _, r := range sp.ranges {
+		rules = append(rules, iptables.Rule{Source: iptables.Addr{Prefix: r}, Matches: []iptables.Match{iptables.Comment(sp.spn + " loadBalancerSourceRanges")}, Target: iptables.Jump(sp.ext)})
+	}
+	sp.out.chains = append(sp.out.chains, ownedChain{sp.natC(fw), rules})
+	return fw
 }
 
 // nodePortRule does for the node port what externalIPRules does for

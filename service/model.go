@@ -119,9 +119,8 @@ type Service struct {
 	// default): served as external IPs are, under the external policy.
 	LoadBalancerIPs []netip.Addr
 	// LoadBalancerSourceRanges limit which sources may use the
-	// load-balancer IPs. The proxy does not enforce them yet: while a
-	// Service has any, its LoadBalancerIPs are not served at all, so no
-	// source the ranges exclude gets through this node.
+	// load-balancer IPs: new connections from elsewhere (pods and the
+	// node included) are dropped. Empty: every source.
 	LoadBalancerSourceRanges []netip.Prefix
 	// HealthCheckNodePort, for a Service with an external policy Local,
 	// is the port on which a proxy with Config.ServeHealthChecks tells
@@ -275,12 +274,8 @@ func (s *Service) validateEndpoints(bad func(string, ...any) error) error {
 }
 
 // externalIPs returns the addresses served under the external traffic
-// policy: the external IPs, and the load-balancer IPs unless source
-// ranges (not enforced yet) restrict them.
+// policy: the external IPs and the load-balancer IPs.
 func (s *Service) externalIPs() []netip.Addr {
-	if len(s.LoadBalancerSourceRanges) > 0 {
-		return s.ExternalIPs
-	}
 	return slices.Concat(s.ExternalIPs, s.LoadBalancerIPs)
 }
 

@@ -214,7 +214,10 @@ func newNftFamily(f podnet.Family, table string) *nftFamily {
 	}
 	def("hairpin", nftables.MustConcatSetType(addr, addr), nil)
 	def("cluster-ips", addr, nil)
-	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "no-local-endpoints", "external-reject", "external-drop"} {
+	allow := ff.defSet("firewall-allow", nftables.MustConcatSetType(append(nftables.ConcatSetTypeElements(ipKey), addr)...), nil)
+	allow.Interval = true
+	ff.sets["firewall-allow"] = allow
+	for _, n := range []string{"cluster-masq", "external-masq", "external-masq-local", "no-endpoints", "no-local-endpoints", "external-reject", "external-drop", "firewall-ips"} {
 		def(n, ipKey, nil)
 	}
 	for _, n := range []string{"nodeport-masq", "nodeport-masq-local", "nodeport-reject", "nodeport-drop"} {
@@ -283,6 +286,7 @@ func (ff *nftFamily) firewall(serviceCIDRs []netip.Prefix) [][]expr.Any {
 	rules := [][]expr.Any{
 		slices.Concat(ff.inSet(ip, "no-endpoints"), []expr.Any{ff.reject()}),
 		slices.Concat(ff.inSet(ip, "no-local-endpoints"), drop),
+		slices.Concat(ff.inSet(ip, "firewall-ips"), drop),
 		{ff.daddr(reg0), ff.lookup("cluster-ips", reg0), ff.reject()},
 	}
 	for _, c := range serviceCIDRs {
@@ -291,6 +295,21 @@ func (ff *nftFamily) firewall(serviceCIDRs []netip.Prefix) [][]expr.Any {
 		}
 	}
 	return rules
+}
+
+// firewallGate is the first rule of services: a new connection to a
+// load-balancer IP and port with source ranges (@firewall-ips) from a
+// source outside them is left untranslated, and the firewall chain
+// drops it.
+//
+// Equivalent to: KEY @firewall-ips KEY . ip saddr != @firewall-allow return
+func (ff *nftFamily) firewallGate() []expr.Any {
+	ip := nftKinds[0]
+	src := reg0 + ff.keyRegs(ip)
+	gate := slices.Concat(ff.key(ip, reg0), []expr.Any{ff.lookup("firewall-ips", reg0), ff.saddr(src)})
+	allowed := ff.lookup("firewall-allow", reg0)
+	allowed.Invert = true
+	return append(gate, allowed, nft.Verdict(expr.VerdictReturn, ""))
 }
 
 // notLoopback matches a destination outside 127.0.0.0/8 (::1 in IPv6):
@@ -413,6 +432,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	cidr, hasCIDR := np.env.r.cidr[ff.f]
 	ip, ipPod, nodePort, nodePortPod := nftKinds[0], nftKinds[1], nftKinds[2], nftKinds[3]
 	var services, nodeports [][]expr.Any
+	services = append(services, ff.firewallGate())
 	if hasCIDR {
 		services = append(services, slices.Concat(ff.fromCIDR(cidr, true), ff.inSet(ip, "cluster-masq"), setMark(mark)))
 	}

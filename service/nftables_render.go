@@ -36,6 +36,17 @@ func npKey(p Protocol, port uint16) string {
 	return string(slices.Concat([]byte{protoNum(p), 0, 0, 0}, portBytes(port)))
 }
 
+// rangeBounds returns the first and last address of p.
+func rangeBounds(p netip.Prefix) (first, last netip.Addr) {
+	first = p.Masked().Addr()
+	b := first.AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ = netip.AddrFromSlice(b)
+	return first, last
+}
+
 func backendVal(ap netip.AddrPort) string {
 	return string(slices.Concat(ap.Addr().AsSlice(), portBytes(ap.Port())))
 }
@@ -49,8 +60,11 @@ func (r *nftRendering) add(f podnet.Family, set, key, val string) {
 // a slot).
 func entryOf(e nftElem) string {
 	key := e.key
-	if strings.HasSuffix(e.set, "-backends") {
-		key = key[:len(key)-4]
+	switch {
+	case strings.HasSuffix(e.set, "-backends"):
+		key = key[:len(key)-4] // the slot
+	case e.set == "firewall-allow":
+		key = key[:len(key)-int(nft.AddrLen(e.f))] // the source
 	}
 	tag := "ip/"
 	if strings.HasPrefix(e.set, "nodeport") {
@@ -225,6 +239,14 @@ func (np *nftPlane) renderPort(out *nftRendering, ff *nftFamily, sp *servicePort
 	}
 	for _, eip := range sp.eips {
 		entry("external", nftKinds[0], nftKinds[1], ipKey(eip, sp.proto, sp.p.Port))
+	}
+	for _, fw := range sp.fwIPs {
+		k := ipKey(fw, sp.proto, sp.p.Port)
+		out.add(f, "firewall-ips", k, "")
+		for _, r := range sp.ranges {
+			first, last := rangeBounds(r)
+			out.add(f, "firewall-allow", k+string(first.AsSlice()), k+string(last.AsSlice()))
+		}
 	}
 	if sp.servesNodePort() {
 		entry("nodeport", nftKinds[2], nftKinds[3], npKey(sp.proto, sp.p.NodePort))

@@ -187,6 +187,8 @@ func sameElements(s *nftables.Set, es []nftables.SetElement, want map[string]str
 		}
 		got := string(e.Val)
 		switch {
+		case s.Interval:
+			got = string(e.KeyEnd)
 		case !s.IsMap:
 			got = ""
 		case e.VerdictData != nil:
@@ -250,6 +252,8 @@ func elem(s *nftables.Set, key, val string) nftables.SetElement {
 		e.VerdictData = nft.Verdict(expr.VerdictGoto, val)
 	case s.IsMap:
 		e.Val = []byte(val)
+	case s.Interval:
+		e.KeyEnd = []byte(val) // a range's last key
 	}
 	return e
 }

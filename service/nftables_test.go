@@ -130,10 +130,16 @@ func TestNftablesListable(t *testing.T) {
 	sticky.Affinity = AffinityClientIP
 	empty := svc("empty", "10.96.0.22", TCP, 80, nil)
 	empty.Ports[0].NodePort = 30081
-	apply(t, p, all, sticky, empty)
+	lb := svc("lb", "10.96.0.23", TCP, 443, eps)
+	lb.LoadBalancerIPs = []netip.Addr{ip("203.0.113.70")}
+	lb.LoadBalancerSourceRanges = []netip.Prefix{pfx("192.0.2.0/24")}
+	apply(t, p, all, sticky, empty, lb)
+	if ok, err := p.Verify(context.Background()); !ok || err != nil {
+		t.Errorf("Verify of the tables just written: %v %v", ok, err)
+	}
 	got := nftOut(t, ns, "list", "ruleset")
 	for _, want := range []string{"10.96.0.20 . tcp . 80", "fd00:96::20 . tcp . 80", "203.0.113.7 . tcp . 80", "tcp . 30080", "10.96.0.21 . udp . 53 : goto affinity-",
-		"10.96.0.22 . tcp . 80", "tcp . 30081", "numgen random mod 2", "update @affinity-"} {
+		"10.96.0.22 . tcp . 80", "tcp . 30081", "numgen random mod 2", "update @affinity-", "203.0.113.70 . tcp . 443 . 192.0.2.0/24"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in\n%s", want, got)
 		}

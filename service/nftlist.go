@@ -174,6 +174,8 @@ func elemText(s *nftables.Set, e nftables.SetElement) (key, val string) {
 		val = decodeVerdict(e.Val)
 	case s.IsMap:
 		val = decode(s.DataType.Name, e.Val)
+	case s.Interval && len(e.KeyEnd) > 0:
+		key += " - " + decode(s.KeyType.Name, e.KeyEnd)
 	}
 	return key, val
 }

@@ -348,6 +348,9 @@ func (rs *recSet) dump(b *strings.Builder, name string) {
 		typ += " : " + s.DataType.Name
 	}
 	var flags []string
+	if s.Interval {
+		flags = append(flags, "interval")
+	}
 	if s.Dynamic {
 		flags = append(flags, "dynamic")
 	}
@@ -404,6 +407,9 @@ func (rt *recTable) exprText(e expr.Any) string {
 		}
 		if e.IsDestRegSet {
 			return fmt.Sprintf("lookup reg %d set %s dreg %d", e.SourceRegister, name, e.DestRegister)
+		}
+		if e.Invert {
+			return fmt.Sprintf("lookup reg %d set %s invert", e.SourceRegister, name)
 		}
 		return fmt.Sprintf("lookup reg %d set %s", e.SourceRegister, name)
 	case *expr.Numgen:

@@ -207,11 +207,13 @@ func testTopologyHints(t *testing.T, c *cluster) {
 }
 
 // testLoadBalancer: a load-balancer IP reaches the endpoints from outside
-// as an external IP does (masqueraded under the Cluster policy); while
-// the Service has source ranges, which the proxy does not enforce yet,
-// the IP is not served at all, so no excluded source gets in.
+// as an external IP does (masqueraded under the Cluster policy); with
+// loadBalancerSourceRanges only their sources get through: the outside
+// host named in them does, a pod and the node itself do not (dropped,
+// as kube-proxy drops every other source).
 func testLoadBalancer(t *testing.T, c *cluster) {
 	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
 	for _, lb := range []string{"203.0.113.20", "203.0.113.21"} {
 		must(t, route.Ensure(c.outside, route.Route{Dst: pfx(lb + "/32"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
 	}
@@ -220,12 +222,20 @@ func testLoadBalancer(t *testing.T, c *cluster) {
 	open.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.20")}
 	ranged := svc("lb-ranged", "10.96.0.91", TCP, 80, c.endpoints("pod1a"))
 	ranged.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.21")}
-	ranged.LoadBalancerSourceRanges = []netip.Prefix{pfx(outsideIP + "/32")}
+	ranged.LoadBalancerSourceRanges = []netip.Prefix{pfx(outsideIP + "/32"), pfx("198.51.100.0/24")}
 	apply(t, p, open, ranged)
 	if r := ask(t, c.outside, "tcp", "203.0.113.20:80"); r.Name != "pod1a" || r.Source.Addr() != netip.MustParseAddr(node0IP) {
 		t.Errorf("outside → load-balancer IP: %+v, want pod1a seeing the node's address", r)
 	}
-	if r, err := probe.Ask(c.outside, "tcp", netip.MustParseAddrPort("203.0.113.21:80"), 500*time.Millisecond); err == nil && r.Name == "pod1a" {
-		t.Errorf("load-balancer IP with source ranges served: %+v", r)
+	if r := ask(t, c.outside, "tcp", "203.0.113.21:80"); r.Name != "pod1a" {
+		t.Errorf("outside, in the source ranges → load-balancer IP: %+v", r)
+	}
+	for name, from := range map[string]*netns.NS{"pod": client.ns, "node": c.node0} {
+		if !dropped(from, "203.0.113.21:80") {
+			t.Errorf("%s, outside the source ranges → load-balancer IP: answered or refused; want dropped", name)
+		}
+		if r := ask(t, from, "tcp", "203.0.113.20:80"); r.Name != "pod1a" {
+			t.Errorf("%s → the unrestricted load-balancer IP: %+v", name, r)
+		}
 	}
 }

@@ -88,13 +88,17 @@ func (r *renderer) topology(eps []Endpoint) func(Endpoint) bool {
 
 // familyService is a Service as one family sees it.
 type familyService struct {
-	r         *renderer
-	s         *Service
-	f         podnet.Family
-	aff       uint32       // ClientIP affinity timeout, 0 without affinity
-	cip       netip.Addr   // cluster IP; invalid when s has none in f
-	eips      []netip.Addr // external IPs
-	nodePorts bool         // node ports are served in f
+	r    *renderer
+	s    *Service
+	f    podnet.Family
+	aff  uint32       // ClientIP affinity timeout, 0 without affinity
+	cip  netip.Addr   // cluster IP; invalid when s has none in f
+	eips []netip.Addr // external and load-balancer IPs
+	// fwIPs are the load-balancer IPs that only sources in ranges may
+	// use (loadBalancerSourceRanges of this family).
+	fwIPs     []netip.Addr
+	ranges    []netip.Prefix
+	nodePorts bool // node ports are served in f
 	// Endpoints that take new connections: all of them, and those on
 	// this node.
 	svcSel, svlSel     []Endpoint
@@ -115,6 +119,18 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 	for _, ip := range s.externalIPs() {
 		if podnet.FamilyOf(ip) == f {
 			fs.eips = append(fs.eips, ip.Unmap())
+		}
+	}
+	if len(s.LoadBalancerSourceRanges) > 0 {
+		for _, ip := range s.LoadBalancerIPs {
+			if podnet.FamilyOf(ip) == f {
+				fs.fwIPs = append(fs.fwIPs, ip.Unmap())
+			}
+		}
+		for _, r := range s.LoadBalancerSourceRanges {
+			if podnet.FamilyOf(r.Addr()) == f {
+				fs.ranges = append(fs.ranges, r.Masked())
+			}
 		}
 	}
 	var eps []Endpoint
