@@ -28,7 +28,8 @@ func recordedProxy(t testing.TB, fams ...podnet.Family) (*Proxy, *nftRecorder) {
 	cidrs := []netip.Prefix{podCIDR, netip.MustParsePrefix("fd00:200::/56")}[:len(fams)]
 	svcCIDRs := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/108")}[:len(fams)]
 	p, err := New(Config{Backend: nftBackend{dial: func() (nftConn, error) { return rec, nil }},
-		NodeName: "node0", ClusterCIDRs: cidrs, ServiceCIDRs: svcCIDRs, Families: fams})
+		NodeName: "node0", ClusterCIDRs: cidrs, ServiceCIDRs: svcCIDRs, Families: fams,
+		NodePortAddresses: []netip.Addr{ip("192.168.50.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,6 +97,7 @@ func TestNftablesGolden(t *testing.T) {
 		{"ip podnet-proxy", "firewall-ips", "203.0.113.70 . tcp . 443"}, // source ranges
 		{"ip podnet-proxy", "firewall-allow", "203.0.113.70 . tcp . 443 . 192.0.2.0 - 203.0.113.70 . tcp . 443 . 192.0.2.255"},
 		{"ip podnet-proxy", "external-masq", "203.0.113.70 . tcp . 443"}, // served as an external IP
+		{"ip podnet-proxy", "nodeport-ips", "192.168.50.1"},
 	} {
 		if !slices.ContainsFunc(setElements(got, c.table, c.set), func(e string) bool { return strings.HasPrefix(e, c.elem) }) {
 			t.Errorf("%s set %s lacks %q", c.table, c.set, c.elem)
@@ -197,7 +199,7 @@ func TestPartialSyncsEqualFullSync(t *testing.T) {
 		"iptables": func(t *testing.T) (*Proxy, func() string) {
 			fk := iptables.NewFake()
 			p, err := New(Config{Backend: IPTables(fk), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR},
-				ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}})
+				ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}, NodePortAddresses: []netip.Addr{ip("192.168.50.1")}})
 			if err != nil {
 				t.Fatal(err)
 			}

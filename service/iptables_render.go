@@ -3,6 +3,7 @@ package service
 import (
 	"slices"
 
+	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/iptables"
 )
 
@@ -276,6 +277,27 @@ func (sp *iptPort) nodePortRule() error {
 	if len(sp.extEps) > 0 {
 		return nil
 	}
-	return sp.place(sp.filC(sp.r.chains.ExternalServices()), iptables.Rule{Protocol: sp.np, Destination: iptables.Addr{Prefix: loopback(sp.f), Not: true},
-		Matches: []iptables.Match{iptables.Comment(sp.spn + " has no local endpoints"), iptables.DstLocal, npMatch}, Target: sp.extVerdict})
+	for _, dst := range sp.r.nodePortMatches(sp.f) {
+		dst.Protocol, dst.Target = sp.np, sp.extVerdict
+		dst.Matches = append([]iptables.Match{iptables.Comment(sp.spn + " has no local endpoints")}, append(dst.Matches, npMatch)...)
+		if err := sp.place(sp.filC(sp.r.chains.ExternalServices()), dst); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nodePortMatches returns rules (destination and matches only) that
+// match the destinations serving node ports in family f: one per address
+// of Config.NodePortAddresses, else one for every local address but
+// loopback.
+func (r *renderer) nodePortMatches(f podnet.Family) []iptables.Rule {
+	if len(r.nodePortAddrs) == 0 {
+		return []iptables.Rule{{Destination: iptables.Addr{Prefix: loopback(f), Not: true}, Matches: []iptables.Match{iptables.DstLocal}}}
+	}
+	var out []iptables.Rule
+	for _, a := range r.nodePortAddrsOf(f) {
+		out = append(out, iptables.Rule{Destination: iptables.Addr{Prefix: hostPrefix(a)}})
+	}
+	return out
 }

@@ -50,11 +50,13 @@ func (ip *iptablesPlane) fixedChains(f podnet.Family, shared map[iptables.Chain]
 	natC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableNAT, Name: n} }
 	filC := func(n string) iptables.Chain { return iptables.Chain{Family: f, Table: iptables.TableFilter, Name: n} }
 	mark := ip.env.r.mark
-	services := append(slices.Clone(shared[natC(c.Services())]), iptables.Rule{
-		Destination: iptables.Addr{Prefix: loopback(f), Not: true},
-		Matches:     []iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain"), iptables.DstLocal},
-		Target:      iptables.Jump(c.NodePorts()),
-	})
+	var services []iptables.Rule
+	for _, dst := range ip.env.r.nodePortMatches(f) {
+		dst.Matches = append([]iptables.Match{iptables.Comment("podnet service nodeports; NOTE: this must be the last rule in this chain")}, dst.Matches...)
+		dst.Target = iptables.Jump(c.NodePorts())
+		services = append(services, dst)
+	}
+	services = append(slices.Clone(shared[natC(c.Services())]), services...)
 	return []ownedChain{
 		{natC(c.MarkMasq()), []iptables.Rule{{Target: iptables.OrMark(mark)}}},
 		{natC(c.Postrouting()), []iptables.Rule{

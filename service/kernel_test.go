@@ -46,6 +46,7 @@ func TestBehaviour(t *testing.T) {
 		{"UnallocatedServiceIP", testUnallocatedServiceIP},
 		{"TopologyHints", testTopologyHints},
 		{"LoadBalancer", testLoadBalancer},
+		{"NodePortAddresses", testNodePortAddresses},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {
 		for _, tc := range cases {

@@ -214,6 +214,7 @@ func newNftFamily(f podnet.Family, table string) *nftFamily {
 	}
 	def("hairpin", nftables.MustConcatSetType(addr, addr), nil)
 	def("cluster-ips", addr, nil)
+	def("nodeport-ips", addr, nil)
 	allow := ff.defSet("firewall-allow", nftables.MustConcatSetType(append(nftables.ConcatSetTypeElements(ipKey), addr)...), nil)
 	allow.Interval = true
 	ff.sets["firewall-allow"] = allow
@@ -310,6 +311,16 @@ func (ff *nftFamily) firewallGate() []expr.Any {
 	allowed := ff.lookup("firewall-allow", reg0)
 	allowed.Invert = true
 	return append(gate, allowed, nft.Verdict(expr.VerdictReturn, ""))
+}
+
+// nodePortDst matches the destinations that serve node ports: the
+// addresses in @nodeport-ips when Config.NodePortAddresses names them,
+// else every local address but loopback.
+func (np *nftPlane) nodePortDst(ff *nftFamily) []expr.Any {
+	if len(np.env.r.nodePortAddrs) > 0 {
+		return []expr.Any{ff.daddr(reg0), ff.lookup("nodeport-ips", reg0)}
+	}
+	return slices.Concat(ff.notLoopback(), local(false))
 }
 
 // notLoopback matches a destination outside 127.0.0.0/8 (::1 in IPv6):
@@ -450,7 +461,7 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	services = append(services,
 		slices.Concat(local(true), jump(entriesChain(ipPod))),
 		jump(entriesChain(ip)),
-		slices.Concat(ff.notLoopback(), local(false), jump("nodeports")))
+		slices.Concat(np.nodePortDst(ff), jump("nodeports")))
 	nodeports = append(nodeports,
 		slices.Concat(local(true), jump(entriesChain(nodePortPod))),
 		jump(entriesChain(nodePort)))
@@ -474,8 +485,8 @@ func (np *nftPlane) fixedChains(ff *nftFamily) []nftChain {
 	external := [][]expr.Any{
 		slices.Concat(ff.inSet(ip, "external-reject"), []expr.Any{ff.reject()}),
 		slices.Concat(ff.inSet(ip, "external-drop"), drop),
-		slices.Concat(ff.notLoopback(), local(false), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
-		slices.Concat(ff.notLoopback(), local(false), ff.inSet(nodePort, "nodeport-drop"), drop),
+		slices.Concat(np.nodePortDst(ff), ff.inSet(nodePort, "nodeport-reject"), []expr.Any{ff.reject()}),
+		slices.Concat(np.nodePortDst(ff), ff.inSet(nodePort, "nodeport-drop"), drop),
 	}
 	newJump := func(c string) []expr.Any { return append(ctNew(), nft.Verdict(expr.VerdictJump, c)) }
 	chains := []nftChain{

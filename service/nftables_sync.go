@@ -227,6 +227,9 @@ func (np *nftPlane) expected() map[podnet.Family]map[string]map[string]string {
 			set, key, _ := strings.Cut(rk, "/")
 			put(f, set, key, "")
 		}
+		for _, a := range np.env.r.nodePortAddrsOf(f) {
+			put(f, "nodeport-ips", string(a.AsSlice()), "")
+		}
 	}
 	return out
 }
@@ -362,6 +365,11 @@ func (np *nftPlane) full(ctx context.Context, want map[Name]*Service) (rules int
 	}
 	np.owners, np.losers = map[string]Name{}, map[string]map[Name]bool{}
 	renders, b := np.renderAll(want)
+	for _, f := range np.env.r.families {
+		for _, a := range np.env.r.nodePortAddrsOf(f) {
+			b.queue(b.add, np.fams[f].sets["nodeport-ips"], string(a.AsSlice()), "")
+		}
+	}
 	for _, f := range np.env.r.families {
 		n, err := np.writeTable(c, np.fams[f])
 		if err != nil {

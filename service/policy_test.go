@@ -239,3 +239,23 @@ func testLoadBalancer(t *testing.T, c *cluster) {
 		}
 	}
 }
+
+// testNodePortAddresses: with Config.NodePortAddresses (kube-proxy's
+// --nodeport-addresses) node ports answer on those addresses only; the
+// node's other addresses refuse them.
+func testNodePortAddresses(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	p := c.proxy(func(cfg *Config) { cfg.NodePortAddresses = []netip.Addr{netip.MustParseAddr(node0Ext)} })
+	s := svc("np", "10.96.0.92", TCP, 80, c.endpoints("pod1a"))
+	s.Ports[0].NodePort = 31092
+	apply(t, p, s)
+	if r := ask(t, c.outside, "tcp", node0Ext+":31092"); r.Name != "pod1a" {
+		t.Errorf("listed address: %+v", r)
+	}
+	if !refused(c.node0, node0IP+":31092") {
+		t.Errorf("unlisted address %s: not refused at once", node0IP)
+	}
+	if r := ask(t, c.node0, "tcp", "10.96.0.92:80"); r.Name != "pod1a" {
+		t.Errorf("cluster IP: %+v", r)
+	}
+}

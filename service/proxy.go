@@ -41,6 +41,10 @@ type Config struct {
 	// objects). New connections to an address in them that no Service
 	// has are dropped instead of leaving by the default route. Optional.
 	ServiceCIDRs []netip.Prefix
+	// NodePortAddresses are the node's addresses that serve node ports
+	// (kube-proxy's --nodeport-addresses, resolved to addresses); nil
+	// means every local address but loopback.
+	NodePortAddresses []netip.Addr
 	// Families the proxy programs; nil means IPv4 only.
 	Families []podnet.Family
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
@@ -161,7 +165,12 @@ func newRenderer(cfg Config, ch Chains) (renderer, error) {
 	if err != nil {
 		return renderer{}, err
 	}
-	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
+	for _, a := range cfg.NodePortAddresses {
+		if !a.IsValid() || a.IsLoopback() || a.IsUnspecified() || !slices.Contains(fams, podnet.FamilyOf(a)) {
+			return renderer{}, podnet.Invalid("service proxy: node port address %s: not a unicast address of a family the proxy programs", a)
+		}
+	}
+	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, nodePortAddrs: slices.Clone(cfg.NodePortAddresses), node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
 }
 
 // SetZone changes the node's zone (its topology.kubernetes.io/zone label;

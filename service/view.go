@@ -15,9 +15,23 @@ type renderer struct {
 	cidr     map[podnet.Family]netip.Prefix // cluster CIDR per family
 	// serviceCIDRs are where cluster IPs are allocated from.
 	serviceCIDRs []netip.Prefix
-	node         string
-	zone         string // the node's topology.kubernetes.io/zone; see Proxy.SetZone
-	mark         uint32
+	// nodePortAddrs serve node ports; nil: every local address but
+	// loopback.
+	nodePortAddrs []netip.Addr
+	node          string
+	zone          string // the node's topology.kubernetes.io/zone; see Proxy.SetZone
+	mark          uint32
+}
+
+// nodePortAddrsOf returns the node-port addresses of family f.
+func (r *renderer) nodePortAddrsOf(f podnet.Family) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range r.nodePortAddrs {
+		if podnet.FamilyOf(a) == f {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // udpPort is what conntrack cleanup needs to know of one UDP port.

@@ -39,12 +39,15 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/iptables"
+	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/service"
 )
@@ -55,6 +58,7 @@ type options struct {
 	nodeName      string
 	clusterCIDR   string
 	serviceCIDR   string
+	nodePortCIDRs string
 	prefix        string
 	netnsPath     string
 	once          bool
@@ -75,6 +79,7 @@ func main() {
 	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for traffic policy Local and its Node object")
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded (default with --kubeconfig: the Node's podCIDRs)")
 	flag.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR(s), comma-separated (kube-apiserver's --service-cluster-ip-range): connections to addresses in them that no Service has are dropped (default with an API server: its ServiceCIDR objects)")
+	flag.StringVar(&o.nodePortCIDRs, "nodeport-addresses", "", "serve node ports only on this node's addresses within these CIDRs, comma-separated (kube-proxy's --nodeport-addresses; default: every address but loopback)")
 	flag.StringVar(&o.prefix, "chain-prefix", service.DefaultChainPrefix, "chain name prefix; KUBE gives kube-proxy's names")
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
 	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
@@ -123,8 +128,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	npAddrs, err := nodePortAddresses(ns, o.nodePortCIDRs, families(cidrs))
+	if err != nil {
+		return fmt.Errorf("--nodeport-addresses: %w", err)
+	}
 	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
-		ServiceCIDRs: svcCIDRs, Families: families(cidrs), ServeHealthChecks: true, Logger: log})
+		ServiceCIDRs: svcCIDRs, NodePortAddresses: npAddrs, Families: families(cidrs), ServeHealthChecks: true, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -270,6 +279,39 @@ func newSource(o options, log *slog.Logger) (source, error) {
 		return k, nil
 	}
 	return nil, errors.New("no source: give --kubeconfig or --manifests (or run in a pod for the in-cluster configuration)")
+}
+
+// nodePortAddresses returns the addresses of ns's interfaces, of fams,
+// that lie in the comma-separated CIDRs of list; nil when list is empty
+// (every address serves node ports). CIDRs that match no address are an
+// error: node ports would be served nowhere.
+func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family) ([]netip.Addr, error) {
+	cidrs, err := parseCIDRs(list)
+	if err != nil || len(cidrs) == 0 {
+		return nil, err
+	}
+	links, err := link.List(ns)
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, l := range links {
+		prefixes, err := addr.List(ns, l.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range prefixes {
+			a := p.Addr()
+			if !a.IsLoopback() && !a.IsLinkLocalUnicast() && slices.Contains(fams, podnet.FamilyOf(a)) &&
+				slices.ContainsFunc(cidrs, func(c netip.Prefix) bool { return c.Contains(a) }) {
+				out = append(out, a)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no address of this node lies in %s", list)
+	}
+	return out, nil
 }
 
 // parseCIDRs parses a comma-separated list of prefixes; blank entries are

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
 	"github.com/podnet/podnet/kubetest"
@@ -183,6 +185,28 @@ func TestBackends(t *testing.T) {
 	}
 	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--backend", "ebpf").CombinedOutput(); err == nil || !strings.Contains(string(out), `--backend \"ebpf\": want nftables or iptables`) {
 		t.Errorf("bad --backend: %v\n%s", err, out)
+	}
+}
+
+// TestNodePortAddressesFlag: --nodeport-addresses becomes the node's
+// addresses in those CIDRs (the proxy's nodeport-ips), and CIDRs that
+// match none of them are refused before anything is written.
+func TestNodePortAddressesFlag(t *testing.T) {
+	ns := nstest.NewNamed(t)
+	if err := addr.Ensure(ns, "lo", netip.MustParsePrefix("192.0.2.1/32")); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--nodeport-addresses", "192.0.2.0/24,10.0.0.0/8").CombinedOutput(); err != nil {
+		t.Fatalf("--nodeport-addresses: %v\n%s", err, out)
+	}
+	if rules := save(t, ns); !strings.Contains(rules, "set nodeport-ips {") || !strings.Contains(rules, "elements = { 192.0.2.1 }") {
+		t.Errorf("no nodeport-ips element 192.0.2.1 in\n%s", rules)
+	}
+	out, err := proxyCmd(ns, "--manifests", dir, "--once", "--nodeport-addresses", "198.51.100.0/24").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no address of this node lies in 198.51.100.0/24") {
+		t.Errorf("CIDR without addresses: %v\n%s", err, out)
 	}
 }
 
