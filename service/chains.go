@@ -95,6 +95,14 @@ func (c Chains) Postrouting() string { return c.prefix + "-POSTROUTING" }
 // Equivalent to: KUBE-PROXY-CANARY
 func (c Chains) Canary() string { return c.prefix + "-PROXY-CANARY" }
 
+// Forward is the filter chain reached from FORWARD: it drops packets
+// conntrack finds invalid (unless the namespace's conntrack is TCP
+// liberal), and accepts Service traffic and established connections
+// ahead of a host's FORWARD policy of DROP.
+//
+// Equivalent to: KUBE-FORWARD
+func (c Chains) Forward() string { return c.prefix + "-FORWARD" }
+
 // portName is kube-proxy's name of a Service port as its chain hashes and
 // rule comments use it: "namespace/name:port" (with the colon even for an
 // unnamed port: "default/nginx:").
@@ -146,7 +154,7 @@ func (c Chains) Endpoint(n Name, port string, p Protocol, ep netip.AddrPort) str
 // the prefix (nat's PODNET-MASQ-…, PODNET-HOSTPORTS) are not its own.
 func (c Chains) Owns(name string) bool {
 	switch name {
-	case c.Services(), c.ExternalServices(), c.NodePorts(), c.MarkMasq(), c.Postrouting(), c.Canary():
+	case c.Services(), c.ExternalServices(), c.NodePorts(), c.MarkMasq(), c.Postrouting(), c.Canary(), c.Forward():
 		return true
 	}
 	rest, ok := strings.CutPrefix(name, c.prefix+"-")

@@ -40,6 +40,7 @@
 //	nat POSTROUTING         -> PREFIX-POSTROUTING  masquerade packets carrying the mark bit (0x4000)
 //	filter INPUT, FORWARD, OUTPUT -> PREFIX-SERVICES            REJECT cluster IPs without endpoints
 //	filter INPUT, FORWARD         -> PREFIX-EXTERNAL-SERVICES   REJECT/DROP NodePorts and external IPs without (local) endpoints
+//	filter FORWARD -> PREFIX-FORWARD          DROP conntrack-invalid packets (unless TCP-liberal), ACCEPT marked and established traffic
 //	nat, filter PREFIX-PROXY-CANARY                             its disappearance means the tables were flushed
 //
 // Endpoints that are ready take new connections; serving terminating ones

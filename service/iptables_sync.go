@@ -8,6 +8,7 @@ import (
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/internal/nft"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/netns"
 )
@@ -30,6 +31,7 @@ type jump struct {
 //	-A POSTROUTING -m comment --comment "podnet postrouting rules" -j PREFIX-POSTROUTING (nat)
 //	-A INPUT -m conntrack --ctstate NEW -m comment --comment "podnet service portals" -j PREFIX-SERVICES (filter; also FORWARD, OUTPUT)
 //	-A INPUT -m conntrack --ctstate NEW -m comment --comment "podnet externally-visible service portals" -j PREFIX-EXTERNAL-SERVICES (filter; also FORWARD)
+//	-A FORWARD -m comment --comment "podnet forwarding rules" -j PREFIX-FORWARD (filter)
 func (c Chains) jumps() []jump {
 	portals := iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet service portals")}, Target: iptables.Jump(c.Services())}
 	post := iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet postrouting rules")}, Target: iptables.Jump(c.Postrouting())}
@@ -40,6 +42,7 @@ func (c Chains) jumps() []jump {
 		{"nat", "PREROUTING", portals}, {"nat", "OUTPUT", portals}, {"nat", "POSTROUTING", post},
 		{"filter", "INPUT", fPortals}, {"filter", "FORWARD", fPortals}, {"filter", "OUTPUT", fPortals},
 		{"filter", "INPUT", fExt}, {"filter", "FORWARD", fExt},
+		{"filter", "FORWARD", iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet forwarding rules")}, Target: iptables.Jump(c.Forward())}},
 	}
 }
 
@@ -70,7 +73,37 @@ func (ip *iptablesPlane) fixedChains(f podnet.Family, shared map[iptables.Chain]
 		{filC(c.Canary()), []iptables.Rule{canaryRule}},
 		{filC(c.Services()), append(slices.Clone(shared[filC(c.Services())]), ip.serviceCIDRDrops(f)...)},
 		{filC(c.ExternalServices()), shared[filC(c.ExternalServices())]},
+		{filC(c.Forward()), ip.forwardRules()},
 	}
+}
+
+// forwardRules are the Forward chain's, as kube-proxy's iptables mode
+// writes KUBE-FORWARD: a packet conntrack calls invalid is dropped
+// (unless net.netfilter.nf_conntrack_tcp_be_liberal is on in the
+// namespace: then the kernel lets out-of-window TCP through and so does
+// the proxy); Service traffic marked for masquerade and established
+// connections are accepted, whatever the FORWARD policy.
+func (ip *iptablesPlane) forwardRules() []iptables.Rule {
+	mark := ip.env.r.mark
+	var rules []iptables.Rule
+	if !ip.tcpLiberal() {
+		rules = append(rules, iptables.Rule{Matches: []iptables.Match{iptables.Conntrack{States: []string{"INVALID"}}}, Target: iptables.Drop})
+	}
+	return append(rules,
+		iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet forwarding rules"), iptables.Mark{Value: mark, Mask: mark}}, Target: iptables.Accept},
+		iptables.Rule{Matches: []iptables.Match{iptables.Comment("podnet forwarding conntrack rule"), iptables.Conntrack{States: []string{"RELATED", "ESTABLISHED"}}}, Target: iptables.Accept})
+}
+
+// tcpLiberal reports whether the backend's namespace has conntrack's TCP
+// window tracking relaxed (false without a namespace, or when it cannot
+// be read: kube-proxy's default).
+func (ip *iptablesPlane) tcpLiberal() bool {
+	k, ok := ip.be.(interface{ NetNS() *netns.NS })
+	if !ok {
+		return false
+	}
+	v, err := sysctl.Get(k.NetNS(), "net.netfilter.nf_conntrack_tcp_be_liberal")
+	return err == nil && strings.TrimSpace(v) == "1"
 }
 
 // serviceCIDRDrops drops new connections to the service CIDRs of family

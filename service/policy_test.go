@@ -1,13 +1,17 @@
 package service
 
 import (
+	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/internal/execns"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest/probe"
 	"github.com/podnet/podnet/route"
@@ -258,4 +262,41 @@ func testNodePortAddresses(t *testing.T, c *cluster) {
 	if r := ask(t, c.node0, "tcp", "10.96.0.92:80"); r.Name != "pod1a" {
 		t.Errorf("cluster IP: %+v", r)
 	}
+}
+
+// TestIptablesForwardChain: in iptables mode the proxy keeps kube-proxy's
+// KUBE-FORWARD: with the node's FORWARD policy DROP (a Docker host), node
+// port traffic to a pod on another node and its replies still pass, and
+// packets conntrack calls invalid are dropped unless the namespace's
+// conntrack is TCP-liberal.
+func TestIptablesForwardChain(t *testing.T) {
+	c := newCluster(t, ModeIptables)
+	c.addPod("pod1a", 1, "10.200.1.2")
+	p := c.proxy()
+	s := svc("np", "10.96.0.93", TCP, 80, c.endpoints("pod1a"))
+	s.Ports[0].NodePort = 31093
+	apply(t, p, s)
+	if _, err := execns.Output(context.Background(), c.node0, nil, "iptables", "-w", "-P", "FORWARD", "DROP"); err != nil {
+		t.Fatal(err)
+	}
+	if r := ask(t, c.outside, "tcp", node0Ext+":31093"); r.Name != "pod1a" {
+		t.Errorf("node port through a FORWARD policy of DROP: %+v", r)
+	}
+	invalid := "-A PODNET-FORWARD -m conntrack --ctstate INVALID -j DROP"
+	if rules := saveFilter(t, c); !strings.Contains(rules, invalid) {
+		t.Errorf("no %q in\n%s", invalid, rules)
+	}
+	must(t, sysctl.Set(c.node0, "net.netfilter.nf_conntrack_tcp_be_liberal", "1"))
+	p2 := c.proxy()
+	apply(t, p2, s)
+	if rules := saveFilter(t, c); strings.Contains(rules, invalid) {
+		t.Errorf("TCP-liberal conntrack, yet %q in\n%s", invalid, rules)
+	}
+}
+
+func saveFilter(t *testing.T, c *cluster) string {
+	t.Helper()
+	out, err := execns.Output(context.Background(), c.node0, nil, "iptables-save", "-t", "filter")
+	must(t, err)
+	return string(out)
 }

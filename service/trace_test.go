@@ -2,6 +2,7 @@ package service
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/podnet/podnet"
@@ -138,7 +139,11 @@ func (tr *tracer) match(r iptables.Rule, p pkt) float64 {
 	prob := 1.0
 	for _, m := range r.Matches {
 		switch m := m.(type) {
-		case iptables.Comment, iptables.Conntrack: // every traced packet is NEW
+		case iptables.Comment:
+		case iptables.Conntrack: // every traced packet is NEW
+			if slices.Contains(m.States, "NEW") == m.Not {
+				return 0
+			}
 		case iptables.Ports:
 			if !m.Dst.IsZero() && (m.Dst.First != p.dport) != m.NotDst {
 				return 0
