@@ -331,14 +331,6 @@ func (ff *nftFamily) notLoopback() []expr.Any {
 	return nft.InPrefix(nft.DAddr, loopback(ff.f), true)
 }
 
-// loopback is the loopback network of family f.
-func loopback(f podnet.Family) netip.Prefix {
-	if f == podnet.IPv6 {
-		return netip.MustParsePrefix("::1/128")
-	}
-	return netip.MustParsePrefix("127.0.0.0/8")
-}
-
 // local matches a local source (saddr) or destination address.
 func local(saddr bool) []expr.Any {
 	return []expr.Any{&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagSADDR: saddr, FlagDADDR: !saddr},

@@ -448,8 +448,8 @@ func (p *Proxy) serveHealth(healthy bool) {
 	}
 }
 
-// Close stops what the proxy serves (its health-check node ports). The
-// rules stay in force.
+// Close stops what the proxy serves (its health-check node ports); a
+// later Sync serves them again. The rules stay in force.
 func (p *Proxy) Close() error {
 	if p.hc != nil {
 		p.hc.close()

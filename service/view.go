@@ -34,6 +34,14 @@ func (r *renderer) nodePortAddrsOf(f podnet.Family) []netip.Addr {
 	return out
 }
 
+// loopback is the loopback network of family f.
+func loopback(f podnet.Family) netip.Prefix {
+	if f == podnet.IPv6 {
+		return netip.MustParsePrefix("::1/128")
+	}
+	return netip.MustParsePrefix("127.0.0.0/8")
+}
+
 // udpPort is what conntrack cleanup needs to know of one UDP port.
 type udpPort struct {
 	fam      podnet.Family

@@ -156,10 +156,11 @@ func (s *Source) followServiceCIDRs() (cache.InformerSynced, error) {
 			return
 		}
 		var cidrs []netip.Prefix
+		fams := s.cfg.Proxy.Families()
 		for _, o := range objs {
 			for _, c := range o.Spec.CIDRs {
 				p, err := netip.ParsePrefix(c)
-				if err == nil && slices.Contains(s.cfg.Proxy.Families(), podnet.FamilyOf(p.Addr())) {
+				if err == nil && slices.Contains(fams, podnet.FamilyOf(p.Addr())) {
 					cidrs = append(cidrs, p)
 				}
 			}
