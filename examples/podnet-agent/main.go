@@ -27,6 +27,12 @@
 // agent writes nothing, says why and shows it in podnet_agent_waiting_for_pod_cidr.
 // Stopping leaves everything in place; --cleanup removes it.
 //
+//	podnet-agent --install-cni-bin /host/opt/cni/bin /podnet-bridge /podnet-host-local /portmap /loopback
+//
+// copies the binaries named as arguments into a directory and exits: the
+// init step of a DaemonSet whose image has no shell. Each copy is renamed
+// over the old file, so a runtime executing the old binary is undisturbed.
+//
 // --metrics-addr serves /metrics, /healthz (503 after two resync periods
 // without a successful reconcile) and /livez.
 package main
@@ -69,6 +75,8 @@ type options struct {
 	protocol    uint
 	resync      time.Duration
 	cleanup     bool
+	installBin  string
+	args        []string
 }
 
 func main() {
@@ -88,11 +96,16 @@ func main() {
 	flag.UintVar(&o.protocol, "route-protocol", uint(route.ProtocolPodnet), "routing protocol number the agent's routes carry (ip route ... proto N)")
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules and CNI configuration, and exit")
+	flag.StringVar(&o.installBin, "install-cni-bin", "", "copy the files named as arguments into this directory (each renamed over the old one) and exit")
 	flag.Parse()
+	o.args = flag.Args()
 	daemon.Main("podnet-agent", func(ctx context.Context, log *slog.Logger) error { return run(ctx, o, log) })
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
+	if o.installBin != "" {
+		return installCNIBins(o.installBin, o.args, log)
+	}
 	cfg, err := o.config()
 	if err != nil {
 		return err
