@@ -24,7 +24,7 @@ func dial(ctx context.Context, ns *netns.NS) (c *ct.Conn, release func(), err er
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
-	c, err = ct.Dial(&netlink.Config{NetNS: ns.Fd()})
+	c, err = ct.Dial(&netlink.Config{NetNS: ns.DialFd()})
 	if err != nil {
 		return nil, nil, &podnet.OpError{Op: "open", Kind: "conntrack socket", NetNS: ns.String(), Err: err}
 	}

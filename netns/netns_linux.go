@@ -189,6 +189,23 @@ func (ns *NS) Inode() (uint64, error) {
 	return st.Ino, nil
 }
 
+// DialFd is the descriptor to give a netlink library so that its socket
+// opens in ns: mdlayher/netlink's Config.NetNS, google/nftables'
+// WithNetNSFd. It is 0, "where the thread is", when the calling thread is
+// in ns already: the library then opens the socket without setns, which
+// needs CAP_SYS_ADMIN, so a program acting on its own namespace needs only
+// CAP_NET_ADMIN. Go threads that are not locked are all in the process's
+// namespace (Do never hands one back elsewhere), so the answer holds for
+// whichever thread the library's call runs on.
+func (ns *NS) DialFd() int {
+	var cur, want unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &cur) == nil && unix.Fstat(ns.Fd(), &want) == nil &&
+		cur.Dev == want.Dev && cur.Ino == want.Ino {
+		return 0
+	}
+	return ns.Fd()
+}
+
 // Close releases the handle. A named namespace stays; an anonymous one is
 // destroyed by the kernel when nothing else holds it.
 func (ns *NS) Close() error { return ns.file.Close() }
@@ -197,12 +214,19 @@ func (ns *NS) Close() error { return ns.file.Close() }
 // The caller's goroutine and thread never change namespace. If switching the
 // thread back fails, the thread is discarded instead of returning to Go's
 // pool. Sockets opened inside fn stay in ns after fn returns; processes
-// started inside fn (os/exec) run in ns.
+// started inside fn (os/exec) run in ns. When the thread is in ns already
+// there is no switch (no setns, which needs CAP_SYS_ADMIN), so a program
+// acting on its own namespace needs no more than CAP_NET_ADMIN.
 //
 // Equivalent to: ip netns exec NAME ...
 func (ns *NS) Do(fn func() error) error {
 	err := onLockedThread(
-		func() error { return unix.Setns(ns.Fd(), unix.CLONE_NEWNET) },
+		func(orig *os.File) (bool, error) {
+			if sameFile(orig, ns.file) {
+				return false, nil
+			}
+			return true, unix.Setns(ns.Fd(), unix.CLONE_NEWNET)
+		},
 		func(int) error { return fn() })
 	if se, ok := err.(*switchError); ok {
 		return &podnet.OpError{Op: se.step, Kind: "netns", Name: ns.path, Err: se.err}
@@ -321,7 +345,7 @@ func threadNSPath(tid int) string {
 // network namespace (unshare), passing the thread id, then moves the thread
 // back. A thread that cannot be moved back is discarded.
 func onNewThread(fn func(tid int) error) error {
-	err := onLockedThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, fn)
+	err := onLockedThread(func(*os.File) (bool, error) { return true, unix.Unshare(unix.CLONE_NEWNET) }, fn)
 	if se, ok := err.(*switchError); ok {
 		return fmt.Errorf("%s (unshare): %w", se.step, se.err)
 	}
@@ -339,11 +363,13 @@ func (e *switchError) Error() string { return e.step + ": " + e.err.Error() }
 
 // onLockedThread runs fn on a fresh goroutine locked to its thread, after
 // enter has moved that thread into another network namespace, and moves it
-// back afterwards; it returns fn's error, or a *switchError. The caller's
+// back afterwards; it returns fn's error, or a *switchError. enter gets the
+// thread's namespace and reports whether it moved the thread (when it did
+// not, there is nothing to move back). The caller's
 // goroutine and thread never change namespace. When moving back fails the
 // thread is never unlocked, so Go terminates it instead of reusing it in
 // the wrong namespace; nor is it on any other failure.
-func onLockedThread(enter func() error, fn func(tid int) error) error {
+func onLockedThread(enter func(orig *os.File) (bool, error), fn func(tid int) error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -354,11 +380,17 @@ func onLockedThread(enter func() error, fn func(tid int) error) error {
 			return
 		}
 		defer orig.Close()
-		if err := enter(); err != nil {
+		moved, err := enter(orig)
+		if err != nil {
 			errc <- &switchError{"enter", err}
 			return
 		}
 		fnErr := fn(tid)
+		if !moved {
+			runtime.UnlockOSThread()
+			errc <- fnErr
+			return
+		}
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			errc <- &switchError{"leave", err}
 			return
@@ -367,6 +399,16 @@ func onLockedThread(enter func() error, fn func(tid int) error) error {
 		errc <- fnErr
 	}()
 	return <-errc
+}
+
+// sameFile reports whether two open files are the same inode: for namespace
+// files, the same namespace.
+func sameFile(a, b *os.File) bool {
+	var sa, sb unix.Stat_t
+	if unix.Fstat(int(a.Fd()), &sa) != nil || unix.Fstat(int(b.Fd()), &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // ensureRunDir makes RunDir a shared bind mount of itself, as iproute2 does,

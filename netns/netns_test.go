@@ -20,9 +20,12 @@ import (
 func TestMain(m *testing.M) { nstest.Main(m) }
 
 // threadInode is the inode of the namespace the calling thread is in.
+// /proc/thread-self is resolved by the thread making the one stat call: a
+// path built from Gettid could name a thread the goroutine has left, and
+// then read another goroutine's Do in progress.
 func threadInode(t testing.TB) uint64 {
 	var st unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), &st); err != nil {
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
 		t.Fatal(err)
 	}
 	return st.Ino
@@ -255,5 +258,62 @@ func TestBadInput(t *testing.T) {
 		if strings.Contains(e.Name(), " ") || e.Name() == "a" {
 			t.Errorf("left behind %s", e.Name())
 		}
+	}
+}
+
+// TestDoWithoutSysAdmin runs the test binary again without CAP_SYS_ADMIN
+// (setpriv drops it from the bounding set): Do into the namespace the
+// process is in must work, since it needs no setns, and Do into another
+// must fail, which shows the capability is really gone.
+func TestDoWithoutSysAdmin(t *testing.T) {
+	if other := os.Getenv("PODNET_TEST_OTHER_NETNS"); other != "" {
+		doWithoutSysAdmin(t, other)
+		return
+	}
+	nstest.Require(t)
+	ns := nstest.NewNamed(t)
+	cmd := exec.Command("setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "--",
+		os.Args[0], "-test.run=^TestDoWithoutSysAdmin$", "-test.v")
+	cmd.Env = append(os.Environ(), "PODNET_TEST_OTHER_NETNS="+ns.Path())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestDoWithoutSysAdmin") {
+		t.Fatalf("child without CAP_SYS_ADMIN: %v\n%s", err, out)
+	}
+}
+
+func doWithoutSysAdmin(t *testing.T, other string) {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eff uint64
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:\t"); ok {
+			fmt.Sscanf(v, "%x", &eff)
+		}
+	}
+	if eff&(1<<unix.CAP_SYS_ADMIN) != 0 {
+		t.Fatalf("CapEff %x still has CAP_SYS_ADMIN", eff)
+	}
+	self, err := netns.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	home := inode(t, self)
+	var in uint64
+	if err := self.Do(func() error { in = threadInode(t); return nil }); err != nil {
+		t.Fatalf("Do into the current namespace without CAP_SYS_ADMIN: %v", err)
+	}
+	if in != home {
+		t.Fatalf("fn ran in namespace %d, want the current one, %d", in, home)
+	}
+	ns, err := netns.Open(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.Do(func() error { return nil }); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("Do into another namespace without CAP_SYS_ADMIN: %v, want EPERM", err)
 	}
 }

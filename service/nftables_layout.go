@@ -142,7 +142,7 @@ type nftRendering struct {
 // chain, concatenated maps and a numgen DNAT rule, and deletes it again in
 // the same transaction, so nothing remains.
 func NftablesSupported(ns *netns.NS) error {
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.DialFd()))
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func NftElements(ns *netns.NS, prefix string) ([]NftElement, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.DialFd()))
 	if err != nil {
 		return nil, err
 	}

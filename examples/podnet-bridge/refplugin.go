@@ -193,7 +193,7 @@ func natInXTables(host *netns.NS) bool {
 
 // openNftables returns a lasting nf_tables netlink socket in host.
 func openNftables(host *netns.NS) (*nftables.Conn, error) {
-	c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(host.Fd()))
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(host.DialFd()))
 	if err != nil {
 		return nil, fmt.Errorf("nftables socket in netns %q: %w", host, err)
 	}

@@ -36,7 +36,7 @@ func Open(ns *netns.NS) (*nftables.Conn, error) {
 		})
 		return errors.Join(err, serr)
 	})
-	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()), nftables.AsLasting(), nftables.WithSockOptions(bufs))
+	c, err := nftables.New(nftables.WithNetNSFd(ns.DialFd()), nftables.AsLasting(), nftables.WithSockOptions(bufs))
 	if err != nil {
 		return nil, fmt.Errorf("nftables socket in netns %q: %w", ns, err)
 	}

@@ -44,7 +44,7 @@ func Dial(ns *netns.NS) (*Conn, error) {
 		c.nl = nl
 		return nil
 	})
-	n, err := nftables.New(nftables.WithNetNSFd(ns.Fd()), nftables.AsLasting(), nftables.WithSockOptions(keep))
+	n, err := nftables.New(nftables.WithNetNSFd(ns.DialFd()), nftables.AsLasting(), nftables.WithSockOptions(keep))
 	if err != nil {
 		return nil, fmt.Errorf("nf_tables socket in netns %q: %w", ns, err)
 	}

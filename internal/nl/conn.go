@@ -3,7 +3,6 @@ package nl
 import (
 	"encoding/binary"
 	"fmt"
-	"runtime"
 
 	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -41,29 +40,11 @@ func withConn(ns *netns.NS, fn func(c *mnl.Conn) error) error {
 	return fn(c)
 }
 
-// dial opens a NETLINK_ROUTE socket in ns. When the calling thread is in
-// ns already (the usual case: the node's namespace, from an unlocked
-// goroutine) it opens it right there, with the thread locked so that the
-// check and the socket see the same thread; otherwise mdlayher/netlink
-// opens it on a thread it switches into ns and back (Config.NetNS).
+// dial opens a NETLINK_ROUTE socket in ns: right where the thread is when
+// that is ns (the usual case, the node's own namespace), else on a thread
+// mdlayher/netlink switches into ns and back.
 func dial(ns *netns.NS) (*mnl.Conn, error) {
-	runtime.LockOSThread()
-	if inThreadNS(ns) {
-		c, err := mnl.Dial(unix.NETLINK_ROUTE, nil)
-		runtime.UnlockOSThread()
-		return c, err
-	}
-	runtime.UnlockOSThread()
-	return mnl.Dial(unix.NETLINK_ROUTE, &mnl.Config{NetNS: ns.Fd()})
-}
-
-// inThreadNS reports whether the calling thread is in ns.
-func inThreadNS(ns *netns.NS) bool {
-	var cur, want unix.Stat_t
-	if unix.Stat("/proc/thread-self/ns/net", &cur) != nil || unix.Fstat(ns.Fd(), &want) != nil {
-		return false
-	}
-	return cur.Dev == want.Dev && cur.Ino == want.Ino
+	return mnl.Dial(unix.NETLINK_ROUTE, &mnl.Config{NetNS: ns.DialFd()})
 }
 
 // execute sends req and returns the messages of its reply, NLMSG_DONE
