@@ -129,6 +129,13 @@ func (c *compiler) baseChains() {
 			ch.prio, dir, src = priorityEgress, "saddr", true
 		}
 		ch.rules = append(ch.rules, ruleSpec{text: "ct state established,related accept", exprs: append(ctEstablished(), accept())})
+		if slices.Contains(c.fams, podnet.IPv6) {
+			// Neighbour discovery between two pods of one bridge passes
+			// the hook (conntrack does not track it): an isolated pod
+			// must still answer it.
+			ch.rules = append(ch.rules, ruleSpec{text: "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-solicit-nd-redirect accept",
+				exprs: slices.Concat(nfproto(podnet.IPv6), neighbourDiscovery(), []expr.Any{accept()})})
+		}
 		for _, f := range c.fams {
 			pair := "hairpin-" + famName(f)
 			c.set(pair, kindPair, f)

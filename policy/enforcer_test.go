@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -204,13 +205,28 @@ func randomRule(r *rand.Rand) Rule {
 	return rule
 }
 
-// sync replaces e's model with w's and syncs.
+// replaceModel makes e's model w's, deleting what w lacks through the
+// Delete methods, and syncs.
 func replaceModel(t testing.TB, e *Enforcer, w *world) SyncResult {
 	t.Helper()
 	e.mu.Lock()
-	e.m = model{policies: map[Name]*Policy{}, pods: map[Name]*Pod{}, namespaces: map[string]*Namespace{}}
-	e.changed = true
+	pols, pods, nss := slices.Collect(maps.Keys(e.m.policies)), slices.Collect(maps.Keys(e.m.pods)), slices.Collect(maps.Keys(e.m.namespaces))
 	e.mu.Unlock()
+	for _, n := range pols {
+		if !slices.ContainsFunc(w.policies, func(p Policy) bool { return p.Name == n }) {
+			e.DeletePolicy(n)
+		}
+	}
+	for _, n := range pods {
+		if !slices.ContainsFunc(w.pods, func(p Pod) bool { return p.Name == n }) {
+			e.DeletePod(n)
+		}
+	}
+	for _, n := range nss {
+		if _, ok := w.namespaces[n]; !ok {
+			e.DeleteNamespace(n)
+		}
+	}
 	return load(t, e, w)
 }
 
@@ -428,7 +444,7 @@ func TestInvalidInputChangesNothing(t *testing.T) {
 	if res, err := e.Sync(context.Background()); err != nil || !res.Full {
 		t.Fatal(res, err)
 	}
-	if len(e.m.policies)+len(e.m.pods)+len(e.m.namespaces) != 0 || rec.rules() != 10 {
+	if len(e.m.policies)+len(e.m.pods)+len(e.m.namespaces) != 0 || rec.rules() != 12 {
 		t.Errorf("model or table changed: %d rules\n%s", rec.rules(), rec.Dump())
 	}
 }

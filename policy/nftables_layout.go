@@ -220,6 +220,16 @@ func ctEstablished() []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nft.NE32(0)}}
 }
 
+// neighbourDiscovery matches ICMPv6 router and neighbour solicitations
+// and advertisements and redirects (types 133-137).
+func neighbourDiscovery() []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: []byte{133}},
+		&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: []byte{137}}}
+}
+
 func accept() expr.Any { return nft.Verdict(expr.VerdictAccept, "") }
 
 // countDrop counts the packet in the named counter and drops it.
