@@ -54,6 +54,15 @@
 //   - service/kube: client-go informers on Services and EndpointSlices
 //     feeding a service.Proxy; Convert of one Service and its slices.
 //
+// Network policy:
+//
+//   - policy: Kubernetes NetworkPolicy enforced on one node by one native
+//     nftables table whose rules depend on the policies only (pods,
+//     labels and namespaces are set and verdict-map elements), synced
+//     fully or partially.
+//   - policy/kube: client-go informers on Pods, Namespaces and
+//     NetworkPolicies feeding a policy.Enforcer.
+//
 // Programs and tests:
 //
 //   - daemon: the scaffolding of a node daemon: a context cancelled on

@@ -1,0 +1,154 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// The upstream netpol e2e model: namespaces x, y and z with pods a, b
+// and c each, serving TCP and UDP on ports 80 and 81 (named
+// serve-80-tcp …). Pods a and b run on node0 (10.244.0.0/24), c on node1
+// (10.244.1.0/24); every pod has an IPv6 address too.
+
+var (
+	testNamespaces = []string{"x", "y", "z"}
+	testPods       = []string{"a", "b", "c"}
+	testPorts      = []uint16{80, 81}
+	testProtos     = []Protocol{TCP, UDP}
+)
+
+// podAddr returns the address of pod ns/name: 10.244.N.(10*ns+pod) with
+// N the node, and fd00:244:N::same.
+func podAddr(ns, name string, v6 bool) netip.Addr {
+	i := slices.Index(testNamespaces, ns)
+	j := slices.Index(testPods, name)
+	node := 0
+	if name == "c" {
+		node = 1
+	}
+	if v6 {
+		return netip.MustParseAddr(fmt.Sprintf("fd00:244:%d::%d", node, 10*(i+1)+j))
+	}
+	return netip.AddrFrom4([4]byte{10, 244, byte(node), byte(10*(i+1) + j)})
+}
+
+func nsLabels(ns string) map[string]string {
+	return map[string]string{"ns": ns, "kubernetes.io/metadata.name": ns}
+}
+
+// newWorld returns the model's pods and namespaces, with no policy;
+// node is the node whose pods are local.
+func newWorld(node int) *world {
+	w := &world{namespaces: map[string]Namespace{}}
+	for _, ns := range testNamespaces {
+		w.namespaces[ns] = Namespace{Name: ns, Labels: nsLabels(ns)}
+		for _, p := range testPods {
+			pod := Pod{Name: Name{ns, p}, Labels: map[string]string{"pod": p},
+				IPs:   []netip.Addr{podAddr(ns, p, false), podAddr(ns, p, true)},
+				Local: (p == "c") == (node == 1)}
+			for _, port := range []uint16{80, 81, 53} {
+				for _, proto := range testProtos {
+					pod.Ports = append(pod.Ports, ContainerPort{Name: fmt.Sprintf("serve-%d-%s", port, map[Protocol]string{TCP: "tcp", UDP: "udp"}[proto]), Protocol: proto, Port: port})
+				}
+			}
+			w.pods = append(w.pods, pod)
+		}
+	}
+	w.enforced = func(p *Pod) bool { return p.Local }
+	return w
+}
+
+func (w *world) pod(name string) *Pod {
+	for i := range w.pods {
+		if w.pods[i].Name.String() == name {
+			return &w.pods[i]
+		}
+	}
+	panic("no pod " + name)
+}
+
+func sel(kv ...string) *Selector {
+	m := map[string]string{}
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return &Selector{MatchLabels: m}
+}
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+// policyCase is one upstream-style case: the policies it adds, the ports
+// it probes (80 and 81 when nil).
+type policyCase struct {
+	name     string
+	policies []Policy
+	ports    []uint16
+}
+
+// policyCases mirror the upstream Netpol e2e tests' policies.
+func policyCases() []policyCase {
+	x := func(name string) Name { return Name{"x", name} }
+	return []policyCase{
+		{name: "DenyAllIngress", policies: []Policy{{Name: x("deny"), Types: Ingress}}},
+		{name: "DenyAllEgress", policies: []Policy{{Name: x("deny"), Types: Egress}}},
+		{name: "AllowFromPodSelector", policies: []Policy{{Name: x("allow-b"), PodSelector: *sel("pod", "a"), Types: Ingress,
+			Ingress: []Rule{{Peers: []Peer{{Pods: sel("pod", "b")}}}}}}},
+		{name: "AllowFromNamespaceSelector", policies: []Policy{{Name: x("allow-y"), Types: Ingress,
+			Ingress: []Rule{{Peers: []Peer{{Namespaces: &Selector{Expressions: []Requirement{{Key: "ns", Operator: OpIn, Values: []string{"y"}}}}}}}}}}},
+		{name: "PodAndNamespaceSelector", policies: []Policy{{Name: x("and"), PodSelector: *sel("pod", "a"), Types: Ingress,
+			Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "y"), Pods: sel("pod", "b")}}}}}}},
+		{name: "PodOrNamespaceSelector", policies: []Policy{{Name: x("or"), PodSelector: *sel("pod", "a"), Types: Ingress,
+			Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "y")}, {Pods: sel("pod", "b")}}}}}}},
+		{name: "IPBlockExcept", policies: []Policy{{Name: x("block"), PodSelector: *sel("pod", "a"), Types: Ingress | Egress,
+			Ingress: []Rule{{Peers: []Peer{{IPBlock: &IPBlock{CIDR: pfx("10.244.0.0/16"), Except: []netip.Prefix{pfx("10.244.0.16/28")}}}}}},
+			Egress:  []Rule{{Peers: []Peer{{IPBlock: &IPBlock{CIDR: pfx("10.244.1.0/24"), Except: []netip.Prefix{pfx("10.244.1.32/32")}}}}}}}}},
+		{name: "NamedPorts", policies: []Policy{
+			{Name: x("named-in"), PodSelector: *sel("pod", "a"), Types: Ingress, Ingress: []Rule{{Ports: []Port{{Name: "serve-81-tcp"}}}}},
+			{Name: x("named-out"), PodSelector: *sel("pod", "b"), Types: Egress, Egress: []Rule{{Ports: []Port{{Protocol: UDP, Name: "serve-80-udp"}}}}},
+		}},
+		{name: "EndPort", policies: []Policy{{Name: x("range"), PodSelector: *sel("pod", "a"), Types: Ingress,
+			Ingress: []Rule{{Ports: []Port{{Port: 79, EndPort: 80}, {Protocol: UDP, Port: 81, EndPort: 90}}}}}}},
+		{name: "EgressDNSOnly", ports: []uint16{80, 53}, policies: []Policy{{Name: x("dns"), Types: Egress,
+			Egress: []Rule{{Ports: []Port{{Protocol: UDP, Port: 53}, {Protocol: TCP, Port: 53}}}}}}},
+		{name: "BothDirections", policies: []Policy{
+			{Name: x("to-y"), PodSelector: *sel("pod", "a"), Types: Egress, Egress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "y")}}}}},
+			{Name: Name{"y", "not-from-x"}, PodSelector: *sel("pod", "b"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: &Selector{Expressions: []Requirement{{Key: "ns", Operator: OpNotIn, Values: []string{"x"}}}}}}}}},
+		}},
+		{name: "StackedPolicies", policies: []Policy{
+			{Name: x("deny"), Types: Ingress},
+			{Name: x("allow-z-80"), PodSelector: *sel("pod", "a"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "z")}}, Ports: []Port{{Port: 80}}}}},
+			{Name: x("allow-udp"), PodSelector: Selector{Expressions: []Requirement{{Key: "pod", Operator: OpExists}}}, Types: Ingress, Ingress: []Rule{{Ports: []Port{{Protocol: UDP}}}}},
+		}},
+	}
+}
+
+// expected returns the truth table the reference gives for w, over
+// every pair of pods (IPv4 addresses, or IPv6 with v6).
+func (w *world) expected(ports []uint16, v6 bool) map[probeKey]bool {
+	if ports == nil {
+		ports = testPorts
+	}
+	out := map[probeKey]bool{}
+	for _, s := range w.pods {
+		for _, d := range w.pods {
+			if len(s.IPs) <= b2i(v6) || len(d.IPs) <= b2i(v6) {
+				continue
+			}
+			for _, proto := range testProtos {
+				for _, port := range ports {
+					k := probeKey{s.Name.String(), d.Name.String(), proto, port}
+					out[k] = w.refAllowed(s.IPs[b2i(v6)], d.IPs[b2i(v6)], proto, port)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

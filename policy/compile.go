@@ -1,0 +1,374 @@
+package policy
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables/expr"
+
+	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/internal/nft"
+)
+
+// This file turns the model into the table as it should be (a ruleset);
+// nftables_sync.go writes a ruleset, or the difference between two.
+
+// ruleset is the enforcer's table: its sets with their elements and its
+// chains with their rules.
+type ruleset struct {
+	sets   map[string]*setSpec
+	chains map[string]*chainSpec
+}
+
+type setSpec struct {
+	kind  setKind
+	fam   podnet.Family // of the addresses in its key; none for kindPorts
+	elems map[string]string
+}
+
+type chainSpec struct {
+	base  bool
+	prio  int32 // base chains: priority in the forward hook
+	rules []ruleSpec
+}
+
+// ruleSpec is one rule: text says it in nft's syntax (and tells two
+// rules apart), exprs is what goes to the kernel.
+type ruleSpec struct {
+	text    string
+	exprs   []expr.Any
+	comment string
+}
+
+func (c *chainSpec) sameRules(o *chainSpec) bool {
+	return slices.EqualFunc(c.rules, o.rules, func(a, b ruleSpec) bool { return a.text == b.text && a.comment == b.comment })
+}
+
+// model is what the compiler reads: the enforcer's objects.
+type model struct {
+	policies   map[Name]*Policy
+	pods       map[Name]*Pod
+	namespaces map[string]*Namespace
+}
+
+// compiler holds the indexes one compilation uses.
+type compiler struct {
+	m     *model
+	fams  []podnet.Family
+	out   *ruleset
+	byNS  map[string][]*Pod // pods with an address, by namespace, sorted by name
+	all   []*Pod            // the same, every namespace
+	local []*Pod
+}
+
+// compile returns the table the model asks for.
+func compile(m *model, fams []podnet.Family) *ruleset {
+	c := &compiler{m: m, fams: fams, byNS: map[string][]*Pod{},
+		out: &ruleset{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}}}
+	for _, n := range slices.SortedFunc(maps.Keys(m.pods), Name.compare) {
+		p := m.pods[n]
+		if len(p.IPs) == 0 {
+			continue
+		}
+		c.byNS[n.Namespace] = append(c.byNS[n.Namespace], p)
+		c.all = append(c.all, p)
+		if p.Local {
+			c.local = append(c.local, p)
+		}
+	}
+	c.baseChains()
+	compiled := map[Name]Direction{}
+	for _, d := range []Direction{Egress, Ingress} {
+		for _, p := range c.local {
+			var set []Name
+			for _, pn := range c.policiesOf(p, d) {
+				if compiled[pn]&d == 0 {
+					compiled[pn] |= d
+					c.policy(m.policies[pn], d)
+				}
+				set = append(set, pn)
+			}
+			if len(set) > 0 {
+				c.isolate(p, d, set)
+			}
+		}
+	}
+	return c.out
+}
+
+// policiesOf returns the policies that isolate local pod p in d, by name.
+func (c *compiler) policiesOf(p *Pod, d Direction) []Name {
+	var out []Name
+	for n, pol := range c.m.policies {
+		if n.Namespace == p.Namespace && pol.Types&d != 0 && pol.PodSelector.Matches(p.Labels) {
+			out = append(out, n)
+		}
+	}
+	slices.SortFunc(out, Name.compare)
+	return out
+}
+
+func (c *compiler) set(name string, k setKind, f podnet.Family) *setSpec {
+	s := c.out.sets[name]
+	if s == nil {
+		s = &setSpec{kind: k, fam: f, elems: map[string]string{}}
+		c.out.sets[name] = s
+	}
+	return s
+}
+
+// baseChains adds the hooked chains and the sets they read.
+func (c *compiler) baseChains() {
+	for _, d := range []Direction{Egress, Ingress} {
+		ch := &chainSpec{base: true, prio: priorityIngress}
+		dir, src := "daddr", false
+		if d == Egress {
+			ch.prio, dir, src = priorityEgress, "saddr", true
+		}
+		ch.rules = append(ch.rules, ruleSpec{text: "ct state established,related accept", exprs: append(ctEstablished(), accept())})
+		if slices.Contains(c.fams, podnet.IPv6) {
+			// Neighbour discovery between two pods of one bridge passes
+			// the hook (conntrack does not track it): an isolated pod
+			// must still answer it.
+			ch.rules = append(ch.rules, ruleSpec{text: "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type nd-router-solicit-nd-redirect accept",
+				exprs: slices.Concat(nfproto(podnet.IPv6), neighbourDiscovery(), []expr.Any{accept()})})
+		}
+		for _, f := range c.fams {
+			pair := "hairpin-" + famName(f)
+			c.set(pair, kindPair, f)
+			exprs := slices.Concat(nfproto(f), []expr.Any{nft.SAddr(f, reg0), nft.DAddr(f, reg0+addrLen(f)/4), lookup(pair, reg0), accept()})
+			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("%s saddr . %s daddr @%s accept", famName(f), famName(f), pair), exprs: exprs})
+		}
+		for _, f := range c.fams {
+			vm := vmapName(d, f)
+			c.set(vm, kindVmap, f)
+			l := lookup(vm, 1)
+			l.IsDestRegSet, l.DestRegister = true, 0
+			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("meta nfproto %s %s %s vmap @%s", famName(f), famName(f), dir, vm),
+				exprs: slices.Concat(nfproto(f), []expr.Any{addrLoad(f, src, 1), l})})
+		}
+		c.out.chains[baseChain(d)] = ch
+	}
+}
+
+func baseChain(d Direction) string {
+	if d == Ingress {
+		return "ingress"
+	}
+	return "egress"
+}
+
+// isolate leads local pod p's traffic in d to the chain of its set of
+// policies, and lets it reach itself.
+func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
+	names := make([]string, len(policies))
+	for i, n := range policies {
+		names[i] = n.String()
+	}
+	key := hashOf(strings.Join(names, ","))
+	for _, f := range c.fams {
+		a, ok := p.addr(f)
+		if !ok {
+			continue
+		}
+		chain := fmt.Sprintf("set-%s-%s-%s", dirName(d), famName(f), key)
+		if c.out.chains[chain] == nil {
+			ch := &chainSpec{}
+			for _, n := range policies {
+				pc := policyChain(n, d, f)
+				if len(c.out.chains[pc].rules) > 0 {
+					ch.rules = append(ch.rules, ruleSpec{text: "jump " + pc, exprs: []expr.Any{nft.Verdict(expr.VerdictJump, pc)}, comment: n.String()})
+				}
+			}
+			cn := counterName(d)
+			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("counter name %q drop", cn), exprs: countDrop(cn)})
+			c.out.chains[chain] = ch
+		}
+		c.set(vmapName(d, f), kindVmap, f).elems[string(a.AsSlice())] = chain
+		c.set("hairpin-"+famName(f), kindPair, f).elems[string(slices.Concat(a.AsSlice(), a.AsSlice()))] = ""
+	}
+}
+
+// policy adds the chain of pol's rules in d, in every family, with their
+// sets.
+func (c *compiler) policy(pol *Policy, d Direction) {
+	rules := pol.Ingress
+	if d == Egress {
+		rules = pol.Egress
+	}
+	for _, f := range c.fams {
+		ch := &chainSpec{}
+		for i := range rules {
+			ch.rules = append(ch.rules, c.rule(pol, d, i, &rules[i], f)...)
+		}
+		for i := range ch.rules {
+			ch.rules[i].comment = pol.Name.String()
+		}
+		c.out.chains[policyChain(pol.Name, d, f)] = ch
+	}
+}
+
+// rule returns the nft rules of rule r (number i of pol in d) in family
+// f: one for its numeric ports (or for every port), one for its named
+// ports, each with the peers when it has some.
+func (c *compiler) rule(pol *Policy, d Direction, i int, r *Rule, f podnet.Family) []ruleSpec {
+	fn := famName(f)
+	peerDir, peerSrc := "saddr", true
+	if d == Egress {
+		peerDir, peerSrc = "daddr", false
+	}
+	var peers ruleSpec
+	if len(r.Peers) > 0 {
+		name := ruleSet(pol.Name, d, i, "peers-"+fn)
+		s := c.set(name, kindAddrs, f)
+		for _, ar := range c.peerRanges(pol, r, f) {
+			s.elems[string(ar.first.AsSlice())] = intervalEnd(ar.last)
+		}
+		peers = ruleSpec{text: fmt.Sprintf("%s %s @%s ", fn, peerDir, name), exprs: []expr.Any{addrLoad(f, peerSrc, 1), lookup(name, 1)}}
+	}
+	var numeric, named []Port
+	for _, p := range r.Ports {
+		if p.Name != "" {
+			named = append(named, p)
+		} else {
+			numeric = append(numeric, p)
+		}
+	}
+	var out []ruleSpec
+	if len(r.Ports) == 0 || len(numeric) > 0 {
+		rs := ruleSpec{text: peers.text, exprs: slices.Clone(peers.exprs)}
+		if len(numeric) > 0 {
+			name := ruleSet(pol.Name, d, i, "ports")
+			s := c.set(name, kindPorts, 0)
+			for _, p := range numeric {
+				first, last := p.Port, p.EndPort
+				if first == 0 {
+					last = 65535
+				} else if last == 0 {
+					last = first
+				}
+				s.elems[protoPort(p.Protocol, first)] = protoPort(p.Protocol, last)
+			}
+			rs.text += fmt.Sprintf("meta l4proto . th dport @%s ", name)
+			rs.exprs = append(rs.exprs, append(protoPortLoad(reg0), lookup(name, reg0))...)
+		}
+		rs.text += "accept"
+		out = append(out, ruleSpec{text: rs.text, exprs: append(rs.exprs, accept())})
+	}
+	if len(named) > 0 {
+		name := ruleSet(pol.Name, d, i, "named-"+fn)
+		c.namedPorts(c.set(name, kindNamed, f), pol, d, r, named, f)
+		exprs := slices.Concat(peers.exprs, []expr.Any{nft.DAddr(f, reg0)}, protoPortLoad(reg0+addrLen(f)/4), []expr.Any{lookup(name, reg0), accept()})
+		if d == Egress {
+			exprs = exprs[len(peers.exprs):] // the set holds peers only
+			peers.text = ""
+		}
+		out = append(out, ruleSpec{text: fmt.Sprintf("%s%s daddr . meta l4proto . th dport @%s accept", peers.text, fn, name), exprs: exprs})
+	}
+	return out
+}
+
+// intervalEnd is the value of an interval ending at last: the address
+// after it, or "" when last is the top of the family.
+func intervalEnd(last netip.Addr) string {
+	if n := last.Next(); n.IsValid() {
+		return string(n.AsSlice())
+	}
+	return ""
+}
+
+// peerRanges returns the addresses of family f that r's peers match.
+func (c *compiler) peerRanges(pol *Policy, r *Rule, f podnet.Family) []addrRange {
+	var out []addrRange
+	for i := range r.Peers {
+		pe := &r.Peers[i]
+		if pe.IPBlock != nil {
+			if podnet.FamilyOf(pe.IPBlock.CIDR.Addr()) == f {
+				out = append(out, blockRanges(pe.IPBlock)...)
+			}
+			continue
+		}
+		c.peerPods(pol, pe, func(p *Pod) {
+			if a, ok := p.addr(f); ok {
+				out = append(out, addrRange{a, a})
+			}
+		})
+	}
+	return normalize(out)
+}
+
+// peerPods calls fn with every pod the selectors of pe match.
+func (c *compiler) peerPods(pol *Policy, pe *Peer, fn func(*Pod)) {
+	match := func(p *Pod) {
+		if pe.Pods == nil || pe.Pods.Matches(p.Labels) {
+			fn(p)
+		}
+	}
+	if pe.Namespaces == nil {
+		for _, p := range c.byNS[pol.Namespace] {
+			match(p)
+		}
+		return
+	}
+	for _, ns := range slices.Sorted(maps.Keys(c.byNS)) {
+		var labels map[string]string
+		if n := c.m.namespaces[ns]; n != nil {
+			labels = n.Labels
+		}
+		if pe.Namespaces.Matches(labels) {
+			for _, p := range c.byNS[ns] {
+				match(p)
+			}
+		}
+	}
+}
+
+// namedPorts fills s with address . protocol . port of the pods named
+// ports resolve on: for ingress the local pods pol selects, for egress
+// the peers (every pod when r has none) — pods an ipBlock of r holds
+// included.
+func (c *compiler) namedPorts(s *setSpec, pol *Policy, d Direction, r *Rule, named []Port, f podnet.Family) {
+	add := func(p *Pod) {
+		a, ok := p.addr(f)
+		if !ok {
+			return
+		}
+		for _, np := range named {
+			if port, ok := p.port(np.Name, np.Protocol); ok {
+				s.elems[string(a.AsSlice())+protoPort(np.Protocol, port)] = ""
+			}
+		}
+	}
+	if d == Ingress {
+		for _, p := range c.byNS[pol.Namespace] {
+			if p.Local && pol.PodSelector.Matches(p.Labels) {
+				add(p)
+			}
+		}
+		return
+	}
+	if len(r.Peers) == 0 {
+		for _, p := range c.all {
+			add(p)
+		}
+		return
+	}
+	ranges := c.peerRanges(pol, r, f)
+	for _, p := range c.all {
+		if a, ok := p.addr(f); ok && inRanges(ranges, a) {
+			add(p)
+		}
+	}
+}
+
+func inRanges(rs []addrRange, a netip.Addr) bool {
+	for _, r := range rs {
+		if !a.Less(r.first) && !r.last.Less(a) {
+			return true
+		}
+	}
+	return false
+}

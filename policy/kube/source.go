@@ -1,0 +1,155 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podnet/podnet"
+	"github.com/podnet/podnet/policy"
+)
+
+// Config configures a Source. The zero value of every optional field is
+// correct.
+type Config struct {
+	Client   kubernetes.Interface // required
+	Enforcer *policy.Enforcer     // required: receives every change
+	// NodeName is this node's name: its pods are local (enforced here);
+	// every other pod is a peer. Required.
+	NodeName string
+	// ResyncPeriod makes the informers re-deliver every object that often;
+	// 0 means never (the enforcer's own Verify repairs the table).
+	ResyncPeriod time.Duration
+	// Logger receives watch errors and rejected objects; nil discards.
+	Logger *slog.Logger
+}
+
+// Source keeps an Enforcer's model equal to the API server's Pods,
+// Namespaces and NetworkPolicies.
+type Source struct {
+	cfg     Config
+	log     *slog.Logger
+	factory informers.SharedInformerFactory
+	// counters of the events handled and the objects refused, for metrics
+	changes, rejected atomic.Uint64
+}
+
+// New checks cfg and sets up the informers; nothing is read until Start.
+func New(cfg Config) (*Source, error) {
+	if cfg.Client == nil || cfg.Enforcer == nil || cfg.NodeName == "" {
+		return nil, podnet.Invalid("network policy source: Client, Enforcer and NodeName are required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{cfg: cfg, log: log, factory: informers.NewSharedInformerFactory(cfg.Client, cfg.ResyncPeriod)}, nil
+}
+
+// Start starts the informers and returns once the enforcer holds every
+// Pod, Namespace and NetworkPolicy the API server has; from then on the
+// informers' goroutines hand each change to it until ctx is done. While
+// the API server cannot be reached Start keeps retrying and logs why; it
+// fails only when ctx ends first.
+//
+// Equivalent to: kubectl get --watch pods,namespaces,networkpolicies --all-namespaces
+func (s *Source) Start(ctx context.Context) error {
+	infs := map[string]cache.SharedIndexInformer{
+		"pods":            s.factory.Core().V1().Pods().Informer(),
+		"namespaces":      s.factory.Core().V1().Namespaces().Informer(),
+		"networkpolicies": s.factory.Networking().V1().NetworkPolicies().Informer(),
+	}
+	var synced []cache.InformerSynced
+	for what, inf := range infs {
+		if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			s.log.Warn("cannot list or watch the API server; retrying, the rules in force stay", "what", what, "err", err)
+		}); err != nil {
+			return fmt.Errorf("network policy source: %w", err)
+		}
+		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) { s.changed(obj, false) },
+			UpdateFunc: func(old, obj any) {
+				if resourceVersion(old) != resourceVersion(obj) {
+					s.changed(obj, false) // a relist delivers unchanged objects again
+				}
+			},
+			DeleteFunc: func(obj any) { s.changed(obj, true) },
+		})
+		if err != nil {
+			return fmt.Errorf("network policy source: %w", err)
+		}
+		synced = append(synced, reg.HasSynced)
+	}
+	s.factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("network policy source: informers did not sync: %w", context.Cause(ctx))
+	}
+	return nil
+}
+
+// Changes returns how many events the source has handed to the enforcer
+// and how many objects the enforcer refused as invalid.
+func (s *Source) Changes() (changes, rejected uint64) {
+	return s.changes.Load(), s.rejected.Load()
+}
+
+func resourceVersion(obj any) string {
+	type versioned interface{ GetResourceVersion() string }
+	if v, ok := obj.(versioned); ok {
+		return v.GetResourceVersion()
+	}
+	return ""
+}
+
+// changed hands one object (deleted or not) to the enforcer.
+func (s *Source) changed(obj any, deleted bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj, deleted = t.Obj, true
+	}
+	s.changes.Add(1)
+	e := s.cfg.Enforcer
+	var err error
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		n := policy.Name{Namespace: o.Namespace, Name: o.Name}
+		p, ok, cerr := ConvertPod(o, s.cfg.NodeName)
+		switch {
+		case deleted || (cerr == nil && !ok):
+			e.DeletePod(n)
+		case cerr != nil:
+			err = cerr
+		default:
+			err = e.UpdatePod(p)
+		}
+	case *corev1.Namespace:
+		if deleted {
+			e.DeleteNamespace(o.Name)
+		} else {
+			err = e.UpdateNamespace(ConvertNamespace(o))
+		}
+	case *networkingv1.NetworkPolicy:
+		n := policy.Name{Namespace: o.Namespace, Name: o.Name}
+		if deleted {
+			e.DeletePolicy(n)
+			break
+		}
+		p, cerr := ConvertPolicy(o)
+		if err = cerr; err == nil {
+			err = e.UpdatePolicy(p)
+		}
+	}
+	if err != nil {
+		// The last good model of the object stays; its next change may be
+		// valid.
+		s.rejected.Add(1)
+		s.log.Error("object rejected; the rules in force for it stay", "err", err)
+	}
+}
