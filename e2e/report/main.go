@@ -1,0 +1,176 @@
+// Command report prints the result of an e2e run from the JUnit files the
+// upstream e2e binary writes into its --report-dir: one line per test that
+// ran (passed, failed) or was chosen but skipped by the test itself, then a
+// summary, and optionally the same as a Markdown table.
+//
+//	go run ./e2e/report [-markdown] [-label nftables] DIR...
+//
+// Tests the focus and skip expressions left out are not listed. The exit
+// status is 1 when a test failed or none ran.
+package main
+
+import (
+	"encoding/xml"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// suites is the root of a JUnit file.
+type suites struct {
+	Suites []suite `xml:"testsuite"`
+}
+
+type suite struct {
+	Cases []testCase `xml:"testcase"`
+}
+
+type testCase struct {
+	Name    string   `xml:"name,attr"`
+	Time    float64  `xml:"time,attr"`
+	Failure *message `xml:"failure"`
+	Error   *message `xml:"error"`
+	Skipped *message `xml:"skipped"`
+}
+
+type message struct {
+	Message string `xml:"message,attr"`
+	Body    string `xml:",chardata"`
+}
+
+// Result is one test's outcome.
+type Result struct {
+	Name    string
+	Outcome string // "pass", "fail" or "skip"
+	Seconds float64
+	Why     string // a failure's or skip's first line
+}
+
+// read collects the results of every junit*.xml file under dirs. A test
+// skipped because the run's focus or skip left it out is dropped: it was
+// never chosen.
+func read(dirs []string) ([]Result, error) {
+	var out []Result
+	for _, dir := range dirs {
+		files, err := filepath.Glob(filepath.Join(dir, "junit*.xml"))
+		if err != nil {
+			return nil, err
+		}
+		if len(files) == 0 {
+			return nil, fmt.Errorf("%s: no junit*.xml", dir)
+		}
+		for _, f := range files {
+			rs, err := readFile(f)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, rs...)
+		}
+	}
+	return out, nil
+}
+
+func readFile(path string) ([]Result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var s suites
+	if err := xml.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var out []Result
+	for _, su := range s.Suites {
+		for _, c := range su.Cases {
+			if r, ok := result(c); ok {
+				out = append(out, r)
+			}
+		}
+	}
+	return out, nil
+}
+
+// result turns a test case into a Result; ok is false for a spec the run's
+// filters left out (ginkgo's bare "skipped"), a pending one, and the
+// suite's setup and teardown nodes unless they failed.
+func result(c testCase) (Result, bool) {
+	r := Result{Name: strings.TrimPrefix(c.Name, "[It] "), Seconds: c.Time}
+	switch {
+	case c.Failure != nil || c.Error != nil:
+		m := c.Failure
+		if m == nil {
+			m = c.Error
+		}
+		r.Outcome, r.Why = "fail", firstLine(m.Message, m.Body)
+	case c.Skipped != nil:
+		if c.Skipped.Message == "skipped" || c.Skipped.Message == "pending" {
+			return r, false
+		}
+		r.Outcome, r.Why = "skip", firstLine(c.Skipped.Message, "")
+	default:
+		r.Outcome = "pass"
+	}
+	if !strings.HasPrefix(c.Name, "[It] ") {
+		return r, r.Outcome == "fail"
+	}
+	return r, true
+}
+
+func firstLine(a, b string) string {
+	s := strings.TrimSpace(a)
+	if s == "" {
+		s = strings.TrimSpace(b)
+	}
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	s = strings.TrimPrefix(s, "skipped - ")
+	if len(s) > 160 {
+		s = s[:160] + "…"
+	}
+	return s
+}
+
+// print writes one line per result and a summary; it reports whether the
+// run passed (something ran and nothing failed).
+func print(w io.Writer, label string, rs []Result, markdown bool) bool {
+	sort.SliceStable(rs, func(i, j int) bool { return rs[i].Name < rs[j].Name })
+	n := map[string]int{}
+	var total float64
+	if markdown {
+		fmt.Fprintf(w, "| %s | result | seconds |\n|---|---|---|\n", label)
+	}
+	for _, r := range rs {
+		n[r.Outcome]++
+		total += r.Seconds
+		why := ""
+		if r.Why != "" {
+			why = " — " + r.Why
+		}
+		if markdown {
+			fmt.Fprintf(w, "| %s | %s%s | %.1f |\n", strings.ReplaceAll(r.Name, "|", `\|`), r.Outcome, why, r.Seconds)
+		} else {
+			fmt.Fprintf(w, "%s %-4s %6.1fs %s%s\n", label, strings.ToUpper(r.Outcome), r.Seconds, r.Name, why)
+		}
+	}
+	fmt.Fprintf(w, "%s: %d passed, %d failed, %d skipped, %.0fs in tests\n", label, n["pass"], n["fail"], n["skip"], total)
+	return n["fail"] == 0 && n["pass"] > 0
+}
+
+func main() {
+	markdown := flag.Bool("markdown", false, "print a Markdown table")
+	label := flag.String("label", "e2e", "label of every line (the proxy backend)")
+	flag.Parse()
+	rs, err := read(flag.Args())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(2)
+	}
+	if !print(os.Stdout, *label, rs, *markdown) {
+		os.Exit(1)
+	}
+}
