@@ -376,9 +376,12 @@ func (w *writer) readCounters(c nftConn) counters {
 	}
 	out := counters{}
 	for _, o := range objs {
-		if n, ok := o.(*nftables.NamedObj); ok {
-			if ctr, ok := n.Obj.(*expr.Counter); ok {
-				out[n.Name] = ctr.Packets
+		switch o := o.(type) {
+		case *nftables.CounterObj: // what GetObjects returns from the kernel
+			out[o.Name] = o.Packets
+		case *nftables.NamedObj:
+			if ctr, ok := o.Obj.(*expr.Counter); ok {
+				out[o.Name] = ctr.Packets
 			}
 		}
 	}
