@@ -71,10 +71,15 @@ func compile(m *model, fams []podnet.Family) *ruleset {
 	c.baseChains()
 	local := slices.SortedFunc(maps.Keys(m.local), Name.compare)
 	active := map[fragKey]bool{}
-	for _, d := range []Direction{Egress, Ingress} {
+	for i, d := range []Direction{Egress, Ingress} {
 		for _, n := range local {
 			p := m.local[n]
-			set := c.policiesOf(p, d)
+			iso := m.isolation[n]
+			if iso == nil {
+				iso = &[2][]Name{c.policiesOf(p, Egress), c.policiesOf(p, Ingress)}
+				m.isolation[n] = iso
+			}
+			set := iso[i]
 			for _, pn := range set {
 				if k := (fragKey{pn, d}); !active[k] {
 					active[k] = true
@@ -176,7 +181,12 @@ func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
 	for i, n := range policies {
 		names[i] = n.String()
 	}
-	key := hashOf(strings.Join(names, ","))
+	joined := strings.Join(names, ",")
+	key, ok := c.m.setKeys[joined]
+	if !ok {
+		key = hashOf(joined)
+		c.m.setKeys[joined] = key
+	}
 	for _, f := range c.fams {
 		a, ok := p.addr(f)
 		if !ok {

@@ -24,6 +24,11 @@ type model struct {
 
 	changes changes
 	frags   map[fragKey]*ruleset // fragments valid for the model as it is
+	// isolation holds, for each local pod, the policies that isolate it
+	// (egress, ingress), as long as neither it nor its namespace's
+	// policies change; setKeys the hash naming each set of policies.
+	isolation map[Name]*[2][]Name
+	setKeys   map[string]string
 }
 
 // changes is what changed since the last compilation: each object's
@@ -154,12 +159,20 @@ func (m *model) invalidate() {
 		m.frags = nil
 	}
 	if m.frags == nil {
-		m.frags = map[fragKey]*ruleset{}
+		m.frags, m.isolation, m.setKeys = map[fragKey]*ruleset{}, map[Name]*[2][]Name{}, map[string]string{}
 		return
+	}
+	for n := range ch.pods {
+		delete(m.isolation, n)
 	}
 	for n := range ch.policies {
 		delete(m.frags, fragKey{n, Ingress})
 		delete(m.frags, fragKey{n, Egress})
+		for pn := range m.isolation {
+			if pn.Namespace == n.Namespace {
+				delete(m.isolation, pn)
+			}
+		}
 	}
 	for k := range m.frags {
 		pol := m.policies[k.n]
