@@ -30,11 +30,12 @@ const conflistName = "10-podnet.conflist"
 
 // agentJob: the agent follows Nodes — its own Node's podCIDR gives the
 // conflist and the NetworkUnavailable=False condition, a Node added later
-// gives a route to its podCIDR via its InternalIP — and answers its
-// probes.
+// gives a route to its podCIDR via its InternalIP —, enforces a
+// NetworkPolicy on a pod of its node, and answers its probes.
 var agentJob = &job{
 	prepare: func(r *run) {
 		createNode(r, r.node, map[string]string{}, fmt.Sprintf("10.244.%d.0/24", 2*r.id), nodeIP)
+		preparePolicyPod(r)
 	},
 	// The conflist goes to the test's directory, not the machine's
 	// /etc/cni/net.d (the manifest's hostPath).
@@ -72,6 +73,9 @@ var agentJob = &job{
 			return false, fmt.Sprint(rs)
 		})
 		if err != nil {
+			return err
+		}
+		if err := policyStep(r); err != nil {
 			return err
 		}
 		return r.probesAnswer()

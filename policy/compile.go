@@ -47,49 +47,44 @@ func (c *chainSpec) sameRules(o *chainSpec) bool {
 	return slices.EqualFunc(c.rules, o.rules, func(a, b ruleSpec) bool { return a.text == b.text && a.comment == b.comment })
 }
 
-// model is what the compiler reads: the enforcer's objects.
-type model struct {
-	policies   map[Name]*Policy
-	pods       map[Name]*Pod
-	namespaces map[string]*Namespace
+func newRuleset() *ruleset {
+	return &ruleset{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}}
 }
 
-// compiler holds the indexes one compilation uses.
+// compiler builds one compilation.
 type compiler struct {
-	m     *model
-	fams  []podnet.Family
-	out   *ruleset
-	byNS  map[string][]*Pod // pods with an address, by namespace, sorted by name
-	all   []*Pod            // the same, every namespace
-	local []*Pod
+	m    *model
+	fams []podnet.Family
+	out  *ruleset
 }
 
-// compile returns the table the model asks for.
+// compile returns the table the model asks for. The chain and sets of
+// each policy that isolates a local pod come from the model's fragments
+// where the changes since the last compilation left them valid; the
+// rest — base chains, the verdict maps, the chains of sets of policies —
+// is built anew, at a cost that grows with the local pods only. An
+// unchanged fragment's sets and chains are the very objects of the last
+// compilation, which diffOf then skips.
 func compile(m *model, fams []podnet.Family) *ruleset {
-	c := &compiler{m: m, fams: fams, byNS: map[string][]*Pod{},
-		out: &ruleset{sets: map[string]*setSpec{}, chains: map[string]*chainSpec{}}}
-	for _, n := range slices.SortedFunc(maps.Keys(m.pods), Name.compare) {
-		p := m.pods[n]
-		if len(p.IPs) == 0 {
-			continue
-		}
-		c.byNS[n.Namespace] = append(c.byNS[n.Namespace], p)
-		c.all = append(c.all, p)
-		if p.Local {
-			c.local = append(c.local, p)
-		}
-	}
+	m.invalidate()
+	c := &compiler{m: m, fams: fams, out: newRuleset()}
 	c.baseChains()
-	compiled := map[Name]Direction{}
-	for _, d := range []Direction{Egress, Ingress} {
-		for _, p := range c.local {
-			var set []Name
-			for _, pn := range c.policiesOf(p, d) {
-				if compiled[pn]&d == 0 {
-					compiled[pn] |= d
-					c.policy(m.policies[pn], d)
+	local := slices.SortedFunc(maps.Keys(m.local), Name.compare)
+	active := map[fragKey]bool{}
+	for i, d := range []Direction{Egress, Ingress} {
+		for _, n := range local {
+			p := m.local[n]
+			iso := m.isolation[n]
+			if iso == nil {
+				iso = &[2][]Name{c.policiesOf(p, Egress), c.policiesOf(p, Ingress)}
+				m.isolation[n] = iso
+			}
+			set := iso[i]
+			for _, pn := range set {
+				if k := (fragKey{pn, d}); !active[k] {
+					active[k] = true
+					c.add(c.fragment(k))
 				}
-				set = append(set, pn)
 			}
 			if len(set) > 0 {
 				c.isolate(p, d, set)
@@ -99,11 +94,29 @@ func compile(m *model, fams []podnet.Family) *ruleset {
 	return c.out
 }
 
+// fragment returns the chain and sets of policy k.n in direction k.d,
+// compiled now unless the model holds them.
+func (c *compiler) fragment(k fragKey) *ruleset {
+	if f := c.m.frags[k]; f != nil {
+		return f
+	}
+	f := newRuleset()
+	c.policy(f, c.m.policies[k.n], k.d)
+	c.m.frags[k] = f
+	return f
+}
+
+// add puts a fragment's sets and chains into the output.
+func (c *compiler) add(f *ruleset) {
+	maps.Copy(c.out.sets, f.sets)
+	maps.Copy(c.out.chains, f.chains)
+}
+
 // policiesOf returns the policies that isolate local pod p in d, by name.
 func (c *compiler) policiesOf(p *Pod, d Direction) []Name {
 	var out []Name
-	for n, pol := range c.m.policies {
-		if n.Namespace == p.Namespace && pol.Types&d != 0 && pol.PodSelector.Matches(p.Labels) {
+	for n, pol := range c.m.polsByNS[p.Namespace] {
+		if pol.Types&d != 0 && pol.PodSelector.Matches(p.Labels) {
 			out = append(out, n)
 		}
 	}
@@ -111,11 +124,11 @@ func (c *compiler) policiesOf(p *Pod, d Direction) []Name {
 	return out
 }
 
-func (c *compiler) set(name string, k setKind, f podnet.Family) *setSpec {
-	s := c.out.sets[name]
+func (rs *ruleset) set(name string, k setKind, f podnet.Family) *setSpec {
+	s := rs.sets[name]
 	if s == nil {
 		s = &setSpec{kind: k, fam: f, elems: map[string]string{}}
-		c.out.sets[name] = s
+		rs.sets[name] = s
 	}
 	return s
 }
@@ -138,13 +151,13 @@ func (c *compiler) baseChains() {
 		}
 		for _, f := range c.fams {
 			pair := "hairpin-" + famName(f)
-			c.set(pair, kindPair, f)
+			c.out.set(pair, kindPair, f)
 			exprs := slices.Concat(nfproto(f), []expr.Any{nft.SAddr(f, reg0), nft.DAddr(f, reg0+addrLen(f)/4), lookup(pair, reg0), accept()})
 			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("%s saddr . %s daddr @%s accept", famName(f), famName(f), pair), exprs: exprs})
 		}
 		for _, f := range c.fams {
 			vm := vmapName(d, f)
-			c.set(vm, kindVmap, f)
+			c.out.set(vm, kindVmap, f)
 			l := lookup(vm, 1)
 			l.IsDestRegSet, l.DestRegister = true, 0
 			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("meta nfproto %s %s %s vmap @%s", famName(f), famName(f), dir, vm),
@@ -168,7 +181,12 @@ func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
 	for i, n := range policies {
 		names[i] = n.String()
 	}
-	key := hashOf(strings.Join(names, ","))
+	joined := strings.Join(names, ",")
+	key, ok := c.m.setKeys[joined]
+	if !ok {
+		key = hashOf(joined)
+		c.m.setKeys[joined] = key
+	}
 	for _, f := range c.fams {
 		a, ok := p.addr(f)
 		if !ok {
@@ -187,34 +205,31 @@ func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
 			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("counter name %q drop", cn), exprs: countDrop(cn)})
 			c.out.chains[chain] = ch
 		}
-		c.set(vmapName(d, f), kindVmap, f).elems[string(a.AsSlice())] = chain
-		c.set("hairpin-"+famName(f), kindPair, f).elems[string(slices.Concat(a.AsSlice(), a.AsSlice()))] = ""
+		c.out.set(vmapName(d, f), kindVmap, f).elems[string(a.AsSlice())] = chain
+		c.out.set("hairpin-"+famName(f), kindPair, f).elems[string(slices.Concat(a.AsSlice(), a.AsSlice()))] = ""
 	}
 }
 
-// policy adds the chain of pol's rules in d, in every family, with their
-// sets.
-func (c *compiler) policy(pol *Policy, d Direction) {
-	rules := pol.Ingress
-	if d == Egress {
-		rules = pol.Egress
-	}
+// policy adds to out the chain of pol's rules in d, in every family,
+// with their sets.
+func (c *compiler) policy(out *ruleset, pol *Policy, d Direction) {
+	rules := pol.rules(d)
 	for _, f := range c.fams {
 		ch := &chainSpec{}
 		for i := range rules {
-			ch.rules = append(ch.rules, c.rule(pol, d, i, &rules[i], f)...)
+			ch.rules = append(ch.rules, c.rule(out, pol, d, i, &rules[i], f)...)
 		}
 		for i := range ch.rules {
 			ch.rules[i].comment = pol.Name.String()
 		}
-		c.out.chains[policyChain(pol.Name, d, f)] = ch
+		out.chains[policyChain(pol.Name, d, f)] = ch
 	}
 }
 
 // rule returns the nft rules of rule r (number i of pol in d) in family
 // f: one for its numeric ports (or for every port), one for its named
 // ports, each with the peers when it has some.
-func (c *compiler) rule(pol *Policy, d Direction, i int, r *Rule, f podnet.Family) []ruleSpec {
+func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, f podnet.Family) []ruleSpec {
 	fn := famName(f)
 	peerDir, peerSrc := "saddr", true
 	if d == Egress {
@@ -223,7 +238,7 @@ func (c *compiler) rule(pol *Policy, d Direction, i int, r *Rule, f podnet.Famil
 	var peers ruleSpec
 	if len(r.Peers) > 0 {
 		name := ruleSet(pol.Name, d, i, "peers-"+fn)
-		s := c.set(name, kindAddrs, f)
+		s := out.set(name, kindAddrs, f)
 		for _, ar := range c.peerRanges(pol, r, f) {
 			s.elems[string(ar.first.AsSlice())] = intervalEnd(ar.last)
 		}
@@ -237,12 +252,12 @@ func (c *compiler) rule(pol *Policy, d Direction, i int, r *Rule, f podnet.Famil
 			numeric = append(numeric, p)
 		}
 	}
-	var out []ruleSpec
+	var specs []ruleSpec
 	if len(r.Ports) == 0 || len(numeric) > 0 {
 		rs := ruleSpec{text: peers.text, exprs: slices.Clone(peers.exprs)}
 		if len(numeric) > 0 {
 			name := ruleSet(pol.Name, d, i, "ports")
-			s := c.set(name, kindPorts, 0)
+			s := out.set(name, kindPorts, 0)
 			for _, p := range numeric {
 				first, last := p.Port, p.EndPort
 				if first == 0 {
@@ -256,19 +271,19 @@ func (c *compiler) rule(pol *Policy, d Direction, i int, r *Rule, f podnet.Famil
 			rs.exprs = append(rs.exprs, append(protoPortLoad(reg0), lookup(name, reg0))...)
 		}
 		rs.text += "accept"
-		out = append(out, ruleSpec{text: rs.text, exprs: append(rs.exprs, accept())})
+		specs = append(specs, ruleSpec{text: rs.text, exprs: append(rs.exprs, accept())})
 	}
 	if len(named) > 0 {
 		name := ruleSet(pol.Name, d, i, "named-"+fn)
-		c.namedPorts(c.set(name, kindNamed, f), pol, d, r, named, f)
+		c.namedPorts(out.set(name, kindNamed, f), pol, d, r, named, f)
 		exprs := slices.Concat(peers.exprs, []expr.Any{nft.DAddr(f, reg0)}, protoPortLoad(reg0+addrLen(f)/4), []expr.Any{lookup(name, reg0), accept()})
 		if d == Egress {
 			exprs = exprs[len(peers.exprs):] // the set holds peers only
 			peers.text = ""
 		}
-		out = append(out, ruleSpec{text: fmt.Sprintf("%s%s daddr . meta l4proto . th dport @%s accept", peers.text, fn, name), exprs: exprs})
+		specs = append(specs, ruleSpec{text: fmt.Sprintf("%s%s daddr . meta l4proto . th dport @%s accept", peers.text, fn, name), exprs: exprs})
 	}
-	return out
+	return specs
 }
 
 // intervalEnd is the value of an interval ending at last: the address
@@ -308,18 +323,14 @@ func (c *compiler) peerPods(pol *Policy, pe *Peer, fn func(*Pod)) {
 		}
 	}
 	if pe.Namespaces == nil {
-		for _, p := range c.byNS[pol.Namespace] {
+		for _, p := range c.m.byNS[pol.Namespace] {
 			match(p)
 		}
 		return
 	}
-	for _, ns := range slices.Sorted(maps.Keys(c.byNS)) {
-		var labels map[string]string
-		if n := c.m.namespaces[ns]; n != nil {
-			labels = n.Labels
-		}
-		if pe.Namespaces.Matches(labels) {
-			for _, p := range c.byNS[ns] {
+	for ns, pods := range c.m.byNS {
+		if pe.Namespaces.Matches(c.m.nsLabels(ns)) {
+			for _, p := range pods {
 				match(p)
 			}
 		}
@@ -343,23 +354,22 @@ func (c *compiler) namedPorts(s *setSpec, pol *Policy, d Direction, r *Rule, nam
 		}
 	}
 	if d == Ingress {
-		for _, p := range c.byNS[pol.Namespace] {
+		for _, p := range c.m.byNS[pol.Namespace] {
 			if p.Local && pol.PodSelector.Matches(p.Labels) {
 				add(p)
 			}
 		}
 		return
 	}
-	if len(r.Peers) == 0 {
-		for _, p := range c.all {
-			add(p)
-		}
-		return
+	var ranges []addrRange
+	if len(r.Peers) > 0 {
+		ranges = c.peerRanges(pol, r, f)
 	}
-	ranges := c.peerRanges(pol, r, f)
-	for _, p := range c.all {
-		if a, ok := p.addr(f); ok && inRanges(ranges, a) {
-			add(p)
+	for _, pods := range c.m.byNS {
+		for _, p := range pods {
+			if a, ok := p.addr(f); ok && (len(r.Peers) == 0 || inRanges(ranges, a)) {
+				add(p)
+			}
 		}
 	}
 }

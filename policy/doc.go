@@ -76,7 +76,10 @@
 // # Sync
 //
 // A partial sync writes the difference between two compilations of the
-// model: elements, then the chains whose rules changed. A full sync — the
+// model: elements, then the chains whose rules changed. A compilation
+// compiles again only the policies a change reaches (one whose pods,
+// peers, named ports or namespace selectors it touches), so its cost
+// follows the change, not the number of pods. A full sync — the
 // first, after a failure, after the table was flushed or deleted (the base
 // chains are read at every sync), after Verify found a difference, or on
 // RequestFullSync — replaces the table in one transaction, keeping the

@@ -101,7 +101,7 @@ func New(cfg Config) (*Enforcer, error) {
 	return &Enforcer{
 		cfg: cfg, fams: fams, log: log,
 		w:          writer{t: &nftables.Table{Name: table, Family: nftables.TableFamilyINet}},
-		m:          model{policies: map[Name]*Policy{}, pods: map[Name]*Pod{}, namespaces: map[string]*Namespace{}},
+		m:          newModel(),
 		fullReason: "start",
 		wake:       make(chan struct{}, 1),
 	}, nil
@@ -121,7 +121,7 @@ func (e *Enforcer) UpdatePolicy(p Policy) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.m.policies[p.Name] = p.clone()
+	e.m.putPolicy(p.clone())
 	e.markChanged()
 	return nil
 }
@@ -131,7 +131,7 @@ func (e *Enforcer) DeletePolicy(n Name) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.m.policies[n]; ok {
-		delete(e.m.policies, n)
+		e.m.removePolicy(n)
 		e.markChanged()
 	}
 }
@@ -143,7 +143,7 @@ func (e *Enforcer) UpdatePod(p Pod) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.m.pods[p.Name] = p.clone()
+	e.m.putPod(p.clone())
 	e.markChanged()
 	return nil
 }
@@ -153,7 +153,7 @@ func (e *Enforcer) DeletePod(n Name) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.m.pods[n]; ok {
-		delete(e.m.pods, n)
+		e.m.removePod(n)
 		e.markChanged()
 	}
 }
@@ -167,7 +167,7 @@ func (e *Enforcer) UpdateNamespace(n Namespace) error {
 	defer e.mu.Unlock()
 	c := n
 	c.Labels = cloneLabels(n.Labels)
-	e.m.namespaces[n.Name] = &c
+	e.m.putNamespace(&c)
 	e.markChanged()
 	return nil
 }
@@ -178,7 +178,7 @@ func (e *Enforcer) DeleteNamespace(name string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if _, ok := e.m.namespaces[name]; ok {
-		delete(e.m.namespaces, name)
+		e.m.removeNamespace(name)
 		e.markChanged()
 	}
 }
@@ -256,6 +256,9 @@ func (e *Enforcer) Sync(ctx context.Context) (SyncResult, error) {
 	if !changed {
 		e.mu.Unlock()
 		return SyncResult{}, nil
+	}
+	if reason != "" {
+		e.m.frags = nil // a full sync compiles every fragment afresh
 	}
 	want := compile(&e.m, e.fams)
 	e.fullReason, e.changed, e.pending = "", false, time.Time{}

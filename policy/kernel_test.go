@@ -236,3 +236,27 @@ func TestKernelVerifyRepairs(t *testing.T) {
 		c.converge(w, nil, false)
 	}
 }
+
+// TestKernelDeniedCounters: the packets a deny policy drops are counted
+// in the kernel's named counters, as Denied reads them, and a full sync
+// carries the counts over.
+func TestKernelDeniedCounters(t *testing.T) {
+	w := newWorld(0)
+	w.policies = policyCases()[0].policies // deny all ingress in x
+	c := newCluster(t, w)
+	c.apply(w)
+	c.converge(w, nil, false) // probes every pair: connections to x's pods are dropped
+	e := c.enforcers[0]
+	ctx := context.Background()
+	in, eg, err := e.Denied(ctx)
+	if err != nil || in == 0 || eg != 0 {
+		t.Fatalf("Denied = %d ingress, %d egress, %v; want ingress drops only", in, eg, err)
+	}
+	e.RequestFullSync("test")
+	if res, err := e.Sync(ctx); err != nil || !res.Full {
+		t.Fatalf("Sync = %+v, %v; want a full one", res, err)
+	}
+	if after, _, err := e.Denied(ctx); err != nil || after < in {
+		t.Errorf("after a full sync Denied = %d, %v; want at least %d", after, err, in)
+	}
+}

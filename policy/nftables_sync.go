@@ -138,45 +138,66 @@ type diff struct {
 	elemChanges           int
 }
 
+// diffOf compares two compilations. A set or chain that is the same
+// object in both (a fragment compile reused) is unchanged and not read.
 func diffOf(old, rs *ruleset) *diff {
 	d := &diff{addElems: map[string][]string{}, delElems: map[string][]string{}}
-	for _, name := range slices.Sorted(maps.Keys(rs.sets)) {
-		s, o := rs.sets[name], old.sets[name]
-		if o == nil {
+	for name, s := range rs.sets {
+		o := old.sets[name]
+		switch {
+		case o == nil:
 			d.newSets = append(d.newSets, name)
-			continue
+		case o != s:
+			d.diffElems(name, o, s)
 		}
-		for _, k := range slices.Sorted(maps.Keys(o.elems)) {
-			if v, ok := s.elems[k]; !ok || v != o.elems[k] {
-				d.delElems[name] = append(d.delElems[name], k)
-			}
-		}
-		for _, k := range slices.Sorted(maps.Keys(s.elems)) {
-			if v, ok := o.elems[k]; !ok || v != s.elems[k] {
-				d.addElems[name] = append(d.addElems[name], k)
-			}
-		}
-		d.elemChanges += len(d.addElems[name]) + len(d.delElems[name])
 	}
-	for _, name := range slices.Sorted(maps.Keys(old.sets)) {
+	for name := range old.sets {
 		if rs.sets[name] == nil {
 			d.goneSets = append(d.goneSets, name)
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(rs.chains)) {
+	for name, c := range rs.chains {
 		switch o := old.chains[name]; {
 		case o == nil:
 			d.newChains = append(d.newChains, name)
-		case !o.sameRules(rs.chains[name]):
+		case o != c && !o.sameRules(c):
 			d.changedChains = append(d.changedChains, name)
 		}
 	}
-	for _, name := range slices.Sorted(maps.Keys(old.chains)) {
+	for name := range old.chains {
 		if rs.chains[name] == nil {
 			d.goneChains = append(d.goneChains, name)
 		}
 	}
+	for _, l := range [][]string{d.newSets, d.goneSets, d.newChains, d.changedChains, d.goneChains} {
+		slices.Sort(l)
+	}
 	return d
+}
+
+// diffElems records the elements of set name to delete (from o) and add
+// (from s).
+func (d *diff) diffElems(name string, o, s *setSpec) {
+	var del, add []string
+	for k, v := range o.elems {
+		if nv, ok := s.elems[k]; !ok || nv != v {
+			del = append(del, k)
+		}
+	}
+	for k, v := range s.elems {
+		if ov, ok := o.elems[k]; !ok || ov != v {
+			add = append(add, k)
+		}
+	}
+	if len(del) > 0 {
+		slices.Sort(del)
+		d.delElems[name] = del
+	}
+	if len(add) > 0 {
+		slices.Sort(add)
+		d.addElems[name] = add
+	}
+	d.elemChanges += len(del) + len(add)
 }
 
 func (d *diff) empty() bool {
@@ -355,9 +376,12 @@ func (w *writer) readCounters(c nftConn) counters {
 	}
 	out := counters{}
 	for _, o := range objs {
-		if n, ok := o.(*nftables.NamedObj); ok {
-			if ctr, ok := n.Obj.(*expr.Counter); ok {
-				out[n.Name] = ctr.Packets
+		switch o := o.(type) {
+		case *nftables.CounterObj: // what GetObjects returns from the kernel
+			out[o.Name] = o.Packets
+		case *nftables.NamedObj:
+			if ctr, ok := o.Obj.(*expr.Counter); ok {
+				out[o.Name] = ctr.Packets
 			}
 		}
 	}

@@ -33,8 +33,17 @@
 // init step of a DaemonSet whose image has no shell. Each copy is renamed
 // over the old file, so a runtime executing the old binary is undisturbed.
 //
+// With --network-policy (the default) it also enforces the cluster's
+// NetworkPolicies on this node's pods: package policy/kube follows Pods,
+// Namespaces and NetworkPolicies, and package policy keeps one nftables
+// table (inet podnet-policy) in the node's namespace in step, setting
+// br_netfilter's bridge-nf-call-iptables there so that traffic between
+// two pods of the bridge is filtered too. The table stays when the agent
+// stops; --cleanup, or a start with --network-policy=false, removes it.
+//
 // --metrics-addr serves /metrics, /healthz (503 after two resync periods
-// without a successful reconcile) and /livez.
+// without a successful reconcile, or with network policy, without the
+// table in force) and /livez.
 package main
 
 import (
@@ -75,6 +84,7 @@ type options struct {
 	protocol    uint
 	resync      time.Duration
 	cleanup     bool
+	netpol      bool
 	installBin  string
 	args        []string
 }
@@ -95,7 +105,8 @@ func main() {
 	flag.StringVar(&o.mode, "iptables-mode", "auto", "iptables backend for the masquerade rules: auto (detect, as iptables-wrapper does), nft or legacy")
 	flag.UintVar(&o.protocol, "route-protocol", uint(route.ProtocolPodnet), "routing protocol number the agent's routes carry (ip route ... proto N)")
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
-	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules and CNI configuration, and exit")
+	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules, CNI configuration and network policy table, and exit")
+	flag.BoolVar(&o.netpol, "network-policy", true, "enforce NetworkPolicies on this node's pods (nftables table inet podnet-policy); false removes a table left by an earlier run")
 	flag.StringVar(&o.installBin, "install-cni-bin", "", "copy the files named as arguments into this directory (each renamed over the old one) and exit")
 	flag.Parse()
 	o.args = flag.Args()
@@ -120,6 +131,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		return err
 	}
 	if o.cleanup {
+		if err := cleanupNetworkPolicy(ctx, ns); err != nil {
+			return err
+		}
 		return cleanupNode(ctx, cfg, ns, masq, log)
 	}
 	if len(cfg.clusterCIDR) == 0 {
@@ -143,9 +157,35 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		defer srv.Close()
 	}
-	err = newAgent(cfg, ns, masq, client, log, m).run(ctx)
-	log.Info("stopping; routes, rules and the CNI configuration stay in place")
+	err = runAll(ctx, o.netpol, newAgent(cfg, ns, masq, client, log, m))
+	log.Info("stopping; routes, rules, the CNI configuration and network policies stay in place")
 	return err
+}
+
+// runAll runs the agent and, with netpol, the NetworkPolicy enforcer
+// beside it, until ctx is done or one of them fails; without netpol it
+// removes a policy table an earlier run left, whose rules would no longer
+// follow the API server.
+func runAll(ctx context.Context, netpol bool, a *agent) error {
+	if !netpol {
+		if err := cleanupNetworkPolicy(ctx, a.ns); err != nil {
+			return fmt.Errorf("remove the network policy table of an earlier run: %w", err)
+		}
+		return a.run(ctx)
+	}
+	a.m.enablePolicy()
+	np, err := newNetworkPolicy(a.ns, a.client, a.cfg.node, a.m, a.log)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	go func() { errs <- np.run(ctx) }()
+	go func() { errs <- a.run(ctx) }()
+	err = <-errs // the first to end stops the other
+	cancel()
+	return errors.Join(err, <-errs)
 }
 
 // config checks the flags before anything changes.

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podnet/podnet/daemon"
+	"github.com/podnet/podnet/policy"
 )
 
 // metrics records each reconcile, under podnet_agent_….
@@ -25,9 +26,24 @@ type metrics struct {
 	missingPodCIDR prometheus.Gauge
 	ready          prometheus.Gauge
 
+	// NetworkPolicy, when --network-policy: the sync time and failures
+	// under Felix's names, the programming latency under podnet's (see
+	// docs/network-policy.md for the correspondences).
+	policyApply       prometheus.Summary
+	policyFailures    prometheus.Counter
+	policyProgramming prometheus.Histogram
+	policySyncs       *prometheus.CounterVec
+
 	mu      sync.Mutex
 	lastOK  time.Time
 	started time.Time
+	policy  policyHealth
+}
+
+// policyHealth is what /healthz reads of the enforcer.
+type policyHealth struct {
+	enabled      bool
+	failingSince time.Time // since when the table is not current (start, or a failed sync); zero while it is
 }
 
 func newMetrics(healthTimeout time.Duration) *metrics {
@@ -52,6 +68,49 @@ func newMetrics(healthTimeout time.Duration) *metrics {
 	}
 	m.reg.MustRegister(m.duration, m.reconciles, m.repairs, m.lastSuccess, m.routes, m.skipped, m.missingPodCIDR, m.ready)
 	return m
+}
+
+// enablePolicy registers the NetworkPolicy metrics and makes /healthz
+// wait for the enforcer.
+func (m *metrics) enablePolicy() {
+	m.policyApply = prometheus.NewSummary(prometheus.SummaryOpts{Name: "felix_int_dataplane_apply_time_seconds",
+		Help:       "Time one NetworkPolicy sync took to write the nftables table (Calico Felix's name)",
+		Objectives: map[float64]float64{0.5: 0.05, 0.9: 0.01, 0.99: 0.001}})
+	m.policyFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "felix_int_dataplane_failures",
+		Help: "NetworkPolicy syncs that failed and will be retried as full syncs (Calico Felix's name)"})
+	m.policyProgramming = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "podnet_network_policy_programming_duration_seconds",
+		Help:    "Time from a Pod, Namespace or NetworkPolicy change reaching the agent to the end of the sync that put it in the kernel",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
+	m.policySyncs = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podnet_network_policy_syncs_total",
+		Help: "NetworkPolicy syncs that wrote something, by kind (full, partial) and result (ok, error)"}, []string{"kind", "result"})
+	m.reg.MustRegister(m.policyApply, m.policyFailures, m.policyProgramming, m.policySyncs)
+	m.mu.Lock()
+	m.policy.enabled, m.policy.failingSince = true, time.Now() // not in force until the first sync
+	m.mu.Unlock()
+}
+
+// policySynced records one sync of the enforcer (policy.RunConfig.OnSync).
+func (m *metrics) policySynced(r policy.SyncResult, err error) {
+	kind := "partial"
+	if r.Full {
+		kind = "full"
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err != nil {
+		m.policySyncs.WithLabelValues(kind, "error").Inc()
+		m.policyFailures.Inc()
+		if m.policy.failingSince.IsZero() {
+			m.policy.failingSince = time.Now()
+		}
+		return
+	}
+	m.policySyncs.WithLabelValues(kind, "ok").Inc()
+	m.policyApply.Observe(r.Duration.Seconds())
+	if !r.Pending.IsZero() {
+		m.policyProgramming.Observe(time.Since(r.Pending).Seconds())
+	}
+	m.policy.failingSince = time.Time{}
 }
 
 func (m *metrics) observe(start time.Time, r result, err error) {
@@ -87,17 +146,27 @@ func (m *metrics) setMissingPodCIDR(missing bool) {
 }
 
 // healthz answers 200 while a reconcile succeeded within the health
-// timeout (twice the resync period), counted from start before the first.
+// timeout (twice the resync period), counted from start before the first,
+// and, with network policy, while the enforcer's table is current: its
+// last sync succeeded, or it has been failing (or not yet done) for less
+// than the health timeout.
 func (m *metrics) healthz(w http.ResponseWriter, _ *http.Request) {
 	m.mu.Lock()
 	last := m.lastOK
 	if last.IsZero() {
 		last = m.started
 	}
+	p := m.policy
 	m.mu.Unlock()
 	if age := time.Since(last); age > m.healthTimeout {
 		http.Error(w, fmt.Sprintf("no successful reconcile for %v", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
 		return
+	}
+	if p.enabled && !p.failingSince.IsZero() {
+		if age := time.Since(p.failingSince); age > m.healthTimeout {
+			http.Error(w, fmt.Sprintf("network policies not in force for %v (sync failing or not done)", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
+			return
+		}
 	}
 	fmt.Fprintln(w, "ok")
 }

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/policy"
+	policykube "github.com/podnet/podnet/policy/kube"
+)
+
+// networkPolicy runs the NetworkPolicy enforcer of this node: policy/kube's
+// informers feed a policy.Enforcer whose table is in the node's namespace.
+type networkPolicy struct {
+	e   *policy.Enforcer
+	src *policykube.Source
+	m   *metrics
+	log *slog.Logger
+}
+
+func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, node string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
+	e, err := policy.New(policy.Config{NetNS: ns, Logger: log.With("component", "network-policy")})
+	if err != nil {
+		return nil, err
+	}
+	src, err := policykube.New(policykube.Config{Client: client, Enforcer: e, NodeName: node, Logger: log.With("component", "network-policy")})
+	if err != nil {
+		return nil, err
+	}
+	np := &networkPolicy{e: e, src: src, m: m, log: log}
+	m.reg.MustRegister(deniedCollector{e})
+	return np, nil
+}
+
+// run lists Pods, Namespaces and NetworkPolicies, then keeps the table in
+// step until ctx is done. The first sync waits for the informers, so that
+// it isolates every pod with all its policies at once.
+func (np *networkPolicy) run(ctx context.Context) error {
+	np.log.Info("network policy: listing Pods, Namespaces and NetworkPolicies")
+	if err := np.src.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	np.log.Info("network policy: listed; enforcing", "table", "inet "+np.e.Table())
+	return np.e.Run(ctx, policy.RunConfig{OnSync: np.m.policySynced})
+}
+
+// cleanupNetworkPolicy deletes the enforcer's table, if any.
+//
+// Equivalent to: nft delete table inet podnet-policy
+func cleanupNetworkPolicy(ctx context.Context, ns *netns.NS) error {
+	e, err := policy.New(policy.Config{NetNS: ns})
+	if err != nil {
+		return err
+	}
+	return e.Cleanup(ctx)
+}
+
+// deniedCollector reads the enforcer's denied counters (nftables named
+// counters) at each scrape.
+type deniedCollector struct{ e *policy.Enforcer }
+
+var deniedDesc = prometheus.NewDesc("podnet_network_policy_denied_packets_total",
+	"Packets dropped because no NetworkPolicy allowed them, by direction (the nftables counters denied-ingress and denied-egress)",
+	[]string{"direction"}, nil)
+
+func (d deniedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- deniedDesc }
+
+func (d deniedCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	in, eg, err := d.e.Denied(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(deniedDesc, fmt.Errorf("read the denied counters: %w", err))
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(deniedDesc, prometheus.CounterValue, float64(in), "ingress")
+	ch <- prometheus.MustNewConstMetric(deniedDesc, prometheus.CounterValue, float64(eg), "egress")
+}
