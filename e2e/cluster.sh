@@ -31,7 +31,6 @@ BIN=${PODNET_E2E_BIN:-$ROOT/.e2e/bin}
 REFBIN=${PODNET_REFBIN:-$ROOT/.refbin}
 IMAGES=${PODNET_E2E_IMAGES:-$ROOT/.e2e/images}
 CG=podnet-e2e                    # cgroup (every v1 hierarchy) of the cluster
-NS=pe2e                          # network namespace name prefix
 NET=172.30.0                     # the nodes' network, a /24
 CP_IP=$NET.2
 SERVICE_CIDR=10.96.0.0/16
@@ -43,7 +42,7 @@ log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 node_ip() { echo "$NET.$((10 + $1))"; }
-node_name() { echo "$NS-n$1"; }
+node_name() { echo "pe2e-n$1"; }
 
 # cgroups lists the cgroup v1 hierarchies (and the unified one) podnet-e2e
 # lives in.
@@ -79,7 +78,7 @@ cgroup_make() {
 spawn() {
 	local name=$1 cg=$2 netns=$3 mntns=$4
 	shift 4
-	local args=(--net=/run/netns/"$netns")
+	local args=(--net="$STATE/netns/$netns")
 	[ "$mntns" = - ] || args+=(--mount="$mntns")
 	cgroup_make "$cg"
 	(
@@ -99,11 +98,24 @@ wait_for() {
 	done
 }
 
-in_cp() { nsenter --net=/run/netns/$NS-cp "$@"; }
+# The cluster's network namespaces are files under $STATE/netns (not
+# /run/netns, so ip netns list and other programs' leak checks never see
+# them): sw, cp, n1...
+mkns() {
+	mkdir -p "$STATE/netns"
+	touch "$STATE/netns/$1"
+	unshare --net="$STATE/netns/$1" true
+}
+in_ns() {
+	local ns=$1
+	shift
+	nsenter --net="$STATE/netns/$ns" "$@"
+}
+in_cp() { in_ns cp "$@"; }
 in_node() {
 	local n=$1
 	shift
-	nsenter --net=/run/netns/"$(node_name "$n")" --mount="$STATE/n$n/mntns" "$@"
+	nsenter --net="$STATE/netns/n$n" --mount="$STATE/n$n/mntns" "$@"
 }
 kubectl() { in_cp "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
@@ -163,19 +175,19 @@ EOF
 }
 
 network() {
-	ip netns add $NS-sw
-	ip -n $NS-sw link set lo up
-	ip -n $NS-sw link add br0 type bridge
-	ip -n $NS-sw addr add $NET.1/24 dev br0
-	ip -n $NS-sw link set br0 up
+	mkns sw
+	in_ns sw ip link set lo up
+	in_ns sw ip link add br0 type bridge
+	in_ns sw ip addr add $NET.1/24 dev br0
+	in_ns sw ip link set br0 up
 	# The guard: the switch routes nothing (there is nowhere to route to,
 	# and it says so in the kernel).
-	ip netns exec $NS-sw sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
+	in_ns sw sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0
 	# Frames between the nodes are bridged and must not meet the guard.
-	ip netns exec $NS-sw sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+	in_ns sw sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
 		net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0
 	printf 'table inet guard {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n' |
-		ip netns exec $NS-sw nft -f -
+		in_ns sw nft -f -
 	attach cp $CP_IP
 	local i
 	for i in $(seq "$NODES"); do
@@ -183,26 +195,26 @@ network() {
 	done
 }
 
-# attach NAME IP makes namespace $NS-NAME with eth0 on the switch's bridge.
+# attach NAME IP makes namespace NAME with eth0 on the switch's bridge.
 attach() {
-	local ns=$NS-$1
-	ip netns add "$ns"
-	ip -n $NS-sw link add "$1" type veth peer name eth0 netns "$ns"
-	ip -n $NS-sw link set "$1" master br0 up
-	ip -n "$ns" link set lo up
-	ip -n "$ns" addr add "$2/24" dev eth0
-	ip -n "$ns" link set eth0 up
-	ip -n "$ns" route add default via $NET.1
+	local ns=$1
+	mkns "$ns"
+	in_ns sw ip link add "$ns" type veth peer name eth0 netns "$STATE/netns/$ns"
+	in_ns sw ip link set "$ns" master br0 up
+	in_ns "$ns" ip link set lo up
+	in_ns "$ns" ip addr add "$2/24" dev eth0
+	in_ns "$ns" ip link set eth0 up
+	in_ns "$ns" ip route add default via $NET.1
 }
 
 control_plane() {
 	mkdir -p "$STATE/cp"
 	kubeconfig "$STATE/admin.kubeconfig" admin
-	spawn etcd $CG/cp $NS-cp - etcd --data-dir "$STATE/cp/etcd" \
+	spawn etcd $CG/cp cp - etcd --data-dir "$STATE/cp/etcd" \
 		--listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
 		--listen-peer-urls http://127.0.0.1:2380 --log-level warn
 	local p=$STATE/pki
-	spawn kube-apiserver $CG/cp $NS-cp - "$REFBIN/kube-apiserver" \
+	spawn kube-apiserver $CG/cp cp - "$REFBIN/kube-apiserver" \
 		--etcd-servers http://127.0.0.1:2379 \
 		--bind-address 0.0.0.0 --advertise-address $CP_IP --secure-port 6443 \
 		--tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
@@ -215,13 +227,13 @@ control_plane() {
 		--service-account-issuer https://kubernetes.default.svc.cluster.local \
 		--service-cluster-ip-range $SERVICE_CIDR --allow-privileged --profiling=false
 	wait_for kube-apiserver 120 kubectl get --raw /readyz
-	spawn kube-controller-manager $CG/cp $NS-cp - "$BIN/kube-controller-manager" \
+	spawn kube-controller-manager $CG/cp cp - "$BIN/kube-controller-manager" \
 		--kubeconfig "$STATE/admin.kubeconfig" --leader-elect=false \
 		--allocate-node-cidrs --cluster-cidr $CLUSTER_CIDR --node-cidr-mask-size 24 \
 		--service-cluster-ip-range $SERVICE_CIDR \
 		--service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
 		--use-service-account-credentials --controllers '*' --profiling=false
-	spawn kube-scheduler $CG/cp $NS-cp - "$BIN/kube-scheduler" \
+	spawn kube-scheduler $CG/cp cp - "$BIN/kube-scheduler" \
 		--kubeconfig "$STATE/admin.kubeconfig" --leader-elect=false --profiling=false
 	wait_for "default service account" 120 kubectl -n default get serviceaccount default
 }
@@ -308,12 +320,12 @@ start_node() {
 	local n=$1 name
 	name=$(node_name "$n")
 	local mnt=$STATE/n$n/mntns
-	spawn "containerd-n$n" "$CG/n$n-system" "$name" "$mnt" \
+	spawn "containerd-n$n" "$CG/n$n-system" "n$n" "$mnt" \
 		containerd --config /var/lib/containerd/config.toml
 	wait_for "containerd on $name" 60 in_node "$n" ctr --address /run/containerd/containerd.sock version
 	import_images "$n"
 	cgroup_make "$CG/n$n" # the kubelet's cgroupRoot must exist
-	spawn "kubelet-n$n" "$CG/n$n-system" "$name" "$mnt" "$BIN/kubelet" \
+	spawn "kubelet-n$n" "$CG/n$n-system" "n$n" "$mnt" "$BIN/kubelet" \
 		--config /var/lib/kubelet/config.yaml --kubeconfig /var/lib/kubelet/kubeconfig \
 		--hostname-override "$name" --node-ip "$(node_ip "$n")" --v=1
 }
@@ -341,7 +353,7 @@ pod_routes() {
 	for i in $(seq "$NODES"); do
 		wait_for "podCIDR of node $i" 120 pod_cidr "$i"
 		cidr=$(pod_cidr "$i")
-		ip -n $NS-cp route replace "$cidr" via "$(node_ip "$i")"
+		in_cp ip route replace "$cidr" via "$(node_ip "$i")"
 	done
 }
 
@@ -398,9 +410,8 @@ down() {
 	for d in "$STATE"/n*/mntns; do
 		[ -e "$d" ] && { umount "$d" 2>/dev/null || true; }
 	done
-	local ns
-	for ns in $(ip netns list | awk '{print $1}' | grep "^$NS-" || true); do
-		ip netns del "$ns"
+	for d in "$STATE"/netns/*; do
+		[ -e "$d" ] && { umount "$d" 2>/dev/null || true; }
 	done
 	if [ -e "$STATE" ]; then
 		[ -e "$STATE/made-etc-cni" ] && rm -rf /etc/cni
@@ -419,7 +430,6 @@ check() {
 	for h in $(cgroup_dirs); do
 		if [ -d "$h/$CG" ]; then echo "left: cgroup $h/$CG"; left=1; fi
 	done
-	if ip netns list | grep -q "^$NS-"; then echo "left: netns $(ip netns list | grep "^$NS-" | tr '\n' ' ')"; left=1; fi
 	if grep -q -e "$STATE" -e podnet-e2e /proc/self/mountinfo; then echo "left: mounts"; grep -e "$STATE" /proc/self/mountinfo; left=1; fi
 	if [ -e "$STATE" ]; then echo "left: $STATE"; left=1; fi
 	return $left
