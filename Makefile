@@ -10,7 +10,7 @@ KUBE_VERSION := v1.34.2
 KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all deps deps-system test lint unit demo build bench clean
+.PHONY: all deps deps-system test lint unit demo build image bench clean
 
 all: test
 
@@ -63,6 +63,24 @@ PROGRAMS := podnet-bridge podnet-host-local podnet-cluster podnet-inspect podnet
 build:
 	@mkdir -p bin
 	GOBIN=$(CURDIR)/bin $(GO) install $(addprefix ./examples/,$(PROGRAMS))
+
+# image writes bin/podnet-image.tar, the image deploy/ runs, tagged
+# podnet:dev (docker.io/library/podnet:dev once a runtime normalizes it),
+# without a registry or a container engine: the programs built with
+# CGO_ENABLED=0, the reference portmap and loopback plugins, and Debian's
+# iptables (see e2e/images.sh). Import it with
+# `ctr -n k8s.io images import bin/podnet-image.tar`.
+IMAGE_CACHE := $(CURDIR)/bin/image-cache
+IMAGE_PROGRAMS := podnet-agent podnet-service-proxy podnet-bridge podnet-host-local
+image:
+	@mkdir -p $(IMAGE_CACHE)/bin
+	CGO_ENABLED=0 GOBIN=$(IMAGE_CACHE)/bin $(GO) install -trimpath -ldflags "-s -w" $(addprefix ./examples/,$(IMAGE_PROGRAMS))
+	@for p in main/loopback meta/portmap; do \
+		b=$(IMAGE_CACHE)/bin/$$(basename $$p); \
+		$(GO) version -m $$b 2>/dev/null | grep -q "^[[:space:]]*mod.*$(PLUGINS_VERSION)" || \
+		CGO_ENABLED=0 GOBIN=$(IMAGE_CACHE)/bin $(GO) install -trimpath -ldflags "-s -w" github.com/containernetworking/plugins/plugins/$$p@$(PLUGINS_VERSION); \
+	done
+	IMAGES_CACHE=$(IMAGE_CACHE) GO=$(GO) e2e/images.sh bin $(IMAGE_CACHE)/bin podnet
 
 # demo builds the article's cluster in namespaces, checks its claims with
 # real traffic, prints the evidence and tears it down.
