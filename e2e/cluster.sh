@@ -9,6 +9,9 @@
 #   e2e/cluster.sh check     list what is left behind (exit 1 if anything)
 #   e2e/cluster.sh node N CMD...   run CMD in node N's namespaces
 #   e2e/cluster.sh cp CMD...       run CMD in the control plane's namespace
+#   e2e/cluster.sh kubectl ARGS... kubectl as the cluster's admin
+#   e2e/cluster.sh restart N       SIGKILL node N's kubelet and containerd, start them again
+#   e2e/cluster.sh pids N PATTERN  node N's processes (pods too) matching PATTERN
 #
 # Nothing runs in, and nothing is added to, the machine's own network
 # namespace: the bridge lives in the "switch" namespace, every veth is made
@@ -83,8 +86,10 @@ spawn() {
 	cgroup_make "$cg"
 	(
 		for h in $(cgroup_dirs); do echo "$BASHPID" >"$h/$cg/cgroup.procs"; done
-		exec setsid nsenter "${args[@]}" "$@" </dev/null >"$STATE/logs/$name.log" 2>&1
+		exec setsid nsenter "${args[@]}" "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1
 	) &
+	mkdir -p "$STATE/pids"
+	echo $! >"$STATE/pids/$name"
 }
 
 # wait_for WHAT SECONDS CMD... polls CMD until it succeeds.
@@ -317,17 +322,47 @@ EOF
 }
 
 start_node() {
-	local n=$1 name
-	name=$(node_name "$n")
-	local mnt=$STATE/n$n/mntns
-	spawn "containerd-n$n" "$CG/n$n-system" "n$n" "$mnt" \
+	start_containerd "$1"
+	import_images "$1"
+	start_kubelet "$1"
+}
+
+start_containerd() {
+	local n=$1
+	spawn "containerd-n$n" "$CG/n$n-system" "n$n" "$STATE/n$n/mntns" \
 		containerd --config /var/lib/containerd/config.toml
-	wait_for "containerd on $name" 60 in_node "$n" ctr --address /run/containerd/containerd.sock version
-	import_images "$n"
+	wait_for "containerd on node $n" 60 in_node "$n" ctr --address /run/containerd/containerd.sock version
+}
+
+start_kubelet() {
+	local n=$1
 	cgroup_make "$CG/n$n" # the kubelet's cgroupRoot must exist
-	spawn "kubelet-n$n" "$CG/n$n-system" "n$n" "$mnt" "$BIN/kubelet" \
+	spawn "kubelet-n$n" "$CG/n$n-system" "n$n" "$STATE/n$n/mntns" "$BIN/kubelet" \
 		--config /var/lib/kubelet/config.yaml --kubeconfig /var/lib/kubelet/kubeconfig \
-		--hostname-override "$name" --node-ip "$(node_ip "$n")" --v=1
+		--hostname-override "$(node_name "$n")" --node-ip "$(node_ip "$n")" --v=1
+}
+
+# restart N kills node N's kubelet and containerd with SIGKILL (their
+# containers and shims go on) and starts them again.
+restart() {
+	local n=$1 p pid
+	for p in kubelet containerd; do
+		pid=$(cat "$STATE/pids/$p-n$n")
+		kill -9 "$pid"
+		wait_for "$p of node $n to die" 10 sh -c "! kill -0 $pid"
+	done
+	start_containerd "$n"
+	start_kubelet "$n"
+}
+
+# node_pids N PATTERN lists the processes of node N (its pods included)
+# whose command line matches PATTERN.
+node_pids() {
+	local pid
+	for pid in $(pgrep -f "$2" || true); do
+		grep -q "/$CG/n$1[/-]" "/proc/$pid/cgroup" 2>/dev/null && echo "$pid"
+	done
+	return 0
 }
 
 # import_images N loads every image tarball into node N's containerd.
@@ -440,7 +475,9 @@ up) up ;;
 down) down ;;
 check) check ;;
 node) n=$2; shift 2; in_node "$n" "$@" ;;
+restart) restart "$2" ;;
+pids) node_pids "$2" "$3" ;;
 cp) shift; in_cp "$@" ;;
 kubectl) shift; kubectl "$@" ;;
-*) sed -n '2,12p' "$0"; exit 2 ;;
+*) sed -n '2,15p' "$0"; exit 2 ;;
 esac
