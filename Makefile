@@ -10,7 +10,7 @@ KUBE_VERSION := v1.34.2
 KUBE_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 GOBIN_DIR := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: all deps deps-system test lint unit demo build image bench clean
+.PHONY: all deps deps-system deps-e2e test lint unit demo build image bench e2e clean
 
 all: test
 
@@ -86,6 +86,22 @@ image:
 # real traffic, prints the evidence and tears it down.
 demo: deps-system build
 	bin/podnet-cluster --cni-path bin
+
+# e2e starts a Kubernetes v1.34.2 cluster of kubelet + containerd nodes in
+# network namespaces, installs podnet from deploy/ and runs the upstream
+# sig-network e2e tests on both proxy backends (e2e/run.sh says more).
+# Not part of test: it builds Kubernetes (about 30 minutes the first time
+# on two cores; cached after) and runs for long.
+E2E_PKGS := containerd runc openssl gcc binutils
+deps-e2e: deps
+	@missing=""; for p in $(E2E_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+e2e: deps-e2e
+	PODNET_REFBIN=$(REFBIN) e2e/run.sh
 
 bench: deps
 	PODNET_REFBIN=$(REFBIN) $(GO) test -run '^$$' -bench . -benchtime 1x ./...

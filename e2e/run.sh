@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# run.sh is `make e2e`: it builds what the cluster needs (cached), then for
+# each proxy backend starts a fresh cluster (e2e/cluster.sh), installs
+# podnet from deploy/ with kubectl apply, runs the upstream sig-network
+# e2e tests chosen by $PODNET_E2E_FOCUS and $PODNET_E2E_SKIP, prints one
+# line per test and a summary, and tears the cluster down, checking that
+# nothing is left.
+#
+#   PODNET_E2E_BACKENDS  proxy backends to run, default "nftables iptables"
+#   PODNET_E2E_FOCUS     ginkgo focus, default the sig-network conformance tests
+#   PODNET_E2E_SKIP      ginkgo skip
+#   PODNET_E2E_RELIABILITY=0  skip e2e/reliability.sh after the tests
+#   PODNET_E2E_KEEP=1    leave the last cluster up (e2e/cluster.sh down removes it)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export PODNET_E2E_BIN=${PODNET_E2E_BIN:-$ROOT/.e2e/bin}
+export PODNET_E2E_IMAGES=${PODNET_E2E_IMAGES:-$ROOT/.e2e/images}
+BACKENDS=${PODNET_E2E_BACKENDS:-nftables iptables}
+FOCUS=${PODNET_E2E_FOCUS:-'\[sig-network\].*\[Conformance\]'}
+SKIP=${PODNET_E2E_SKIP:-}
+OUT=$ROOT/.e2e/results
+STATE=${PODNET_E2E_STATE:-/var/lib/podnet-e2e}
+export PODNET_E2E_STATE=$STATE
+CLUSTER=$ROOT/e2e/cluster.sh
+COREDNS_IMAGE=${PODNET_E2E_COREDNS_IMAGE:-registry.k8s.io/coredns/coredns:v1.13.2}
+PHASES=()
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+
+# phase NAME CMD... runs CMD and records its wall time.
+phase() {
+	local name=$1 t0=$SECONDS
+	shift
+	log "phase $name"
+	"$@"
+	PHASES+=("$(printf '%-28s %4ds' "$name" $((SECONDS - t0)))")
+}
+
+kubectl() { "$CLUSTER" kubectl "$@"; }
+
+build() {
+	e2e/build-bins.sh "$PODNET_E2E_BIN"
+	make -s image
+	e2e/images.sh "$PODNET_E2E_IMAGES" "$PODNET_E2E_BIN"
+}
+
+# install BACKEND installs podnet as an operator does, with kubectl apply of
+# deploy/, the proxy on BACKEND, then the cluster's DNS, and waits for
+# every node and kube-system pod to be ready.
+install() {
+	local backend=$1
+	# The installer's edits deploy/podnet-config.yaml asks for: the API
+	# server's address and the proxy backend.
+	local f
+	for f in deploy/*.yaml; do cat "$f"; echo ---; done |
+		sed -e 's|API-SERVER-HOST|172.30.0.2|' \
+			-e "s|proxy-backend: \"nftables\"|proxy-backend: \"$backend\"|" |
+		kubectl apply -f -
+	kubectl -n kube-system rollout status daemonset podnet-agent --timeout 180s
+	kubectl -n kube-system rollout status daemonset podnet-service-proxy --timeout 180s
+	kubectl wait --for condition=Ready node --all --timeout 180s
+	sed "s|COREDNS_IMAGE|$COREDNS_IMAGE|" e2e/manifests/coredns.yaml | kubectl apply -f -
+	kubectl -n kube-system rollout status deployment coredns --timeout 180s
+}
+
+conformance() {
+	local backend=$1 dir=$OUT/$1
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	local rc=0
+	"$CLUSTER" cp "$PODNET_E2E_BIN/e2e-network.test" \
+		--kubeconfig "$STATE/admin.kubeconfig" --provider skeleton \
+		--kubectl-path "$PODNET_E2E_BIN/kubectl" --num-nodes 3 \
+		--report-dir "$dir" --ginkgo.no-color --ginkgo.timeout 3h \
+		--ginkgo.focus "$FOCUS" ${SKIP:+--ginkgo.skip "$SKIP"} \
+		>"$dir/e2e.log" 2>&1 || rc=$?
+	go run ./e2e/report -label "$backend" "$dir" | tee "$dir/summary.txt" || true
+	return $rc
+}
+
+reliability() {
+	e2e/reliability.sh "$OUT/$1/reliability" | sed "s/^/$1 /" | tee "$OUT/$1/reliability.txt"
+	return "${PIPESTATUS[0]}"
+}
+
+one_backend() {
+	local backend=$1 rc=0
+	phase "cluster up ($backend)" "$CLUSTER" up
+	phase "install podnet ($backend)" install "$backend"
+	phase "conformance ($backend)" conformance "$backend" || rc=$?
+	if [ "${PODNET_E2E_RELIABILITY:-1}" = 1 ]; then
+		phase "reliability ($backend)" reliability "$backend" || rc=1
+	fi
+	if [ "${PODNET_E2E_KEEP:-}" != 1 ]; then
+		phase "cluster down ($backend)" "$CLUSTER" down
+	fi
+	return $rc
+}
+
+main() {
+	[ "$(id -u)" = 0 ] || { log "make e2e needs root"; exit 1; }
+	trap '[ "${PODNET_E2E_KEEP:-}" = 1 ] || "$CLUSTER" down >/dev/null 2>&1 || true' EXIT
+	"$CLUSTER" check >/dev/null || "$CLUSTER" down
+	phase build build
+	local rc=0 b
+	for b in $BACKENDS; do
+		one_backend "$b" || rc=1
+	done
+	echo
+	for b in $BACKENDS; do cat "$OUT/$b/summary.txt" 2>/dev/null | tail -1; done
+	printf '%s\n' "${PHASES[@]}"
+	return $rc
+}
+
+main "$@"
