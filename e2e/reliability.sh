@@ -14,7 +14,7 @@
 # must survive 1-3 (in 4 its backend may be deleted). After each step:
 # every pod Running and Ready; on every node, the host-local leases are
 # exactly the addresses of that node's pods in the API and belong to
-# sandboxes the runtime runs, one veth on the bridge per lease, and routes
+# sandboxes the runtime has, one veth on the bridge per lease, and routes
 # to the other nodes' podCIDRs. It prints one line per check and exits 1
 # if one failed.
 set -euo pipefail
@@ -109,20 +109,23 @@ invariants() {
 	for i in $(seq "$NODES"); do
 		node=pe2e-n$i
 		want=$(kubectl get pods -A --field-selector "spec.nodeName=$node" \
-			-o jsonpath='{range .items[?(@.spec.hostNetwork!=true)]}{.status.podIP}{"\n"}{end}' | sort)
+			-o jsonpath='{range .items[*]}{.spec.hostNetwork} {.status.podIP}{"\n"}{end}' |
+			awk '$1 != "true" && NF {print $NF}' | sort)
 		got=$("$CLUSTER" node "$i" sh -c 'ls /var/lib/cni/networks/podnet 2>/dev/null' |
 			grep -E '^[0-9]+\.' | sort || true)
 		[ "$want" = "$got" ] && result OK "$step: node $i leases = its pods' addresses ($(echo "$got" | grep -c .))" ||
 			result FAIL "$step: node $i leases [$(echo $got)] != pods [$(echo $want)]"
-		sandboxes=$("$CLUSTER" node "$i" ctr --address /run/containerd/containerd.sock -n k8s.io tasks ls |
-			awk '$3 == "RUNNING" {print $1}')
+		# The runtime's containers (sandboxes among them), from its
+		# metadata: no shim is asked, so a busy one cannot hide its own.
+		sandboxes=$("$CLUSTER" node "$i" ctr --address /run/containerd/containerd.sock -n k8s.io containers ls -q)
 		local ip id missing=""
 		for ip in $got; do
-			id=$("$CLUSTER" node "$i" head -1 "/var/lib/cni/networks/podnet/$ip")
+			# host-local's lease: the container ID, CRLF, the interface.
+			id=$("$CLUSTER" node "$i" head -1 "/var/lib/cni/networks/podnet/$ip" | tr -d '\r')
 			echo "$sandboxes" | grep -qx "$id" || missing="$missing $ip"
 		done
-		[ -z "$missing" ] && result OK "$step: node $i every lease is a running sandbox's" ||
-			result FAIL "$step: node $i leases of no running sandbox:$missing"
+		[ -z "$missing" ] && result OK "$step: node $i every lease is a sandbox's the runtime has" ||
+			result FAIL "$step: node $i leases of no sandbox:$missing"
 		got=$("$CLUSTER" node "$i" ip -o link show master cnio0 type veth 2>/dev/null | grep -c . || true)
 		[ "$got" = "$(echo "$want" | grep -c .)" ] && result OK "$step: node $i veths on cnio0 = pods ($got)" ||
 			result FAIL "$step: node $i $got veths on cnio0, $(echo "$want" | grep -c .) pods"
@@ -194,6 +197,7 @@ delete_node_pods() {
 main() {
 	rm -rf "$OUT"
 	mkdir -p "$OUT"
+	trap 'touch "$OUT/stop"' EXIT # the prober and keep-alive stop with us
 	setup
 	log "web: 9 pods behind NodePort $NODEPORT"
 	prober >"$OUT/probes" &
