@@ -387,8 +387,8 @@ func TestInitContainer(t *testing.T) {
 	// The agent's socket must be where the conflist says, on the node,
 	// for the plugin the runtime runs there.
 	socket := flagValue(agent.Args, "policy-socket")
-	if socket == "" {
-		socket = cnisock.DefaultPath // the agent's default
+	if socket != cnisock.DefaultPath {
+		t.Errorf("the agent's --policy-socket is %q, want %s: without it new pods are reachable against policy until kubelet reports their address", socket, cnisock.DefaultPath)
 	}
 	if dir := filepath.Dir(socket); hostPathAt(spec, agent, dir) != dir {
 		t.Errorf("the agent serves podnet-bridge at %s (the conflist's policySocket), but %s is mounted from host path %q, want %s",

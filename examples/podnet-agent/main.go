@@ -40,13 +40,16 @@
 // br_netfilter's bridge-nf-call-iptables there so that traffic between
 // two pods of the bridge is filtered too. The table stays when the agent
 // stops; --cleanup, or a start with --network-policy=false, removes it.
-// It also serves podnet-bridge on --policy-socket (/run/podnet/policy.sock,
-// mode 0600, named in the conflist as policySocket): a CNI ADD tells the
-// agent the new pod's addresses and returns only once the pod's policies
-// are in force, so that a new pod is never reachable against policy nor
-// refused by it before kubelet reports its address. While the agent is
-// not serving (starting, stopped) ADD fails at once and kubelet retries:
-// pods of the pod network start only with the agent running.
+// With --policy-socket (the DaemonSet's is /run/podnet/policy.sock) it
+// also serves podnet-bridge there, mode 0600, and names the socket in the
+// conflist as policySocket: a CNI ADD tells the agent the new pod's
+// addresses and returns only once the pod's policies are in force, so
+// that a new pod is never reachable against policy nor refused by it
+// before kubelet reports its address. While the agent is not serving
+// (starting, stopped) ADD fails at once and kubelet retries: pods of the
+// pod network start only with the agent running. The flag has no default
+// because the path is the node's: agents sharing a file system (nodes as
+// network namespaces of one machine) each need their own.
 //
 // --metrics-addr serves /metrics, /healthz (503 after two resync periods
 // without a successful reconcile, or with network policy, without the
@@ -117,7 +120,7 @@ func main() {
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules, CNI configuration and network policy table, and exit")
 	flag.BoolVar(&o.netpol, "network-policy", true, "enforce NetworkPolicies on this node's pods (nftables table inet podnet-policy); false removes a table left by an earlier run")
-	flag.StringVar(&o.policySock, "policy-socket", cnisock.DefaultPath, "with --network-policy, serve podnet-bridge on this unix socket (named in the conflist as policySocket): its ADD returns once the new pod's policies are in force; \"\" leaves it out, and new pods are then isolated only once the API server has their address")
+	flag.StringVar(&o.policySock, "policy-socket", "", "with --network-policy, serve podnet-bridge on this unix socket (named in the conflist as policySocket; the DaemonSet's is "+cnisock.DefaultPath+"): its ADD returns once the new pod's policies are in force. Without it a new pod is isolated only once the API server has its address")
 	flag.StringVar(&o.installBin, "install-cni-bin", "", "copy the files named as arguments into this directory (each renamed over the old one) and exit")
 	flag.Parse()
 	o.args = flag.Args()

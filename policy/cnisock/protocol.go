@@ -13,7 +13,8 @@ import (
 // Version is the protocol version this package speaks.
 const Version = 1
 
-// DefaultPath is where podnet-agent listens by default.
+// DefaultPath is the socket podnet-agent's DaemonSet serves
+// (--policy-socket), in the node's /run/podnet.
 const DefaultPath = "/run/podnet/policy.sock"
 
 // MaxMessage bounds a request or reply on the wire.
