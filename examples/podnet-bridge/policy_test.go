@@ -51,7 +51,7 @@ func newPolicyNode(t *testing.T, pns string) *policyNode {
 	pn := &policyNode{node: newNode(t), cs: cs, socket: filepath.Join(t.TempDir(), "policy.sock"), pns: pns}
 	e, err := policy.New(policy.Config{NetNS: pn.ns})
 	must(t, err)
-	src, err := policykube.New(policykube.Config{Client: cs, Enforcer: e, NodeName: "node0", PodWait: 500 * time.Millisecond})
+	src, err := policykube.New(policykube.Config{Client: cs, Enforcer: e, NodeName: "node0", PodWait: 2 * time.Second})
 	must(t, err)
 	ln, err := cnisock.Listen(pn.socket)
 	must(t, err)
@@ -111,7 +111,7 @@ func (pn *policyNode) runtimeConf(pod *netns.NS, name, uid string) *libcni.Runti
 func (pn *policyNode) start(name string, labels map[string]string) (*netns.NS, netip.Addr) {
 	pn.t.Helper()
 	uid := pn.createPod(name, labels)
-	time.Sleep(100 * time.Millisecond) // the Pod reaches the agent's informer before kubelet's ADD, as in a cluster
+	time.Sleep(100 * time.Millisecond) // the Pod reaches the agent's informer before kubelet's ADD, as in a cluster; AddSandbox would wait for it
 	pod := nstest.NewNamed(pn.t)
 	res, err := pn.add(pn.conf(), pn.runtimeConf(pod, name, uid))
 	if err != nil {

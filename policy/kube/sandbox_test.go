@@ -103,7 +103,7 @@ func (l *sandboxLab) isolated(ip string) bool {
 func TestAddSandbox(t *testing.T) {
 	l := newSandboxLab(t, "sandbox-add")
 	uid := l.createPod("web", "node0", map[string]string{"app": "web"})
-	time.Sleep(100 * time.Millisecond) // the Pod reaches the informer before ADD, as it reaches kubelet
+	l.cached("web") // the Pod reaches the informer before ADD, as it reaches kubelet
 	must(t, l.add("web", uid, "c1", "10.244.0.7"))
 	if !l.isolated("10.244.0.7") {
 		t.Fatal("AddSandbox returned before the pod's address was isolated")
@@ -162,7 +162,7 @@ func TestAddSandboxPodLate(t *testing.T) {
 		t.Errorf("unknown pod: %v after %v, want ErrNotFound after PodWait", err, time.Since(start))
 	}
 	l.createPod("old", "node0", map[string]string{"app": "web"})
-	time.Sleep(100 * time.Millisecond) // the Pod reaches the informer
+	l.cached("old")
 	err = l.add("old", "another-uid", "c3", "10.244.0.10")
 	if !errors.Is(err, ErrNotFound) {
 		t.Errorf("another incarnation: %v, want ErrNotFound", err)
@@ -180,7 +180,7 @@ func TestAddSandboxPodLate(t *testing.T) {
 func TestAddSandboxRefused(t *testing.T) {
 	l := newSandboxLab(t, "sandbox-refused")
 	uid := l.createPod("remote", "node1", nil)
-	time.Sleep(100 * time.Millisecond) // the Pod reaches the informer
+	l.cached("remote")
 	if err := l.add("remote", uid, "c1", "10.244.1.5"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "node1") {
 		t.Errorf("pod of node1: %v, want ErrInvalid naming its node", err)
 	}
@@ -188,6 +188,15 @@ func TestAddSandboxRefused(t *testing.T) {
 	if err := l.src.AddSandbox(context.Background(), bad); !errors.Is(err, ErrInvalid) {
 		t.Errorf("no address: %v, want ErrInvalid", err)
 	}
+}
+
+// cached waits until the Source's informer holds pod name.
+func (l *sandboxLab) cached(name string) {
+	l.t.Helper()
+	pollUntil(l.t, "pod "+name+" in the informer's cache", func() bool {
+		_, err := l.src.pods.Pods(l.pns).Get(name)
+		return err == nil
+	})
 }
 
 func pollUntil(t *testing.T, what string, ok func() bool) {
