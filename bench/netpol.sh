@@ -12,9 +12,12 @@
 #                         full sync, rules, kernel memory, and the time from
 #                         a NetworkPolicy, Pod or Namespace change's API call
 #                         to the first connection it lets through (20 each);
-#   BenchmarkNewPod       a new pod from the end of its CNI ADD: when an
-#                         allowed client first gets through, and how long an
-#                         intruder does (10 pods).
+#   BenchmarkNewPod       a new pod from the end of its CNI ADD, 10 pods
+#                         without and 10 with the policy socket (ADD waits
+#                         for the enforcer): when an allowed client first
+#                         gets through, when the pod first reaches an
+#                         isolated peer that allows it, how long and how
+#                         often an intruder gets through, ADD's wait.
 #
 # `make deps` builds kube-apiserver into .refbin/ first.
 # Usage: sudo bench/netpol.sh            (about 10 minutes on 2 cores)

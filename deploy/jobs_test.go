@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/podnet/podnet/netns/nstest/probe"
+	"github.com/podnet/podnet/policy/cnisock"
 	"github.com/podnet/podnet/route"
 )
 
@@ -29,9 +30,10 @@ var (
 const conflistName = "10-podnet.conflist"
 
 // agentJob: the agent follows Nodes — its own Node's podCIDR gives the
-// conflist and the NetworkUnavailable=False condition, a Node added later
-// gives a route to its podCIDR via its InternalIP —, enforces a
-// NetworkPolicy on a pod of its node, and answers its probes.
+// conflist (naming its policy socket) and the NetworkUnavailable=False
+// condition, a Node added later gives a route to its podCIDR via its
+// InternalIP —, enforces a NetworkPolicy on a pod of its node, answers
+// an ADD on its policy socket, and answers its probes.
 var agentJob = &job{
 	prepare: func(r *run) {
 		createNode(r, r.node, map[string]string{}, fmt.Sprintf("10.244.%d.0/24", 2*r.id), nodeIP)
@@ -50,7 +52,8 @@ var agentJob = &job{
 			conf, err := os.ReadFile(filepath.Join(r.dir, conflistName))
 			for _, c := range n.Status.Conditions {
 				if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse && c.Reason == "PodnetReady" {
-					return err == nil && strings.Contains(string(conf), `"podnet-host-local"`), fmt.Sprintf("conflist: %v %s", err, conf)
+					return err == nil && strings.Contains(string(conf), `"podnet-host-local"`) &&
+						strings.Contains(string(conf), `"policySocket": "`+cnisock.DefaultPath+`"`), fmt.Sprintf("conflist: %v %s", err, conf)
 				}
 			}
 			return false, fmt.Sprintf("conditions %+v", n.Status.Conditions)
@@ -76,6 +79,9 @@ var agentJob = &job{
 			return err
 		}
 		if err := policyStep(r); err != nil {
+			return err
+		}
+		if err := socketStep(r); err != nil {
 			return err
 		}
 		return r.probesAnswer()

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/podnet/podnet/kubetest"
+	"github.com/podnet/podnet/policy/cnisock"
 )
 
 // Image is the one image reference of the manifests, which installers
@@ -338,8 +339,9 @@ var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 
 // TestInitContainer: the agent's init step installs every plugin the
 // conflist names (and loopback, which runtimes run for lo) into the
-// directory mounted from the node's /opt/cni/bin, and the agent writes the
-// conflist into the directory mounted from the node's /etc/cni/net.d.
+// directory mounted from the node's /opt/cni/bin, the agent writes the
+// conflist into the directory mounted from the node's /etc/cni/net.d,
+// and serves podnet-bridge in the node's /run/podnet.
 func TestInitContainer(t *testing.T) {
 	m := mustLoad(t)
 	ds := m.daemonSets["podnet-agent"]
@@ -381,6 +383,16 @@ func TestInitContainer(t *testing.T) {
 	}
 	if hp := hostPathAt(spec, agent, confDir); hp != "/etc/cni/net.d" {
 		t.Errorf("the agent writes the conflist into %s, mounted from host path %q, want /etc/cni/net.d", confDir, hp)
+	}
+	// The agent's socket must be where the conflist says, on the node,
+	// for the plugin the runtime runs there.
+	socket := flagValue(agent.Args, "policy-socket")
+	if socket != cnisock.DefaultPath {
+		t.Errorf("the agent's --policy-socket is %q, want %s: without it new pods are reachable against policy until kubelet reports their address", socket, cnisock.DefaultPath)
+	}
+	if dir := filepath.Dir(socket); hostPathAt(spec, agent, dir) != dir {
+		t.Errorf("the agent serves podnet-bridge at %s (the conflist's policySocket), but %s is mounted from host path %q, want %s",
+			socket, dir, hostPathAt(spec, agent, dir), dir)
 	}
 	for _, c := range spec.Containers {
 		if hostPathAt(spec, c, "/run/xtables.lock") != "/run/xtables.lock" {

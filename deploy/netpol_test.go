@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +15,7 @@ import (
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/netns/nstest"
 	"github.com/podnet/podnet/netns/nstest/probe"
+	"github.com/podnet/podnet/policy/cnisock"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/veth"
 )
@@ -79,4 +82,38 @@ func policyStep(r *run) error {
 		reply, err := probe.Ask(r.peer, "tcp", dst, 300*time.Millisecond)
 		return err != nil, fmt.Sprintf("still answered: %s", reply.Name)
 	})
+}
+
+// socketStep: the agent serves podnet-bridge on /run/podnet/policy.sock
+// inside its container (the node's, through the manifest's hostPath),
+// root-owned, mode 0600, and answers an ADD for its pod once the pod's
+// policies are in force. The test reaches the container's /run through
+// /proc/PID/root, as the runtime reaches the node's.
+func socketStep(r *run) error {
+	ctx := context.Background()
+	path := fmt.Sprintf("/proc/%d/root%s", r.cmd.Process.Pid, cnisock.DefaultPath)
+	var fi os.FileInfo
+	if err := r.await("the agent's policy socket", func() (bool, string) {
+		var err error
+		fi, err = os.Stat(path)
+		return err == nil, fmt.Sprint(err)
+	}); err != nil {
+		return err
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 || st == nil || st.Uid != 0 {
+		return fmt.Errorf("policy socket %s: mode %v, owner %v; want a socket of root, 0600", path, fi.Mode(), st)
+	}
+	pod, err := r.cs.CoreV1().Pods(r.namespace()).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	add := cnisock.Request{Version: cnisock.Version, Op: cnisock.Add, ContainerID: "sandbox-web", Namespace: pod.Namespace, Name: pod.Name,
+		UID: string(pod.UID), IPs: []netip.Addr{policyPod(r).Addr()}}
+	sctx, cancel := context.WithTimeout(ctx, stepTimeout)
+	defer cancel()
+	if err := cnisock.Send(sctx, path, add); err != nil {
+		return fmt.Errorf("ADD through the agent's socket: %w", err)
+	}
+	return nil
 }

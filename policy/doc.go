@@ -84,7 +84,9 @@
 // chains are read at every sync), after Verify found a difference, or on
 // RequestFullSync — replaces the table in one transaction, keeping the
 // denied counts. Verify reads every element and rule back. Cleanup deletes
-// the table. The rules are tested without root against a recorder of the
+// the table. WaitSynced returns once every change made before it is in
+// force: a CNI ADD uses it (through policy/kube and policy/cnisock) to
+// return only when the new pod is isolated and known to its peers. The rules are tested without root against a recorder of the
 // batch with a packet tracer, and with real traffic between namespaces.
 //
 // # Network namespaces

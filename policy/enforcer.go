@@ -54,12 +54,13 @@ type Enforcer struct {
 	log  *slog.Logger
 	w    writer
 
-	mu         sync.Mutex // guards the model, changed, fullReason, pending
+	mu         sync.Mutex // guards the model, changed, fullReason, pending, commits
 	m          model
 	changed    bool
 	fullReason string // why the next sync must be full; "" when it need not
 	pending    time.Time
 	wake       chan struct{} // 1-buffered: a change arrived, for Run
+	commits    commits       // which changes a sync has written, for WaitSynced
 
 	syncMu  sync.Mutex // serialises Sync, Verify's reading and Cleanup
 	conn    nftConn
@@ -104,6 +105,7 @@ func New(cfg Config) (*Enforcer, error) {
 		m:          newModel(),
 		fullReason: "start",
 		wake:       make(chan struct{}, 1),
+		commits:    newCommits(),
 	}, nil
 }
 
@@ -200,6 +202,7 @@ func (e *Enforcer) markChanged() {
 		e.pending = time.Now()
 	}
 	e.changed = true
+	e.commits.changed++
 	select {
 	case e.wake <- struct{}{}:
 	default:
@@ -244,7 +247,11 @@ func (e *Enforcer) Sync(ctx context.Context) (SyncResult, error) {
 	start := time.Now()
 	c, err := e.connect()
 	if err != nil {
-		return SyncResult{}, e.opErr("sync", err)
+		err = e.opErr("sync", err)
+		e.mu.Lock()
+		e.commits.failed = err
+		e.mu.Unlock()
+		return SyncResult{}, err
 	}
 	if e.written == nil {
 		e.RequestFullSync("start")
@@ -261,6 +268,7 @@ func (e *Enforcer) Sync(ctx context.Context) (SyncResult, error) {
 		e.m.frags = nil // a full sync compiles every fragment afresh
 	}
 	want := compile(&e.m, e.fams)
+	gen := e.commits.changed
 	e.fullReason, e.changed, e.pending = "", false, time.Time{}
 	e.mu.Unlock()
 
@@ -271,17 +279,22 @@ func (e *Enforcer) Sync(ctx context.Context) (SyncResult, error) {
 		res.Rules, res.Elements, err = e.writePartial(c, want)
 	}
 	if err != nil {
+		err = e.opErr("sync", err)
 		e.dropConn()
 		e.mu.Lock()
 		e.fullReason, e.changed = "previous sync failed", true
 		if e.pending.IsZero() || (!pending.IsZero() && pending.Before(e.pending)) {
 			e.pending = pending
 		}
+		e.commits.failed = err
 		e.mu.Unlock()
 		e.log.Error("network policy sync failed", "full", res.Full, "err", err)
-		return SyncResult{Full: res.Full, Reason: reason}, e.opErr("sync", err)
+		return SyncResult{Full: res.Full, Reason: reason}, err
 	}
 	e.written = want
+	e.mu.Lock()
+	e.commits.done(gen)
+	e.mu.Unlock()
 	res.Duration = time.Since(start)
 	e.log.Info("network policies synced", "full", res.Full, "reason", res.Reason, "rules", res.Rules, "elements", res.Elements, "duration", res.Duration)
 	return res, nil

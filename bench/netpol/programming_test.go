@@ -18,6 +18,7 @@ import (
 	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/policy"
+	"github.com/podnet/podnet/policy/cnisock"
 	"github.com/podnet/podnet/policy/kube"
 )
 
@@ -41,7 +42,7 @@ func BenchmarkProgramming(b *testing.B) {
 		nd := newNode(b)
 		real := setupReal(b, cs, nd)
 		before := settledMemory(b)
-		e, listed, syncs, partial := startEnforcer(b, cs, nd)
+		e, listed, syncs, partial := startEnforcer(b, cs, nd, "")
 		first := <-syncs
 		mem := settledMemory(b) - before
 		e.RequestFullSync("benchmark")
@@ -76,10 +77,11 @@ func client(tb testing.TB) kubernetes.Interface {
 	return cs
 }
 
-// startEnforcer lists the cluster into an Enforcer of nd and runs it;
-// its full syncs arrive on the channel, and partial returns the
-// durations of the partial syncs so far, in ms.
-func startEnforcer(tb testing.TB, cs kubernetes.Interface, nd *node) (e *policy.Enforcer, listed time.Duration, syncs chan policy.SyncResult, partial func() []float64) {
+// startEnforcer lists the cluster into an Enforcer of nd and runs it,
+// serving CNI ADDs on socket unless it is ""; its full syncs arrive on
+// the channel, and partial returns the durations of the partial syncs so
+// far, in ms.
+func startEnforcer(tb testing.TB, cs kubernetes.Interface, nd *node, socket string) (e *policy.Enforcer, listed time.Duration, syncs chan policy.SyncResult, partial func() []float64) {
 	e, err := policy.New(policy.Config{NetNS: nd.ns})
 	must(tb, err)
 	var mu sync.Mutex
@@ -96,6 +98,11 @@ func startEnforcer(tb testing.TB, cs kubernetes.Interface, nd *node) (e *policy.
 	t := time.Now()
 	must(tb, src.Start(ctx))
 	listed = time.Since(t)
+	if socket != "" {
+		ln, err := cnisock.Listen(socket)
+		must(tb, err)
+		go (&cnisock.Server{Handler: src}).Serve(ctx, ln)
+	}
 	syncs = make(chan policy.SyncResult, 16)
 	go e.Run(ctx, policy.RunConfig{OnSync: func(r policy.SyncResult, err error) {
 		switch {

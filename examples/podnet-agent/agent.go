@@ -43,10 +43,13 @@ type config struct {
 	bridge      string
 	ipam        string
 	ipamDataDir string
-	clusterCIDR []netip.Prefix
-	noMasq      []netip.Prefix
-	protocol    route.Protocol
-	resync      time.Duration
+	// policySocket is where the NetworkPolicy enforcer serves
+	// podnet-bridge; "" without one.
+	policySocket string
+	clusterCIDR  []netip.Prefix
+	noMasq       []netip.Prefix
+	protocol     route.Protocol
+	resync       time.Duration
 }
 
 // agent keeps one node's pod network in step with the API server's Nodes.
@@ -204,7 +207,7 @@ func (a *agent) reconcile(ctx context.Context) (result, error) {
 		a.log.Info("masquerade rules written", "subnets", podCIDRs, "exempt", masq.Exempt, "why", err)
 	}
 
-	data, err := conflist(conflistSpec{Bridge: a.cfg.bridge, PodCIDRs: podCIDRs, IPAM: a.cfg.ipam, DataDir: a.cfg.ipamDataDir})
+	data, err := conflist(conflistSpec{Bridge: a.cfg.bridge, PodCIDRs: podCIDRs, IPAM: a.cfg.ipam, DataDir: a.cfg.ipamDataDir, PolicySocket: a.cfg.policySocket})
 	if err != nil {
 		return res, err
 	}

@@ -89,6 +89,7 @@ type node struct {
 	ip      netip.Addr   // InternalIP on the switch
 	podCIDR netip.Prefix // 10.200.i.0/24
 	confDir string
+	socket  string    // --policy-socket, in a directory of the test's
 	pod     *netns.NS // one pod behind cnio0, at 10.200.i.2
 	podIP   netip.Addr
 	agent   *agentProc
@@ -129,7 +130,8 @@ func (l *lab) addNode(i int) *node {
 	n := &node{l: l, i: i, name: fmt.Sprintf("%s-n%d", l.prefix, i), ns: nstest.NewNamed(t),
 		ip:      netip.AddrFrom4([4]byte{10, 240, 0, byte(10 + i)}),
 		podCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, byte(i), 0}), 24),
-		confDir: t.TempDir(), pod: nstest.New(t), podIP: netip.AddrFrom4([4]byte{10, 200, byte(i), 2})}
+		confDir: t.TempDir(), socket: filepath.Join(t.TempDir(), "policy.sock"),
+		pod: nstest.New(t), podIP: netip.AddrFrom4([4]byte{10, 200, byte(i), 2})}
 	l.plug(fmt.Sprintf("n%d", i), n.ns, netip.PrefixFrom(n.ip, 24))
 	_, err := bridge.Ensure(n.ns, bridge.Spec{Name: "cnio0"})
 	must(t, err)
@@ -179,7 +181,7 @@ type agentProc struct {
 
 func (n *node) start(extra ...string) *agentProc {
 	args := append([]string{"--kubeconfig", n.l.cp.Kubeconfig, "--node-name", n.name, "--netns", n.ns.Path(),
-		"--cni-conf-dir", n.confDir, "--cluster-cidr", clusterCIDR, "--resync-period", "1s"}, extra...)
+		"--cni-conf-dir", n.confDir, "--cluster-cidr", clusterCIDR, "--resync-period", "1s", "--policy-socket", n.socket}, extra...)
 	a := &agentProc{t: n.l.t, log: &syncBuffer{}, done: make(chan error, 1)}
 	a.cmd = exec.Command(filepath.Join(binDir, "podnet-agent"), args...)
 	a.cmd.Stderr = a.log
@@ -397,6 +399,7 @@ func TestAgentConflist(t *testing.T) {
         "type": "host-local"
       },
       "isGateway": true,
+      "policySocket": "` + n.socket + `",
       "type": "podnet-bridge"
     },
     {

@@ -21,12 +21,16 @@ type conflistSpec struct {
 	PodCIDRs []netip.Prefix
 	IPAM     string // IPAM plugin type, "host-local"
 	DataDir  string // host-local's dataDir; "" leaves its default
+	// PolicySocket is the NetworkPolicy enforcer's socket podnet-bridge
+	// tells new pods' addresses to; "" leaves it out.
+	PolicySocket string
 }
 
 // conflist renders the network configuration list a runtime needs to start
 // pods on this node: podnet-bridge on the bridge as the pods' gateway,
 // host-local handing out the node's podCIDRs (one range set per family),
-// masquerade left to the agent, and portmap chained for hostPort.
+// masquerade left to the agent, the agent's policy socket if any, and
+// portmap chained for hostPort.
 func conflist(s conflistSpec) ([]byte, error) {
 	if len(s.PodCIDRs) == 0 {
 		return nil, errors.New("no podCIDRs")
@@ -45,18 +49,22 @@ func conflist(s conflistSpec) ([]byte, error) {
 	if s.DataDir != "" {
 		ipam["dataDir"] = s.DataDir
 	}
+	bridge := map[string]any{
+		"type":        "podnet-bridge",
+		"bridge":      s.Bridge,
+		"isGateway":   true,
+		"ipMasq":      false, // the agent masquerades, with the cluster CIDR exempt
+		"hairpinMode": true,  // a pod reaches itself through its Service
+		"ipam":        ipam,
+	}
+	if s.PolicySocket != "" {
+		bridge["policySocket"] = s.PolicySocket
+	}
 	doc := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "podnet",
 		"plugins": []any{
-			map[string]any{
-				"type":        "podnet-bridge",
-				"bridge":      s.Bridge,
-				"isGateway":   true,
-				"ipMasq":      false, // the agent masquerades, with the cluster CIDR exempt
-				"hairpinMode": true,  // a pod reaches itself through its Service
-				"ipam":        ipam,
-			},
+			bridge,
 			map[string]any{
 				"type":         "portmap",
 				"capabilities": map[string]bool{"portMappings": true},

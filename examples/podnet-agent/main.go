@@ -40,6 +40,16 @@
 // br_netfilter's bridge-nf-call-iptables there so that traffic between
 // two pods of the bridge is filtered too. The table stays when the agent
 // stops; --cleanup, or a start with --network-policy=false, removes it.
+// With --policy-socket (the DaemonSet's is /run/podnet/policy.sock) it
+// also serves podnet-bridge there, mode 0600, and names the socket in the
+// conflist as policySocket: a CNI ADD tells the agent the new pod's
+// addresses and returns only once the pod's policies are in force, so
+// that a new pod is never reachable against policy nor refused by it
+// before kubelet reports its address. While the agent is not serving
+// (starting, stopped) ADD fails at once and kubelet retries: pods of the
+// pod network start only with the agent running. The flag has no default
+// because the path is the node's: agents sharing a file system (nodes as
+// network namespaces of one machine) each need their own.
 //
 // --metrics-addr serves /metrics, /healthz (503 after two resync periods
 // without a successful reconcile, or with network policy, without the
@@ -55,6 +65,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -65,6 +76,7 @@ import (
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/nat"
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/policy/cnisock"
 	"github.com/podnet/podnet/route"
 	"github.com/podnet/podnet/service/kube"
 )
@@ -85,6 +97,7 @@ type options struct {
 	resync      time.Duration
 	cleanup     bool
 	netpol      bool
+	policySock  string
 	installBin  string
 	args        []string
 }
@@ -107,6 +120,7 @@ func main() {
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules, CNI configuration and network policy table, and exit")
 	flag.BoolVar(&o.netpol, "network-policy", true, "enforce NetworkPolicies on this node's pods (nftables table inet podnet-policy); false removes a table left by an earlier run")
+	flag.StringVar(&o.policySock, "policy-socket", "", "with --network-policy, serve podnet-bridge on this unix socket (named in the conflist as policySocket; the DaemonSet's is "+cnisock.DefaultPath+"): its ADD returns once the new pod's policies are in force. Without it a new pod is isolated only once the API server has its address")
 	flag.StringVar(&o.installBin, "install-cni-bin", "", "copy the files named as arguments into this directory (each renamed over the old one) and exit")
 	flag.Parse()
 	o.args = flag.Args()
@@ -174,7 +188,7 @@ func runAll(ctx context.Context, netpol bool, a *agent) error {
 		return a.run(ctx)
 	}
 	a.m.enablePolicy()
-	np, err := newNetworkPolicy(a.ns, a.client, a.cfg.node, a.m, a.log)
+	np, err := newNetworkPolicy(a.ns, a.client, a.cfg.node, a.cfg.policySocket, a.m, a.log)
 	if err != nil {
 		return err
 	}
@@ -191,6 +205,9 @@ func runAll(ctx context.Context, netpol bool, a *agent) error {
 // config checks the flags before anything changes.
 func (o options) config() (config, error) {
 	c := config{node: o.node, confDir: o.confDir, bridge: o.bridge, ipam: o.ipam, ipamDataDir: o.ipamDataDir, resync: o.resync}
+	if o.netpol {
+		c.policySocket = o.policySock
+	}
 	var err error
 	if c.clusterCIDR, err = parseCIDRs(o.clusterCIDR); err != nil {
 		return c, fmt.Errorf("--cluster-cidr: %w", err)
@@ -205,6 +222,8 @@ func (o options) config() (config, error) {
 		return c, errors.New("--cni-conf-dir is empty")
 	case o.resync <= 0:
 		return c, errors.New("--resync-period must be positive")
+	case c.policySocket != "" && !filepath.IsAbs(c.policySocket):
+		return c, fmt.Errorf("--policy-socket %q: want an absolute path", c.policySocket)
 	case o.protocol == 0 || o.protocol > 255 || route.Protocol(o.protocol) == route.ProtocolKernel:
 		return c, fmt.Errorf("--route-protocol %d: want 1-255, not the kernel's (2)", o.protocol)
 	}

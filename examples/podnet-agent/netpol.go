@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -11,19 +12,21 @@ import (
 
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/policy"
+	"github.com/podnet/podnet/policy/cnisock"
 	policykube "github.com/podnet/podnet/policy/kube"
 )
 
 // networkPolicy runs the NetworkPolicy enforcer of this node: policy/kube's
 // informers feed a policy.Enforcer whose table is in the node's namespace.
 type networkPolicy struct {
-	e   *policy.Enforcer
-	src *policykube.Source
-	m   *metrics
-	log *slog.Logger
+	e      *policy.Enforcer
+	src    *policykube.Source
+	m      *metrics
+	log    *slog.Logger
+	socket string // where podnet-bridge tells new pods' addresses; "" nowhere
 }
 
-func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, node string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
+func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, node, socket string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
 	e, err := policy.New(policy.Config{NetNS: ns, Logger: log.With("component", "network-policy")})
 	if err != nil {
 		return nil, err
@@ -32,14 +35,16 @@ func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, node string, m 
 	if err != nil {
 		return nil, err
 	}
-	np := &networkPolicy{e: e, src: src, m: m, log: log}
+	np := &networkPolicy{e: e, src: src, m: m, log: log, socket: socket}
 	m.reg.MustRegister(deniedCollector{e})
 	return np, nil
 }
 
 // run lists Pods, Namespaces and NetworkPolicies, then keeps the table in
 // step until ctx is done. The first sync waits for the informers, so that
-// it isolates every pod with all its policies at once.
+// it isolates every pod with all its policies at once. Only then does it
+// serve podnet-bridge on the socket: until the model is whole an ADD
+// finds no socket and fails at once, and kubelet retries.
 func (np *networkPolicy) run(ctx context.Context) error {
 	np.log.Info("network policy: listing Pods, Namespaces and NetworkPolicies")
 	if err := np.src.Start(ctx); err != nil {
@@ -49,7 +54,24 @@ func (np *networkPolicy) run(ctx context.Context) error {
 		return err
 	}
 	np.log.Info("network policy: listed; enforcing", "table", "inet "+np.e.Table())
-	return np.e.Run(ctx, policy.RunConfig{OnSync: np.m.policySynced})
+	if np.socket == "" {
+		return np.e.Run(ctx, policy.RunConfig{OnSync: np.m.policySynced})
+	}
+	ln, err := cnisock.Listen(np.socket)
+	if err != nil {
+		return err
+	}
+	np.log.Info("network policy: serving podnet-bridge", "socket", np.socket)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	served := make(chan error, 1)
+	go func() {
+		served <- (&cnisock.Server{Handler: np.src, Logger: np.log.With("component", "network-policy")}).Serve(ctx, ln)
+		cancel() // a socket that fails stops the agent: pods could no longer start
+	}()
+	err = np.e.Run(ctx, policy.RunConfig{OnSync: np.m.policySynced})
+	cancel()
+	return errors.Join(err, <-served)
 }
 
 // cleanupNetworkPolicy deletes the enforcer's table, if any.

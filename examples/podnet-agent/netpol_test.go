@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/podnet/podnet/internal/execns"
 	"github.com/podnet/podnet/netns/nstest/probe"
+	"github.com/podnet/podnet/policy/cnisock"
 )
 
 // createPod creates the Pod object of n's pod in namespace ns, running
@@ -142,5 +145,60 @@ func TestAgentNetworkPolicy(t *testing.T) {
 	}
 	if out := nftTable(n0); out != "" {
 		t.Errorf("--cleanup left the policy table:\n%s", out)
+	}
+}
+
+// TestAgentPolicySocket: the agent serves podnet-bridge on its socket
+// (mode 0600) once it enforces: an ADD for a new pod, whose Pod has no
+// address yet, returns with the pod isolated — the first connection of
+// a peer the policy denies is refused —; when the agent stops the
+// socket goes, and an ADD then fails at once.
+func TestAgentPolicySocket(t *testing.T) {
+	l := newLab(t, 2)
+	n0, n1 := l.nodes[0], l.nodes[1]
+	n0.start()
+	n1.start("--network-policy=false")
+	n0.ready()
+	n1.ready()
+	ns := l.prefix + "-sock"
+	l.createNamespace(ns)
+	ctx := context.Background()
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-web"}, Spec: networkingv1.NetworkPolicySpec{
+		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}}}
+	_, err := l.cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{})
+	must(t, err)
+	pod, err := l.cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: n0.name, Containers: []corev1.Container{{Name: "c", Image: "none"}}}}, metav1.CreateOptions{})
+	must(t, err)
+	srv, err := probe.Serve(n0.pod, netip.AddrPortFrom(n0.podIP, 8080), "web")
+	must(t, err)
+	defer srv.Close()
+	dst := netip.AddrPortFrom(n0.podIP, 8080)
+	if _, err := probe.Ask(n1.pod, "tcp", dst, 2*time.Second); err != nil {
+		t.Fatalf("the pod, unknown to the agent, is not reachable: %v", err)
+	}
+	var fi os.FileInfo
+	eventually(t, 20*time.Second, "the agent's socket", func() (bool, string) {
+		fi, err = os.Stat(n0.socket)
+		return err == nil, fmt.Sprint(err, "\n", n0.agent.log.String())
+	})
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want a socket 0600", fi.Mode())
+	}
+	add := cnisock.Request{Version: cnisock.Version, Op: cnisock.Add, ContainerID: "sandbox-1", Namespace: ns, Name: "web",
+		UID: string(pod.UID), IPs: []netip.Addr{n0.podIP}}
+	start := time.Now()
+	must(t, cnisock.Send(ctx, n0.socket, add))
+	t.Logf("ADD answered in %v", time.Since(start))
+	if _, err := probe.Ask(n1.pod, "tcp", dst, 300*time.Millisecond); err == nil {
+		t.Fatalf("a peer the policy denies reached the pod right after ADD returned\n%s", nftTable(n0))
+	}
+	n0.agent.stop()
+	if _, err := os.Stat(n0.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left after the agent stopped: %v", err)
+	}
+	start = time.Now()
+	if err := cnisock.Send(ctx, n0.socket, add); !errors.Is(err, cnisock.ErrUnavailable) || time.Since(start) > time.Second {
+		t.Errorf("ADD without the agent: %v after %v, want ErrUnavailable at once", err, time.Since(start))
 	}
 }

@@ -60,6 +60,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		if err := a.addresses(); err != nil {
 			return err
 		}
+		if err := a.tellPolicy(); err != nil {
+			return err
+		}
 	}
 	return a.answer()
 }

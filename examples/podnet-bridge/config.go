@@ -25,6 +25,11 @@ type netConf struct {
 	MTU              int    `json:"mtu"`
 	HairpinMode      bool   `json:"hairpinMode"`
 	PromiscMode      bool   `json:"promiscMode"`
+	// PolicySocket, podnet's own key, is the unix socket of the node's
+	// NetworkPolicy agent: ADD tells it the pod's addresses and returns
+	// once its policies are in force (package policy/cnisock). Absent,
+	// the plugin does what the reference plugin does.
+	PolicySocket string `json:"policySocket,omitempty"`
 
 	Args struct {
 		Cni struct {
@@ -132,6 +137,9 @@ func loadConf(stdin []byte, envArgs string) (*netConf, error) {
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
 		return nil, configError(types.ErrInvalidNetworkConfig, "mtu %d: outside 68..65535", n.MTU)
+	}
+	if err := validatePolicySocket(n.PolicySocket); err != nil {
+		return nil, err
 	}
 	if n.HairpinMode && n.PromiscMode {
 		return nil, configError(types.ErrInvalidNetworkConfig, "hairpinMode and promiscMode cannot both be set")

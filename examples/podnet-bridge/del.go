@@ -12,7 +12,8 @@ import (
 // cmdDel removes what ADD made for this attachment: the pod's interface
 // (and with it the host-side veth: retired at once, deleted by a detached
 // child, see retire), the address lease, and the reference plugin's
-// per-container masquerade chain if a migrated node still has one.
+// per-container masquerade chain if a migrated node still has one, and
+// tells the NetworkPolicy agent, if configured, to forget its addresses.
 // The bridge and the per-network masquerade rules stay. It succeeds when
 // everything is already gone, and when the pod's namespace no longer exists.
 func cmdDel(args *skel.CmdArgs) error {
@@ -42,6 +43,8 @@ func cmdDel(args *skel.CmdArgs) error {
 			}
 		}
 	}
+	// Before the addresses are freed for another pod.
+	forgetPolicy(n, args.ContainerID, args.Args)
 	if n.IPAM.Type != "" {
 		if err := ipamFor(n).del(ctx, args, n); err != nil {
 			return err

@@ -23,6 +23,7 @@ import (
 	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
 	"github.com/podnet/podnet/internal/testenv/refbin"
+	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/link"
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/netns/nstest"
@@ -34,7 +35,7 @@ import (
 // pluginDir holds the podnet-bridge binary built for this test run.
 var pluginDir string
 
-func TestMain(m *testing.M) { gobuild.TestMain(m, &pluginDir, "podnet-bridge", ".") }
+func TestMain(m *testing.M) { gobuild.TestMainRun(m, &pluginDir, "podnet-bridge", ".", kubetest.Run) }
 
 // node is a throwaway node namespace with a CNI runtime (libcni, as
 // containerd uses it) that runs plugins inside it.

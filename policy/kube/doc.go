@@ -25,4 +25,21 @@
 // that have ended, and takes the named ports of the pod's containers.
 // An object the enforcer refuses is logged and counted (Changes); the
 // rules in force for it stay.
+//
+// # New pods
+//
+// kubelet reports a pod's addresses (status.podIPs) only after its
+// sandbox is ready, so through the API alone a new pod is in the
+// enforcer's model only some milliseconds after it could run: isolated
+// late (a peer the policies deny reaches it), and absent from its peers'
+// rules (a peer that allows it refuses it). AddSandbox closes that
+// window: the CNI plugin, in ADD, hands the pod's addresses over
+// (package policy/cnisock; Source implements its Handler) and AddSandbox
+// returns once a sync holding the pod with them is in force. The pod's
+// labels come from the informers' cache, which has the pod already:
+// kubelet starts only pods it got from the API server. A pod the cache
+// lacks after Config.PodWait is an error, and so the ADD fails and
+// kubelet retries; without labels no rule for it would be right.
+// DeleteSandbox, the pod's deletion, or status.podIPs naming the same
+// addresses end what AddSandbox recorded.
 package kube

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podnet/podnet"
@@ -28,6 +30,9 @@ type Config struct {
 	// ResyncPeriod makes the informers re-deliver every object that often;
 	// 0 means never (the enforcer's own Verify repairs the table).
 	ResyncPeriod time.Duration
+	// PodWait bounds how long AddSandbox waits for a pod the informers
+	// have not delivered yet; 0 means DefaultPodWait.
+	PodWait time.Duration
 	// Logger receives watch errors and rejected objects; nil discards.
 	Logger *slog.Logger
 }
@@ -38,8 +43,12 @@ type Source struct {
 	cfg     Config
 	log     *slog.Logger
 	factory informers.SharedInformerFactory
+	pods    corelisters.PodLister
 	// counters of the events handled and the objects refused, for metrics
 	changes, rejected atomic.Uint64
+
+	mu        sync.Mutex // serialises pod changes, so that sandboxes apply to the latest
+	sandboxes map[policy.Name]*sandbox
 }
 
 // New checks cfg and sets up the informers; nothing is read until Start.
@@ -51,7 +60,11 @@ func New(cfg Config) (*Source, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{cfg: cfg, log: log, factory: informers.NewSharedInformerFactory(cfg.Client, cfg.ResyncPeriod)}, nil
+	if cfg.PodWait <= 0 {
+		cfg.PodWait = DefaultPodWait
+	}
+	f := informers.NewSharedInformerFactory(cfg.Client, cfg.ResyncPeriod)
+	return &Source{cfg: cfg, log: log, factory: f, pods: f.Core().V1().Pods().Lister(), sandboxes: map[policy.Name]*sandbox{}}, nil
 }
 
 // Start starts the informers and returns once the enforcer holds every
@@ -119,16 +132,7 @@ func (s *Source) changed(obj any, deleted bool) {
 	var err error
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		n := policy.Name{Namespace: o.Namespace, Name: o.Name}
-		p, ok, cerr := ConvertPod(o, s.cfg.NodeName)
-		switch {
-		case deleted || (cerr == nil && !ok):
-			e.DeletePod(n)
-		case cerr != nil:
-			err = cerr
-		default:
-			err = e.UpdatePod(p)
-		}
+		err = s.podChanged(o, deleted)
 	case *corev1.Namespace:
 		if deleted {
 			e.DeleteNamespace(o.Name)

@@ -33,9 +33,7 @@ func must(t testing.TB, err error) {
 // the shared control plane as node "node0", and runs it.
 func follow(t *testing.T, cs kubernetes.Interface) (*policy.Enforcer, *netns.NS) {
 	t.Helper()
-	ns := nstest.New(t)
-	e, err := policy.New(policy.Config{NetNS: ns, SkipBridgeNetfilter: true})
-	must(t, err)
+	e, ns := newEnforcer(t)
 	src, err := New(Config{Client: cs, Enforcer: e, NodeName: "node0"})
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -51,6 +49,14 @@ func follow(t *testing.T, cs kubernetes.Interface) (*policy.Enforcer, *netns.NS)
 			}
 		}})
 	}()
+	return e, ns
+}
+
+func newEnforcer(t *testing.T) (*policy.Enforcer, *netns.NS) {
+	t.Helper()
+	ns := nstest.New(t)
+	e, err := policy.New(policy.Config{NetNS: ns, SkipBridgeNetfilter: true})
+	must(t, err)
 	return e, ns
 }
 
