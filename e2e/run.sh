@@ -29,13 +29,16 @@ PHASES=()
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 
-# phase NAME CMD... runs CMD and records its wall time.
+# phase NAME CMD... runs CMD and records its wall time and outcome. CMD
+# runs in a process of its own (this script again), so that set -e stops
+# it at its first failing command even though the caller tests it.
 phase() {
-	local name=$1 t0=$SECONDS
+	local name=$1 t0=$SECONDS rc=0
 	shift
 	log "phase $name"
-	"$@"
-	PHASES+=("$(printf '%-28s %4ds' "$name" $((SECONDS - t0)))")
+	"$0" __run "$@" || rc=$?
+	PHASES+=("$(printf '%-28s %4ds %s' "$name" $((SECONDS - t0)) "$([ $rc = 0 ] && echo ok || echo "FAILED ($rc)")")")
+	return $rc
 }
 
 kubectl() { "$CLUSTER" kubectl "$@"; }
@@ -87,23 +90,28 @@ reliability() {
 
 one_backend() {
 	local backend=$1 rc=0
-	phase "cluster up ($backend)" "$CLUSTER" up
-	phase "install podnet ($backend)" install "$backend"
-	phase "conformance ($backend)" conformance "$backend" || rc=$?
-	if [ "${PODNET_E2E_RELIABILITY:-1}" = 1 ]; then
-		phase "reliability ($backend)" reliability "$backend" || rc=1
+	if phase "cluster up ($backend)" "$CLUSTER" up && phase "install podnet ($backend)" install "$backend"; then
+		phase "conformance ($backend)" conformance "$backend" || rc=1
+		if [ "${PODNET_E2E_RELIABILITY:-1}" = 1 ]; then
+			phase "reliability ($backend)" reliability "$backend" || rc=1
+		fi
+	else
+		rc=1
 	fi
 	if [ "${PODNET_E2E_KEEP:-}" != 1 ]; then
-		phase "cluster down ($backend)" "$CLUSTER" down
+		phase "cluster down ($backend)" "$CLUSTER" down || rc=1
 	fi
 	return $rc
 }
 
 main() {
 	[ "$(id -u)" = 0 ] || { log "make e2e needs root"; exit 1; }
+	# One run at a time: the lock is on this file, so nothing is left.
+	exec 9<"$0"
+	flock -n 9 || { log "another e2e run is going on"; exit 1; }
 	trap '[ "${PODNET_E2E_KEEP:-}" = 1 ] || "$CLUSTER" down >/dev/null 2>&1 || true' EXIT
 	"$CLUSTER" check >/dev/null || "$CLUSTER" down
-	phase build build
+	phase build build || return 1
 	local rc=0 b
 	for b in $BACKENDS; do
 		one_backend "$b" || rc=1
@@ -114,4 +122,9 @@ main() {
 	return $rc
 }
 
+if [ "${1:-}" = __run ]; then
+	shift
+	"$@"
+	exit
+fi
 main "$@"
