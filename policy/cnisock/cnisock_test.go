@@ -272,3 +272,26 @@ func TestListen(t *testing.T) {
 		t.Errorf("relative path: %v", err)
 	}
 }
+
+// TestServeRemovesSocket: once Serve returns after its context ends, the
+// socket file is gone, so a plugin started after the agent stopped fails
+// at once instead of finding a name nobody listens on.
+func TestServeRemovesSocket(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		path := filepath.Join(t.TempDir(), "policy.sock")
+		ln, err := Listen(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan error, 1)
+		go func() { served <- (&Server{Handler: &handler{}}).Serve(ctx, ln) }()
+		cancel()
+		if err := <-served; err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+		if _, err := os.Stat(path); !os.IsNotExist(err) {
+			t.Fatalf("run %d: socket left after Serve returned: %v", i, err)
+		}
+	}
+}

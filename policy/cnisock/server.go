@@ -58,6 +58,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		<-ctx.Done()
 		ln.Close()
 	}()
+	// Closed here too, so that the socket file Listen made is gone when
+	// Serve returns, not only once the goroutine above gets to it.
+	defer ln.Close()
 	for {
 		c, err := ln.Accept()
 		if ctx.Err() != nil {
