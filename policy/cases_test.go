@@ -109,6 +109,12 @@ func policyCases() []policyCase {
 		}},
 		{name: "EndPort", policies: []Policy{{Name: x("range"), PodSelector: *sel("pod", "a"), Types: Ingress,
 			Ingress: []Rule{{Ports: []Port{{Port: 79, EndPort: 80}, {Protocol: UDP, Port: 81, EndPort: 90}}}}}}},
+		// Ranges of one rule that overlap, or start at the same port, are
+		// one interval each in the kernel's set, which refuses overlaps.
+		{name: "OverlappingPorts", policies: []Policy{
+			{Name: x("overlap"), PodSelector: *sel("pod", "a"), Types: Ingress, Ingress: []Rule{{Ports: []Port{{Port: 1, EndPort: 81}, {}}}}},
+			{Name: x("same-start"), PodSelector: *sel("pod", "b"), Types: Ingress, Ingress: []Rule{{Ports: []Port{{Port: 80, EndPort: 81}, {Port: 80}, {Protocol: UDP, Port: 81}, {Protocol: UDP, Port: 80, EndPort: 80}}}}},
+		}},
 		{name: "EgressDNSOnly", ports: []uint16{80, 53}, policies: []Policy{{Name: x("dns"), Types: Egress,
 			Egress: []Rule{{Ports: []Port{{Protocol: UDP, Port: 53}, {Protocol: TCP, Port: 53}}}}}}},
 		{name: "BothDirections", policies: []Policy{

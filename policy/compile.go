@@ -258,14 +258,8 @@ func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, 
 		if len(numeric) > 0 {
 			name := ruleSet(pol.Name, d, i, "ports")
 			s := out.set(name, kindPorts, 0)
-			for _, p := range numeric {
-				first, last := p.Port, p.EndPort
-				if first == 0 {
-					last = 65535
-				} else if last == 0 {
-					last = first
-				}
-				s.elems[protoPort(p.Protocol, first)] = protoPort(p.Protocol, last)
+			for _, r := range portRanges(numeric) {
+				s.elems[protoPort(r.proto, r.first)] = protoPort(r.proto, r.last)
 			}
 			rs.text += fmt.Sprintf("meta l4proto . th dport @%s ", name)
 			rs.exprs = append(rs.exprs, append(protoPortLoad(reg0), lookup(name, reg0))...)

@@ -3,6 +3,7 @@ package policy
 import (
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // addrRange is the addresses from first to last, both included.
@@ -63,6 +64,46 @@ func normalize(rs []addrRange) []addrRange {
 				}
 				continue
 			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// portRange is the ports of one protocol from first to last, both
+// included.
+type portRange struct {
+	proto       Protocol
+	first, last uint16
+}
+
+// portRanges returns the numeric ports ps name (a port, a range to
+// EndPort, or every port when Port is 0) merged per protocol where they
+// overlap or touch, sorted, so that they can be the elements of an
+// interval set: the kernel refuses overlapping elements, and two
+// elements starting at the same port would replace each other.
+func portRanges(ps []Port) []portRange {
+	rs := make([]portRange, 0, len(ps))
+	for _, p := range ps {
+		r := portRange{proto: p.Protocol.orTCP(), first: p.Port, last: p.EndPort}
+		if r.first == 0 {
+			r.last = 65535
+		} else if r.last == 0 {
+			r.last = r.first
+		}
+		rs = append(rs, r)
+	}
+	slices.SortFunc(rs, func(a, b portRange) int {
+		if a.proto != b.proto {
+			return strings.Compare(string(a.proto), string(b.proto))
+		}
+		return int(a.first) - int(b.first)
+	})
+	var out []portRange
+	for _, r := range rs {
+		if n := len(out); n > 0 && out[n-1].proto == r.proto && int(out[n-1].last)+1 >= int(r.first) {
+			out[n-1].last = max(out[n-1].last, r.last)
+			continue
 		}
 		out = append(out, r)
 	}
