@@ -33,7 +33,7 @@ var labProtos = []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP}
 const (
 	probeTimeout = 250 * time.Millisecond
 	retryTimeout = time.Second
-	convergeFor  = 30 * time.Second
+	convergeFor  = 20 * time.Second
 )
 
 // snapshot reads the lab's namespaces, pods and policies from the API
