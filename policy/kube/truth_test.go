@@ -70,10 +70,9 @@ func truthSteps(l *lab) []truthStep {
 		{name: "NamedPortOfAnotherProtocol", policies: ps(withIngress(netpol("x", "named", nil, nil), nil, named("", "serve-80-udp")))},
 		{name: "EndPort", policies: ps(withIngress(netpol("x", "range", match("pod", "a"), nil), nil,
 			portRange(tcp, 79, 80), portRange(udp, 81, 90)))},
-		// Overlapping port ranges in one rule: these two fail until the
-		// policy compiler merges a rule's port intervals (the kernel
-		// refuses overlapping elements; elements keyed by their first
-		// port replace each other).
+		// Overlapping port ranges in one rule, which the compiler merges:
+		// the kernel refuses overlapping elements, and elements keyed by
+		// their first port would replace each other.
 		{name: "OverlappingPortRanges", policies: ps(withIngress(netpol("x", "overlap", match("pod", "a"), nil), nil,
 			portRange(tcp, 1, 81), anyPort(tcp)))},
 		{name: "PortRangesStartingAlike", policies: ps(withIngress(netpol("x", "same-start", match("pod", "a"), nil), nil,
