@@ -104,40 +104,56 @@ restarts() {
 }
 
 # invariants checks every node's leases, veths, sandboxes and routes.
+# Pods of other namespaces may be starting or ending meanwhile (the e2e
+# tests' namespaces go away after the suite): a node's checks are taken
+# again until they all hold or 30 s pass, and the last reading counts.
 invariants() {
-	local step=$1 i node want got sandboxes cidr
+	local step=$1 i lines deadline
 	for i in $(seq "$NODES"); do
-		node=pe2e-n$i
-		want=$(kubectl get pods -A --field-selector "spec.nodeName=$node" \
-			-o jsonpath='{range .items[*]}{.spec.hostNetwork} {.status.podIP}{"\n"}{end}' |
-			awk '$1 != "true" && NF {print $NF}' | sort)
-		got=$("$CLUSTER" node "$i" sh -c 'ls /var/lib/cni/networks/podnet 2>/dev/null' |
-			grep -E '^[0-9]+\.' | sort || true)
-		[ "$want" = "$got" ] && result OK "$step: node $i leases = its pods' addresses ($(echo "$got" | grep -c .))" ||
-			result FAIL "$step: node $i leases [$(echo $got)] != pods [$(echo $want)]"
-		# The runtime's containers (sandboxes among them), from its
-		# metadata: no shim is asked, so a busy one cannot hide its own.
-		sandboxes=$("$CLUSTER" node "$i" ctr --address /run/containerd/containerd.sock -n k8s.io containers ls -q)
-		local ip id missing=""
-		for ip in $got; do
-			# host-local's lease: the container ID, CRLF, the interface.
-			id=$("$CLUSTER" node "$i" head -1 "/var/lib/cni/networks/podnet/$ip" | tr -d '\r')
-			echo "$sandboxes" | grep -qx "$id" || missing="$missing $ip"
+		deadline=$((SECONDS + 30))
+		while lines=$(node_invariants "$step" "$i") && echo "$lines" | grep -q '^FAIL' &&
+			[ $SECONDS -lt $deadline ]; do
+			sleep 1
 		done
-		[ -z "$missing" ] && result OK "$step: node $i every lease is a sandbox's the runtime has" ||
-			result FAIL "$step: node $i leases of no sandbox:$missing"
-		got=$("$CLUSTER" node "$i" ip -o link show master cnio0 type veth 2>/dev/null | grep -c . || true)
-		[ "$got" = "$(echo "$want" | grep -c .)" ] && result OK "$step: node $i veths on cnio0 = pods ($got)" ||
-			result FAIL "$step: node $i $got veths on cnio0, $(echo "$want" | grep -c .) pods"
-		local j
-		for j in $(seq "$NODES"); do
-			[ "$i" = "$j" ] && continue
-			cidr=$(kubectl get node "pe2e-n$j" -o jsonpath='{.spec.podCIDR}')
-			"$CLUSTER" node "$i" ip route show "$cidr" | grep -q "via $(node_ip "$j")" &&
-				result OK "$step: node $i routes $cidr via node $j" ||
-				result FAIL "$step: node $i has no route to $cidr via node $j"
-		done
+		while read -r verdict msg; do
+			result "$verdict" "$msg"
+		done <<<"$lines"
 	done
+}
+
+# node_invariants STEP I prints "OK|FAIL message" per check of node I.
+node_invariants() {
+	local step=$1 i=$2 node=pe2e-n$2 want got sandboxes cidr
+	want=$(kubectl get pods -A --field-selector "spec.nodeName=$node" \
+		-o jsonpath='{range .items[*]}{.spec.hostNetwork} {.status.podIP}{"\n"}{end}' |
+		awk '$1 != "true" && NF {print $NF}' | sort)
+	got=$("$CLUSTER" node "$i" sh -c 'ls /var/lib/cni/networks/podnet 2>/dev/null' |
+		grep -E '^[0-9]+\.' | sort || true)
+	[ "$want" = "$got" ] && echo "OK $step: node $i leases = its pods' addresses ($(echo "$got" | grep -c .))" ||
+		echo "FAIL $step: node $i leases [$(echo $got)] != pods [$(echo $want)]"
+	# The runtime's containers (sandboxes among them), from its
+	# metadata: no shim is asked, so a busy one cannot hide its own.
+	sandboxes=$("$CLUSTER" node "$i" ctr --address /run/containerd/containerd.sock -n k8s.io containers ls -q)
+	local ip id missing=""
+	for ip in $got; do
+		# host-local's lease: the container ID, CRLF, the interface.
+		id=$("$CLUSTER" node "$i" head -1 "/var/lib/cni/networks/podnet/$ip" | tr -d '\r')
+		echo "$sandboxes" | grep -qx "$id" || missing="$missing $ip"
+	done
+	[ -z "$missing" ] && echo "OK $step: node $i every lease is a sandbox's the runtime has" ||
+		echo "FAIL $step: node $i leases of no sandbox:$missing"
+	got=$("$CLUSTER" node "$i" ip -o link show master cnio0 type veth 2>/dev/null | grep -c . || true)
+	[ "$got" = "$(echo "$want" | grep -c .)" ] && echo "OK $step: node $i veths on cnio0 = pods ($got)" ||
+		echo "FAIL $step: node $i $got veths on cnio0, $(echo "$want" | grep -c .) pods"
+	local j
+	for j in $(seq "$NODES"); do
+		[ "$i" = "$j" ] && continue
+		cidr=$(kubectl get node "pe2e-n$j" -o jsonpath='{.spec.podCIDR}')
+		"$CLUSTER" node "$i" ip route show "$cidr" | grep -q "via $(node_ip "$j")" &&
+			echo "OK $step: node $i routes $cidr via node $j" ||
+			echo "FAIL $step: node $i has no route to $cidr via node $j"
+	done
+	return 0
 }
 
 # step NAME CMD... runs a disruption, waits for the cluster to settle and
