@@ -4,6 +4,11 @@
 // summary, and optionally the same as a Markdown table.
 //
 //	go run ./e2e/report [-markdown] [-label nftables] DIR...
+//	go run ./e2e/report -columns nftables=DIR iptables=DIR
+//
+// With -columns it prints one Markdown table with a column per run (each
+// LABEL=DIR): a test's outcome and seconds in each, "—" where that run
+// did not have it.
 //
 // Tests the focus and skip expressions left out are not listed. The exit
 // status is 1 when a test failed or none ran.
@@ -161,10 +166,89 @@ func print(w io.Writer, label string, rs []Result, markdown bool) bool {
 	return n["fail"] == 0 && n["pass"] > 0
 }
 
+// run is one labelled run's results, for printColumns.
+type run struct {
+	label   string
+	results []Result
+}
+
+// printColumns writes a Markdown table of the tests of every run, one
+// column per run, then each run's summary line; it reports whether every
+// run passed.
+func printColumns(w io.Writer, runs []run) bool {
+	cells := map[string][]string{}
+	for i, r := range runs {
+		for _, res := range r.results {
+			if cells[res.Name] == nil {
+				cells[res.Name] = make([]string, len(runs))
+			}
+			c := fmt.Sprintf("%s %.1f s", res.Outcome, res.Seconds)
+			if res.Why != "" {
+				c += " — " + res.Why
+			}
+			cells[res.Name][i] = strings.ReplaceAll(c, "|", `\|`)
+		}
+	}
+	names := make([]string, 0, len(cells))
+	for n := range cells {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprint(w, "| test |")
+	for _, r := range runs {
+		fmt.Fprintf(w, " %s |", r.label)
+	}
+	fmt.Fprint(w, "\n|---|"+strings.Repeat("---|", len(runs))+"\n")
+	for _, n := range names {
+		fmt.Fprintf(w, "| %s |", strings.ReplaceAll(n, "|", `\|`))
+		for _, c := range cells[n] {
+			if c == "" {
+				c = "—"
+			}
+			fmt.Fprintf(w, " %s |", c)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+	ok := true
+	for _, r := range runs {
+		n := map[string]int{}
+		var total float64
+		for _, res := range r.results {
+			n[res.Outcome]++
+			total += res.Seconds
+		}
+		fmt.Fprintf(w, "%s: %d passed, %d failed, %d skipped, %.0fs in tests\n\n", r.label, n["pass"], n["fail"], n["skip"], total)
+		ok = ok && n["fail"] == 0 && n["pass"] > 0
+	}
+	return ok
+}
+
 func main() {
 	markdown := flag.Bool("markdown", false, "print a Markdown table")
 	label := flag.String("label", "e2e", "label of every line (the proxy backend)")
+	columns := flag.Bool("columns", false, "arguments are LABEL=DIR; print one Markdown table with a column per run")
 	flag.Parse()
+	if *columns {
+		var runs []run
+		for _, a := range flag.Args() {
+			l, dir, ok := strings.Cut(a, "=")
+			if !ok {
+				fmt.Fprintf(os.Stderr, "report: -columns wants LABEL=DIR, not %q\n", a)
+				os.Exit(2)
+			}
+			rs, err := read([]string{dir})
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "report:", err)
+				os.Exit(2)
+			}
+			runs = append(runs, run{l, rs})
+		}
+		if !printColumns(os.Stdout, runs) {
+			os.Exit(1)
+		}
+		return
+	}
 	rs, err := read(flag.Args())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "report:", err)

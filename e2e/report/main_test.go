@@ -56,3 +56,25 @@ func TestReportNoFiles(t *testing.T) {
 		t.Error("a directory without JUnit files gave no error")
 	}
 }
+
+// TestColumns: one row per test across runs, "—" where a run lacks it,
+// a summary per run; a failure in any run fails the whole.
+func TestColumns(t *testing.T) {
+	a := []Result{{Name: "DNS works", Outcome: "pass", Seconds: 4.12}, {Name: "NodePort | hairpin", Outcome: "fail", Seconds: 3, Why: "timed out"}}
+	b := []Result{{Name: "DNS works", Outcome: "pass", Seconds: 5}}
+	var out strings.Builder
+	if printColumns(&out, []run{{"nftables", a}, {"iptables", b}}) {
+		t.Error("a failure in one run reported as passed")
+	}
+	want := "| test | nftables | iptables |\n|---|---|---|\n" +
+		"| DNS works | pass 4.1 s | pass 5.0 s |\n" +
+		"| NodePort \\| hairpin | fail 3.0 s — timed out | — |\n\n" +
+		"nftables: 1 passed, 1 failed, 0 skipped, 7s in tests\n\n" +
+		"iptables: 1 passed, 0 failed, 0 skipped, 5s in tests\n\n"
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
+	}
+	if !printColumns(&strings.Builder{}, []run{{"iptables", b}}) {
+		t.Error("a passing run reported as failed")
+	}
+}
