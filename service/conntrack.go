@@ -34,7 +34,8 @@ func (r *renderer) udpPorts(s *Service) []udpPort {
 
 // flowFilters returns the UDP flows to delete after a Service's UDP ports
 // went from old to new (either may be empty): flows whose replies come
-// from an endpoint no longer used, and every flow to a port that had no
+// from an endpoint address and port no longer used (a target port that
+// changed on the same pod included, as kube-proxy), and every flow to a port that had no
 // endpoints and now has some (its packets were rejected; a stale entry
 // would keep them going nowhere — the DNS black hole).
 func flowFilters(old, new []udpPort) []conntrack.Filter {
@@ -47,12 +48,12 @@ func flowFilters(old, new []udpPort) []conntrack.Filter {
 		before[key{u.fam, u.port}] = u
 	}
 	var out []conntrack.Filter
-	add := func(u udpPort, ep netip.Addr) {
+	add := func(u udpPort, ep netip.AddrPort) {
 		for _, ip := range u.ips {
-			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, OrigDst: ip, DstPort: u.port, ReplySrc: ep})
+			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, OrigDst: ip, DstPort: u.port, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
 		}
 		if u.nodePort != 0 {
-			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, DstPort: u.nodePort, ReplySrc: ep})
+			out = append(out, conntrack.Filter{Protocol: conntrack.UDP, DstPort: u.nodePort, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
 		}
 	}
 	seen := map[key]bool{}
@@ -61,7 +62,7 @@ func flowFilters(old, new []udpPort) []conntrack.Filter {
 		seen[k] = true
 		ou, had := before[k]
 		if len(u.eps) > 0 && (!had || len(ou.eps) == 0) {
-			add(u, netip.Addr{})
+			add(u, netip.AddrPort{})
 		}
 		for _, ep := range ou.eps {
 			if !slices.Contains(u.eps, ep) {

@@ -31,6 +31,7 @@ func TestBehaviour(t *testing.T) {
 		{"LocalPolicy", testLocalPolicy},
 		{"NoEndpointsRejected", testNoEndpointsRejected},
 		{"UDPEndpointRemoval", testUDPEndpointRemoval},
+		{"UDPTargetPortChange", testUDPTargetPortChange},
 		{"SyncKeepsConnections", testSyncKeepsConnections},
 		{"Balance", testBalance},
 		{"AffinityTimeout", testAffinityTimeout},
@@ -277,6 +278,56 @@ func testUDPEndpointRemoval(t *testing.T, c *cluster) {
 	must(t, err)
 	if len(flows) != 0 {
 		t.Errorf("flows to the removed endpoint remain: %v", flows)
+	}
+}
+
+// testUDPTargetPortChange: when a UDP Service's target port changes on
+// the same endpoint pod, the next datagram from the same client socket
+// reaches the new port, though the old one still answers: the flow to
+// the endpoint's old address and port was deleted (the e2e test
+// "Conntrack should be able to cleanup conntrack entries when UDP
+// service target port changes for a NodePort service").
+func testUDPTargetPortChange(t *testing.T, c *cluster) {
+	server := c.addPod("pod1a", 1, "10.200.1.2")
+	srv, err := probe.Serve(server.ns, netip.MustParseAddrPort("10.200.1.2:9090"), "port-9090")
+	must(t, err)
+	defer srv.Close()
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	s := svc("dns", "10.96.0.10", UDP, 53, c.endpoints("pod1a"))
+	apply(t, p, s)
+	var conn *net.UDPConn
+	must(t, client.ns.Do(func() error {
+		var err error
+		conn, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.200.0.9:40054")), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.96.0.10:53")))
+		return err
+	}))
+	defer conn.Close()
+	query := func() string {
+		t.Helper()
+		buf := make([]byte, 200)
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			conn.Write([]byte("who\n"))
+			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if n, err := conn.Read(buf); err == nil {
+				f := strings.Fields(string(buf[:n]))
+				return f[len(f)-1]
+			}
+		}
+		t.Fatal("no UDP answer")
+		return ""
+	}
+	if got := query(); got != "pod1a" {
+		t.Fatalf("target port 8080 answered by %s, want pod1a", got)
+	}
+	s.Ports[0].TargetPort = 9090
+	res := apply(t, p, s)
+	if res.Full || res.Flows == 0 {
+		t.Errorf("sync: %+v, want a partial sync deleting flows", res)
+	}
+	if got := query(); got != "port-9090" {
+		t.Errorf("after the target port moved to 9090: answered by %s, want port-9090", got)
 	}
 }
 

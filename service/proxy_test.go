@@ -465,6 +465,8 @@ func TestFlowFilters(t *testing.T) {
 	two := r.udpPorts(s.clone())
 	s.Endpoints = s.Endpoints[1:]
 	one := r.udpPorts(s.clone())
+	s.Ports[0].TargetPort = 9090
+	moved := r.udpPorts(s.clone())
 	s.Endpoints = nil
 	none := r.udpPorts(s.clone())
 	gone := ip("10.200.0.2")
@@ -474,8 +476,13 @@ func TestFlowFilters(t *testing.T) {
 		want     []conntrack.Filter
 	}{
 		{"endpoint removed", two, one, []conntrack.Filter{
-			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: gone},
-			{Protocol: conntrack.UDP, DstPort: 31088, ReplySrc: gone}}},
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: gone, ReplySrcPort: 8080},
+			{Protocol: conntrack.UDP, DstPort: 31088, ReplySrc: gone, ReplySrcPort: 8080}}},
+		{"target port changed", one, moved, []conntrack.Filter{
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: ip("10.200.0.3"), ReplySrcPort: 8080},
+			{Protocol: conntrack.UDP, DstPort: 31088, ReplySrc: ip("10.200.0.3"), ReplySrcPort: 8080},
+			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80, ReplySrc: ip("10.200.1.2"), ReplySrcPort: 8080},
+			{Protocol: conntrack.UDP, DstPort: 31088, ReplySrc: ip("10.200.1.2"), ReplySrcPort: 8080}}},
 		{"0 to 2 endpoints", none, two, []conntrack.Filter{
 			{Protocol: conntrack.UDP, OrigDst: ip("10.96.0.20"), DstPort: 80}, {Protocol: conntrack.UDP, DstPort: 31088}}},
 		{"new service", nil, one, []conntrack.Filter{

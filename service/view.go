@@ -48,7 +48,7 @@ type udpPort struct {
 	ips      []netip.Addr // cluster and external IPs
 	port     uint16
 	nodePort uint16
-	eps      []netip.Addr // endpoints traffic may be sent to
+	eps      []netip.AddrPort // endpoints traffic may be sent to
 }
 
 type epChoice struct {
@@ -253,8 +253,8 @@ func (sp *servicePort) udp() udpPort {
 	}
 	u.ips = append(u.ips, sp.eips...)
 	for _, c := range slices.Concat(sp.svcEps, sp.svlEps) {
-		if !slices.Contains(u.eps, c.ap.Addr()) {
-			u.eps = append(u.eps, c.ap.Addr())
+		if !slices.Contains(u.eps, c.ap) {
+			u.eps = append(u.eps, c.ap)
 		}
 	}
 	return u
