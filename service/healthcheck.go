@@ -144,7 +144,7 @@ func healthStates(svcs map[Name]*Service, node string, healthy bool) map[uint16]
 		}
 		st := healthState{name: n, healthy: healthy}
 		for _, e := range s.Endpoints {
-			if e.NodeName == node && node != "" && e.Ready && !e.Terminating {
+			if e.NodeName == node && node != "" && e.Ready {
 				st.local++
 			}
 		}

@@ -39,6 +39,7 @@ func TestBehaviour(t *testing.T) {
 		{"DualStack", testDualStack},
 		{"SCTP", testSCTP},
 		{"TerminatingFallback", testTerminatingFallback},
+		{"ReadyTerminating", testReadyTerminating},
 		{"ExternalIP", testExternalIP},
 		{"LocalShortCircuit", testLocalShortCircuit},
 		{"InternalLocal", testInternalLocal},
@@ -555,6 +556,35 @@ func testTerminatingFallback(t *testing.T, c *cluster) {
 		if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod1a" {
 			t.Fatalf("only the terminating endpoint is left, yet: %+v", r)
 		}
+	}
+}
+
+// testReadyTerminating: an endpoint both Ready and Terminating — what
+// the EndpointSlice controller writes for a terminating, unready pod of
+// a Service with publishNotReadyAddresses — takes new connections beside
+// the other ready ones, as kube-proxy has it (the e2e test "Services
+// should create endpoints for unready pods").
+func testReadyTerminating(t *testing.T, c *cluster) {
+	c.addPod("pod0a", 0, "10.200.0.2")
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	p := c.proxy()
+	eps := c.endpoints("pod0a", "pod1a")
+	eps[1].Serving, eps[1].Terminating = false, true
+	s := svc("web", "10.96.0.20", TCP, 80, eps[1:])
+	apply(t, p, s)
+	if r := ask(t, client.ns, "tcp", "10.96.0.20:80"); r.Name != "pod1a" {
+		t.Fatalf("the ready terminating endpoint alone: %+v", r)
+	}
+	s.Endpoints = eps
+	apply(t, p, s)
+	seen := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < 2 && time.Now().Before(deadline) {
+		seen[ask(t, client.ns, "tcp", "10.96.0.20:80").Name] = true
+	}
+	if !seen["pod0a"] || !seen["pod1a"] {
+		t.Errorf("with another ready endpoint, new connections reached %v, want both", seen)
 	}
 }
 

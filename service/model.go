@@ -96,9 +96,11 @@ type Endpoint struct {
 	// Ports maps a Service port name to the endpoint's port; a missing
 	// name uses the Service port's TargetPort.
 	Ports map[string]uint16
-	// Ready endpoints take new connections. Serving but not Ready
-	// endpoints (Terminating ones still serving) take them only when no
-	// endpoint of the port is Ready.
+	// Ready endpoints take new connections, Terminating or not (the
+	// EndpointSlice controller marks a terminating pod Ready only for a
+	// Service with publishNotReadyAddresses). Serving and Terminating
+	// endpoints that are not Ready take them only when no endpoint of the
+	// port is Ready. As kube-proxy reads the conditions.
 	Ready, Serving, Terminating bool
 	NodeName                    string // the node it runs on; compared with Config.NodeName
 	// ZoneHints and NodeHints are the EndpointSlice's hints (forZones,

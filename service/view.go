@@ -63,7 +63,7 @@ func pick(eps []Endpoint, ready, terminating func(Endpoint) bool) []Endpoint {
 	var r, t []Endpoint
 	for _, e := range eps {
 		switch {
-		case e.Ready && !e.Terminating && ready(e):
+		case e.Ready && ready(e):
 			r = append(r, e)
 		case e.Serving && e.Terminating && terminating(e):
 			t = append(t, e)
@@ -90,7 +90,7 @@ func (r *renderer) clusterEndpoints(eps []Endpoint) []Endpoint {
 func (r *renderer) topology(eps []Endpoint) func(Endpoint) bool {
 	allNode, allZone, forNode, forZone, any := true, true, false, false, false
 	for _, e := range eps {
-		if !e.Ready || e.Terminating {
+		if !e.Ready {
 			continue
 		}
 		any = true

@@ -196,10 +196,7 @@ func endpoints(eps []*discoveryv1.EndpointSlice, keep func(netip.Addr) bool) ([]
 
 func endpoint(a netip.Addr, e discoveryv1.Endpoint, ports map[string]uint16) service.Endpoint {
 	ready := e.Conditions.Ready == nil || *e.Conditions.Ready
-	serving := ready
-	if e.Conditions.Serving != nil {
-		serving = *e.Conditions.Serving
-	}
+	serving := e.Conditions.Serving == nil || *e.Conditions.Serving
 	out := service.Endpoint{
 		Addr: a, Ports: ports, NodeName: deref(e.NodeName),
 		Ready: ready, Serving: serving, Terminating: deref(e.Conditions.Terminating),

@@ -78,8 +78,11 @@ func TestConvertMergesSlices(t *testing.T) {
 	if !e1.Ready || e1.Terminating {
 		t.Errorf("duplicate: %+v, want the ready entry of web-b", e1)
 	}
-	if e2.Ready || e2.Serving {
-		t.Errorf("ready=false with serving unset: %+v, want not serving", e2)
+	// kube-proxy v1.34 reads an unset serving as true whatever ready
+	// says (pkg/proxy/endpointslicecache.go); it matters only for a
+	// terminating endpoint, the fallback when none is ready.
+	if e2.Ready || !e2.Serving {
+		t.Errorf("ready=false with serving unset: %+v, want not ready, serving", e2)
 	}
 }
 
