@@ -152,3 +152,92 @@ func b2i(b bool) int {
 	}
 	return 0
 }
+
+// adminCase is a case of AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies, with the NetworkPolicies they meet.
+type adminCase struct {
+	name      string
+	admins    []AdminPolicy
+	baselines []BaselinePolicy
+	policies  []Policy
+	ports     []uint16
+}
+
+func (tc *adminCase) apply(w *world) {
+	w.admins, w.baselines, w.policies = tc.admins, tc.baselines, tc.policies
+}
+
+func nsSubject(kv ...string) AdminSubject { return AdminSubject{Namespaces: sel(kv...)} }
+
+func podsPeer(ns, pod string) AdminPeer {
+	return AdminPeer{Pods: &NamespacedPods{Namespaces: *sel("ns", ns), Pods: *sel("pod", pod)}}
+}
+
+func nsPeer(kv ...string) AdminPeer { return AdminPeer{Namespaces: sel(kv...)} }
+
+// adminCases cover the three stages and how they meet: an admin Deny
+// over a NetworkPolicy's allow, an admin Allow over a NetworkPolicy's
+// deny and default deny, Pass to the NetworkPolicies and, when none
+// isolates, to the baseline, priorities, a baseline under a
+// NetworkPolicy, a baseline alone, ports of each kind and egress to
+// networks.
+func adminCases() []adminCase {
+	x := func(name string) Name { return Name{"x", name} }
+	all := AdminPeer{Namespaces: &Selector{}}
+	return []adminCase{
+		{name: "AdminDenyOverNetworkAllow",
+			policies: []Policy{{Name: x("allow-all"), Types: Ingress, Ingress: []Rule{{}}}},
+			admins: []AdminPolicy{{Name: "deny-from-y", Priority: 10, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Name: "no-y", Action: Deny, Peers: []AdminPeer{nsPeer("ns", "y")}}}}}},
+		{name: "AdminAllowOverNetworkDeny",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}, {Name: Name{"y", "deny-out"}, Types: Egress}},
+			admins: []AdminPolicy{{Name: "allow-z-to-xa", Priority: 1,
+				Subject: AdminSubject{Pods: &NamespacedPods{Namespaces: *sel("ns", "x"), Pods: *sel("pod", "a")}},
+				Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}},
+				{Name: "y-may-reach-z", Priority: 2, Subject: nsSubject("ns", "y"),
+					Egress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}}}},
+		{name: "PassToNetworkPolicy",
+			policies: []Policy{{Name: x("from-y-b"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "y"), Pods: sel("pod", "b")}}}}}},
+			admins: []AdminPolicy{{Name: "pass-y-allow-rest", Priority: 100, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Pass, Peers: []AdminPeer{nsPeer("ns", "y")}}, {Action: Allow, Peers: []AdminPeer{all}}}}}},
+		{name: "PassToBaseline",
+			admins: []AdminPolicy{{Name: "pass-y", Priority: 100, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Pass, Peers: []AdminPeer{nsPeer("ns", "y")}}, {Action: Deny, Peers: []AdminPeer{all}, Ports: []Port{{Port: 81}, {Protocol: UDP, Port: 81}}}}}},
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{{Pods: &NamespacedPods{Pods: *sel("pod", "a")}}}}, {Action: Deny, Peers: []AdminPeer{nsPeer("ns", "y")}}}}}},
+		{name: "Priorities",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}},
+			admins: []AdminPolicy{
+				{Name: "low-allow-y", Priority: 20, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "y")}}}},
+				{Name: "high-deny-y-b", Priority: 5, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{podsPeer("y", "b")}}}},
+				// Equal priorities apply in the order of their names.
+				{Name: "tie-b-allow-z", Priority: 30, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}},
+				{Name: "tie-a-deny-z-81", Priority: 30, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Port: 81}, {Protocol: UDP, Port: 81}}}}},
+			}},
+		{name: "BaselineUnderNetworkPolicy",
+			policies:  []Policy{{Name: x("a-from-z"), PodSelector: *sel("pod", "a"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "z")}}}}}},
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}}}}},
+		{name: "BaselineDefaultDeny",
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "y"),
+				Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}},
+				Egress:  []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}}}}},
+		{name: "AdminPorts",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}},
+			admins: []AdminPolicy{{Name: "ports", Priority: 50, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{
+					{Name: "number", Action: Allow, Peers: []AdminPeer{nsPeer("ns", "y")}, Ports: []Port{{Protocol: TCP, Port: 80}}},
+					{Name: "named", Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Protocol: UDP, Name: "serve-81-udp"}}},
+					{Name: "range", Action: Allow, Peers: []AdminPeer{podsPeer("x", "b"), podsPeer("x", "c")}, Ports: []Port{{Protocol: UDP, Port: 60, EndPort: 80}, {Port: 81, EndPort: 90}}},
+				},
+				Egress: []AdminRule{
+					{Name: "named-out", Action: Deny, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Name: "serve-80-tcp"}}},
+				}}}},
+		{name: "EgressNetworks",
+			policies: []Policy{{Name: x("a-no-egress"), PodSelector: *sel("pod", "a"), Types: Egress}},
+			admins: []AdminPolicy{{Name: "networks", Priority: 0, Subject: nsSubject("ns", "x"),
+				Egress: []AdminRule{
+					{Action: Deny, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:244:1::/64")}}}},
+					{Action: Allow, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.244.0.16/28"), pfx("fd00:244::20/123")}}}, Ports: []Port{{Port: 80}, {Protocol: UDP, Port: 81}}},
+				}}}},
+	}
+}
