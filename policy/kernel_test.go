@@ -43,6 +43,27 @@ func TestTruthTables(t *testing.T) {
 	}
 }
 
+// TestAdminTruthTables: every admin case on a real kernel, on the same
+// two bridged nodes, every pair probed, one case after the other (partial
+// syncs); the expected table comes from the reference semantics. Some
+// run in IPv6 too.
+func TestAdminTruthTables(t *testing.T) {
+	w := newWorld(0)
+	c := newCluster(t, w)
+	v6 := map[string]bool{"PassToBaseline": true, "AdminPorts": true, "EgressNetworks": true}
+	for _, tc := range adminCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			c.t = t
+			tc.apply(w)
+			c.apply(w)
+			c.converge(w, tc.ports, false)
+			if v6[tc.name] {
+				c.converge(w, tc.ports, true)
+			}
+		})
+	}
+}
+
 // TestRelabel: a pod relabelled into and out of a policy's peer selector
 // (on the other node), a namespace relabelled into and out of one, and a
 // pod relabelled out of a policy's pod selector.
