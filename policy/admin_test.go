@@ -238,3 +238,27 @@ func TestAdminRulesPerPodConstant(t *testing.T) {
 		t.Errorf("rules evaluated %v: grow with admin policies selecting other pods", evaluated)
 	}
 }
+
+// TestAdminDenyCounted: a packet an admin Deny drops and one a baseline
+// Deny drops are counted in the direction's denied counter, as those no
+// NetworkPolicy allowed are; an admin Allow is not.
+func TestAdminDenyCounted(t *testing.T) {
+	w := newWorld(0)
+	w.admins = []AdminPolicy{{Name: "no-y", Subject: nsSubject("ns", "x"),
+		Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{nsPeer("ns", "y")}}, {Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}}}
+	w.baselines = []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "x"), Egress: []AdminRule{{Action: Deny, Peers: []AdminPeer{nsPeer("ns", "z")}}}}}
+	e, rec := recorded(t)
+	load(t, e, w)
+	for _, p := range []struct {
+		src, dst string
+		want     bool
+	}{{"y/a", "x/a", false}, {"z/a", "x/a", true}, {"x/a", "z/b", false}, {"x/a", "y/b", true}} {
+		s, d := w.pod(p.src), w.pod(p.dst)
+		if ok, _, err := rec.trace(packet{src: s.IPs[0], dst: d.IPs[0], proto: TCP, dport: 80}); err != nil || ok != p.want {
+			t.Errorf("%s -> %s: allowed %v, %v; want %v", p.src, p.dst, ok, err, p.want)
+		}
+	}
+	if in, eg, err := e.Denied(context.Background()); err != nil || in != 1 || eg != 1 {
+		t.Errorf("Denied = %d ingress, %d egress, %v; want 1, 1", in, eg, err)
+	}
+}
