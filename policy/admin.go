@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -53,9 +52,9 @@ type AdminPeer struct {
 	Namespaces *Selector
 	// Pods selects pods in selected namespaces.
 	Pods *NamespacedPods
-	// Nodes selects nodes by their labels (egress only). Not
-	// supported: Validate rejects it with an error matching
-	// ErrNotSupported.
+	// Nodes selects nodes by their labels (egress only): their
+	// addresses (Node.IPs). Traffic from a pod to its own node never
+	// meets the rules (see the package documentation).
 	Nodes *Selector
 	// Networks matches the addresses of these prefixes, pods' or not
 	// (egress only). Each must be masked (10.0.0.0/8, not 10.0.0.1/8).
@@ -110,8 +109,7 @@ type BaselinePolicy struct {
 const MaxAdminPriority = 1000
 
 // Validate reports the first problem with p as an error matching
-// ErrInvalid (ErrNotSupported for a nodes peer) that names the policy and
-// the field.
+// ErrInvalid that names the policy and the field.
 func (p *AdminPolicy) Validate() error {
 	what := fmt.Sprintf("admin network policy %q", p.Name)
 	if badName(p.Name) {
@@ -124,8 +122,7 @@ func (p *AdminPolicy) Validate() error {
 }
 
 // Validate reports the first problem with p as an error matching
-// ErrInvalid (ErrNotSupported for a nodes peer) that names the policy and
-// the field.
+// ErrInvalid that names the policy and the field.
 func (p *BaselinePolicy) Validate() error {
 	what := fmt.Sprintf("baseline admin network policy %q", p.Name)
 	if badName(p.Name) {
@@ -145,9 +142,6 @@ func validateTier(what string, s *AdminSubject, ingress, egress []AdminRule, pas
 		}
 		for i, r := range rules {
 			if err := r.validate(d, pass); err != nil {
-				if errors.Is(err, ErrNotSupported) {
-					return fmt.Errorf("%s: %s rule %d: %w", what, dirWord(d), i, err)
-				}
 				return podnet.Invalid("%s: %s rule %d: %v", what, dirWord(d), i, err)
 			}
 		}
@@ -197,12 +191,9 @@ func (r *AdminRule) validate(d Direction, pass bool) error {
 	addrPeer := false
 	for i, pe := range r.Peers {
 		if err := pe.validate(d); err != nil {
-			if errors.Is(err, ErrNotSupported) {
-				return fmt.Errorf("peer %d: %w", i, err)
-			}
 			return fmt.Errorf("peer %d: %v", i, err)
 		}
-		addrPeer = addrPeer || pe.Networks != nil
+		addrPeer = addrPeer || pe.Networks != nil || pe.Nodes != nil
 	}
 	for i, port := range r.Ports {
 		if err := port.validate(); err != nil {
@@ -212,7 +203,7 @@ func (r *AdminRule) validate(d Direction, pass bool) error {
 			return fmt.Errorf("port %d: want a number, a range or a name", i)
 		}
 		if port.Name != "" && addrPeer {
-			return fmt.Errorf("port %d: named port %q with a networks peer (which has no named ports)", i, port.Name)
+			return fmt.Errorf("port %d: named port %q with a networks or nodes peer (which have no named ports)", i, port.Name)
 		}
 	}
 	return nil
@@ -236,7 +227,7 @@ func (pe *AdminPeer) validate(d Direction) error {
 	case d == Ingress:
 		return fmt.Errorf("nodes and networks peers are for egress only")
 	case pe.Nodes != nil:
-		return fmt.Errorf("nodes peers: %w", ErrNotSupported)
+		return pe.Nodes.validate()
 	}
 	if len(pe.Networks) == 0 {
 		return fmt.Errorf("networks: none")
@@ -247,6 +238,36 @@ func (pe *AdminPeer) validate(d Direction) error {
 		}
 	}
 	return nil
+}
+
+// Node is a node as admin and baseline policies' nodes peers see it: its
+// labels and addresses (a Kubernetes Node's InternalIP and ExternalIP
+// status.addresses).
+type Node struct {
+	Name   string
+	Labels map[string]string
+	IPs    []netip.Addr
+}
+
+// Validate reports a node without a name or with a bad address as an
+// error matching ErrInvalid.
+func (n *Node) Validate() error {
+	if badName(n.Name) {
+		return podnet.Invalid("node %q: a name is required, without '/', ':', quotes or spaces", n.Name)
+	}
+	for _, a := range n.IPs {
+		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || a.Is4In6() {
+			return podnet.Invalid("node %q: address %q is not a unicast address", n.Name, a)
+		}
+	}
+	return nil
+}
+
+func (n *Node) clone() *Node {
+	c := *n
+	c.Labels = cloneLabels(n.Labels)
+	c.IPs = slices.Clone(n.IPs)
+	return &c
 }
 
 // tier tells the stage a policy belongs to.
@@ -335,6 +356,8 @@ func (r *AdminRule) asRule() Rule {
 			out.Peers = append(out.Peers, Peer{Namespaces: pe.Namespaces.clone()})
 		case pe.Pods != nil:
 			out.Peers = append(out.Peers, Peer{Namespaces: pe.Pods.Namespaces.clone(), Pods: pe.Pods.Pods.clone()})
+		case pe.Nodes != nil:
+			out.Peers = append(out.Peers, Peer{nodes: pe.Nodes.clone()})
 		}
 		for _, n := range pe.Networks {
 			out.Peers = append(out.Peers, Peer{IPBlock: &IPBlock{CIDR: n}})

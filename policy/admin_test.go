@@ -78,6 +78,13 @@ func TestAdminInvalidChangesNothing(t *testing.T) {
 		"invalid CIDR": admin(func(p *AdminPolicy) {
 			p.Egress = []AdminRule{{Action: Deny, Peers: []AdminPeer{{Networks: []netip.Prefix{{}}}}}}
 		}),
+		"named port with nodes": admin(func(p *AdminPolicy) {
+			p.Egress = []AdminRule{{Action: Allow, Peers: []AdminPeer{{Nodes: &Selector{}}}, Ports: []Port{{Name: "web"}}}}
+		}),
+		"ingress nodes": admin(func(p *AdminPolicy) { p.Ingress[0].Peers = []AdminPeer{{Nodes: &Selector{}}} }),
+		"bad nodes selector": admin(func(p *AdminPolicy) {
+			p.Egress = []AdminRule{{Action: Deny, Peers: []AdminPeer{{Nodes: &Selector{MatchLabels: map[string]string{"": "x"}}}}}}
+		}),
 		"named port with networks": admin(func(p *AdminPolicy) {
 			p.Egress = []AdminRule{{Action: Allow, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.0.0.0/8")}}}, Ports: []Port{{Name: "web"}}}}
 		}),
@@ -90,10 +97,6 @@ func TestAdminInvalidChangesNothing(t *testing.T) {
 		if !errors.Is(err, ErrInvalid) || errors.As(err, &op) || !strings.Contains(err.Error(), `admin network policy "`+p.Name+`"`) {
 			t.Errorf("%s: %v, want an ErrInvalid naming the policy", name, err)
 		}
-	}
-	nodes := admin(func(p *AdminPolicy) { p.Egress = []AdminRule{{Action: Deny, Peers: []AdminPeer{{Nodes: &Selector{}}}}} })
-	if err := e.UpdateAdminPolicy(nodes); !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), `"bad": egress rule 0: peer 0`) {
-		t.Errorf("nodes peer: %v, want an ErrNotSupported naming the policy and field", err)
 	}
 	for name, p := range map[string]BaselinePolicy{
 		"pass":    {Name: "default", Subject: nsSubject(), Ingress: []AdminRule{{Action: Pass, Peers: ok.Peers}}},
@@ -176,10 +179,14 @@ func randomAdminRule(r *rand.Rand, d Direction, actions []Action) AdminRule {
 		case 2:
 			rule.Peers = append(rule.Peers, AdminPeer{Pods: &NamespacedPods{Namespaces: *sel("ns", testNamespaces[r.IntN(3)]), Pods: *sel("role", "db")}})
 		case 3:
-			if d == Egress {
+			switch {
+			case d == Egress && r.IntN(2) == 0:
 				networks = true
 				rule.Peers = append(rule.Peers, AdminPeer{Networks: []netip.Prefix{pfx(fmt.Sprintf("10.244.%d.0/25", r.IntN(2))), pfx("fd00:244::/48")}})
-			} else {
+			case d == Egress:
+				networks = true
+				rule.Peers = append(rule.Peers, AdminPeer{Nodes: sel("zone", fmt.Sprintf("z%d", r.IntN(2)))})
+			default:
 				rule.Peers = append(rule.Peers, AdminPeer{Namespaces: &Selector{}})
 			}
 		}
@@ -260,5 +267,34 @@ func TestAdminDenyCounted(t *testing.T) {
 	}
 	if in, eg, err := e.Denied(context.Background()); err != nil || in != 1 || eg != 1 {
 		t.Errorf("Denied = %d ingress, %d egress, %v; want 1, 1", in, eg, err)
+	}
+}
+
+// TestAdminNodesTraced: nodes peers match the selected nodes' addresses,
+// on each node's table, in both families, as the reference says; the
+// case discriminates (without its policies every probe passes).
+func TestAdminNodesTraced(t *testing.T) {
+	for node := range 2 {
+		for _, v6 := range []bool{false, true} {
+			w := newWorld(node)
+			nodesCase(w)
+			want := w.nodeExpected(v6)
+			e, rec := recorded(t)
+			load(t, e, w)
+			got := map[probeKey]bool{}
+			for k := range want {
+				dst := nodeAddr(int(k.dst[len(k.dst)-1]-'0'), v6)
+				ok, _, err := rec.trace(packet{src: w.pod(k.src).IPs[b2i(v6)], dst: dst, proto: k.proto, dport: k.port})
+				must(t, err)
+				got[k] = ok
+			}
+			if d := matrixDiff(got, want); len(d) > 0 {
+				t.Errorf("node%d v6=%v: %d probes differ:\n%s", node, v6, len(d), strings.Join(d, "\n"))
+			}
+			w.admins, w.baselines, w.policies = nil, nil, nil
+			if len(matrixDiff(want, w.nodeExpected(v6))) == 0 {
+				t.Errorf("node%d v6=%v: the policies change nothing", node, v6)
+			}
+		}
 	}
 }

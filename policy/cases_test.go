@@ -55,8 +55,20 @@ func newWorld(node int) *world {
 			w.pods = append(w.pods, pod)
 		}
 	}
+	for i := range 2 {
+		w.nodes = append(w.nodes, Node{Name: fmt.Sprintf("node%d", i), Labels: map[string]string{"kubernetes.io/hostname": fmt.Sprintf("node%d", i), "zone": fmt.Sprintf("z%d", i)},
+			IPs: []netip.Addr{nodeAddr(i, false), nodeAddr(i, true)}})
+	}
 	w.enforced = func(p *Pod) bool { return p.Local }
 	return w
+}
+
+// nodeAddr is node i's address on the link between the nodes.
+func nodeAddr(i int, v6 bool) netip.Addr {
+	if v6 {
+		return netip.MustParseAddr(fmt.Sprintf("fd00:240::1%d", i))
+	}
+	return netip.MustParseAddr(fmt.Sprintf("10.240.0.1%d", i))
 }
 
 func (w *world) pod(name string) *Pod {
@@ -240,4 +252,38 @@ func adminCases() []adminCase {
 					{Action: Allow, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.244.0.16/28"), pfx("fd00:244::20/123")}}}, Ports: []Port{{Port: 80}, {Protocol: UDP, Port: 81}}},
 				}}}},
 	}
+}
+
+// nodesCase is admin and baseline policies with nodes peers: x's pods may
+// reach the other node on TCP 80 only, and y's none of zone z1's (node1)
+// unless no admin rule denies it; checked by probing, from every pod, the
+// node it does not run on.
+func nodesCase(w *world) {
+	w.policies = []Policy{{Name: Name{"x", "no-egress"}, Types: Egress}}
+	w.admins = []AdminPolicy{{Name: "nodes", Priority: 3, Subject: nsSubject("ns", "x"),
+		Egress: []AdminRule{
+			{Action: Deny, Peers: []AdminPeer{{Nodes: sel("zone", "z1")}}, Ports: []Port{{Protocol: UDP, Port: 80}}},
+			{Action: Allow, Peers: []AdminPeer{{Nodes: &Selector{}}}, Ports: []Port{{Port: 80}, {Protocol: UDP, Port: 80}}},
+		}}}
+	w.baselines = []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "y"),
+		Egress: []AdminRule{{Action: Deny, Peers: []AdminPeer{{Nodes: sel("zone", "z1")}}}}}}
+}
+
+// nodeExpected returns the reference's verdicts for every pod reaching
+// the node it does not run on (its own node is never filtered), at its
+// address on the link between them.
+func (w *world) nodeExpected(v6 bool) map[probeKey]bool {
+	out := map[probeKey]bool{}
+	for _, s := range w.pods {
+		other := 1
+		if s.Name.Name == "c" {
+			other = 0
+		}
+		for _, proto := range testProtos {
+			for _, port := range testPorts {
+				out[probeKey{s.Name.String(), fmt.Sprintf("node%d", other), proto, port}] = w.refAllowed(s.IPs[b2i(v6)], nodeAddr(other, v6), proto, port)
+			}
+		}
+	}
+	return out
 }

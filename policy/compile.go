@@ -434,6 +434,18 @@ func (c *compiler) peerRanges(ns string, r *Rule, f podnet.Family) []addrRange {
 			}
 			continue
 		}
+		if pe.nodes != nil {
+			for _, n := range c.m.nodes {
+				if pe.nodes.Matches(n.Labels) {
+					for _, a := range n.IPs {
+						if podnet.FamilyOf(a) == f {
+							out = append(out, addrRange{a, a})
+						}
+					}
+				}
+			}
+			continue
+		}
 		c.peerPods(ns, pe, func(p *Pod) {
 			if a, ok := p.addr(f); ok {
 				out = append(out, addrRange{a, a})

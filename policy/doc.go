@@ -34,8 +34,9 @@
 // sigs.k8s.io/network-policy-api): cluster-wide, selecting pods by
 // namespace and pod labels, with ordered rules whose Action is Allow,
 // Deny or Pass (baseline: Allow or Deny) and whose peers are namespaces,
-// pods or, for egress, networks (nodes peers are refused with
-// ErrNotSupported). For a pod in a direction, the admin policies that
+// pods or, for egress, networks and nodes (by their labels: the
+// addresses of the Nodes given to UpdateNode; a pod's own node is never
+// filtered). For a pod in a direction, the admin policies that
 // select it apply first, by Priority (lowest first) then name, rules in
 // order, the first match deciding: Allow accepts, Deny drops, Pass goes
 // on. Then, when a Policy isolates the pod, the Policies decide;

@@ -185,6 +185,29 @@ func (e *Enforcer) deleteTiered(t tier, name string) {
 	}
 }
 
+// UpdateNode adds or replaces a node: its labels and addresses, which
+// admin and baseline policies' nodes peers read.
+func (e *Enforcer) UpdateNode(n Node) error {
+	if err := n.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m.putNode(n.clone())
+	e.markChanged()
+	return nil
+}
+
+// DeleteNode removes a node; deleting an unknown one does nothing.
+func (e *Enforcer) DeleteNode(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.m.nodes[name]; ok {
+		e.m.removeNode(name)
+		e.markChanged()
+	}
+}
+
 // UpdatePod adds or replaces a pod. It validates p and copies it.
 func (e *Enforcer) UpdatePod(p Pod) error {
 	if err := p.Validate(); err != nil {

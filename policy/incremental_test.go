@@ -42,7 +42,7 @@ func TestIncrementalCompile(t *testing.T) {
 
 func snapshot(w *world) *world {
 	return &world{pods: slices.Clone(w.pods), namespaces: maps.Clone(w.namespaces), policies: slices.Clone(w.policies),
-		admins: slices.Clone(w.admins), baselines: slices.Clone(w.baselines)}
+		admins: slices.Clone(w.admins), baselines: slices.Clone(w.baselines), nodes: slices.Clone(w.nodes)}
 }
 
 // applyChanges updates or deletes in e exactly the objects that differ
@@ -84,6 +84,19 @@ func applyChanges(t *testing.T, e *Enforcer, prev, w *world) {
 	}
 	for n := range pols {
 		e.DeletePolicy(n)
+	}
+	nodes := map[string]Node{}
+	for _, n := range prev.nodes {
+		nodes[n.Name] = n
+	}
+	for _, n := range w.nodes {
+		if old, ok := nodes[n.Name]; !ok || !reflect.DeepEqual(old, n) {
+			must(t, e.UpdateNode(n))
+		}
+		delete(nodes, n.Name)
+	}
+	for n := range nodes {
+		e.DeleteNode(n)
 	}
 	admins := map[string]AdminPolicy{}
 	for _, a := range prev.admins {

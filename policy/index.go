@@ -24,6 +24,7 @@ type model struct {
 	// admins and baselines are the AdminPolicies and BaselinePolicies,
 	// by name.
 	admins, baselines map[string]*tiered
+	nodes             map[string]*Node // what admin and baseline nodes peers select
 
 	changes changes
 	frags   map[fragKey]*ruleset // fragments valid for the model as it is
@@ -48,6 +49,7 @@ type changes struct {
 	namespaces map[string]*Namespace
 	policies   map[Name]bool
 	tiers      map[fragKey]bool // admin and baseline policies, with d 0
+	nodes      map[string]*Node
 }
 
 // fragKey names the fragment of one policy in one direction: a
@@ -66,12 +68,12 @@ const manyChanges = 256
 func newModel() model {
 	return model{policies: map[Name]*Policy{}, pods: map[Name]*Pod{}, namespaces: map[string]*Namespace{},
 		byNS: map[string]map[Name]*Pod{}, local: map[Name]*Pod{}, addrs: map[netip.Addr]int{}, polsByNS: map[string]map[Name]*Policy{},
-		admins: map[string]*tiered{}, baselines: map[string]*tiered{},
+		admins: map[string]*tiered{}, baselines: map[string]*tiered{}, nodes: map[string]*Node{},
 		changes: newChanges()}
 }
 
 func newChanges() changes {
-	return changes{pods: map[Name]*Pod{}, namespaces: map[string]*Namespace{}, policies: map[Name]bool{}, tiers: map[fragKey]bool{}}
+	return changes{pods: map[Name]*Pod{}, namespaces: map[string]*Namespace{}, policies: map[Name]bool{}, tiers: map[fragKey]bool{}, nodes: map[string]*Node{}}
 }
 
 func (m *model) putPolicy(p *Policy) {
@@ -102,6 +104,22 @@ func (m *model) putTiered(t *tiered) {
 func (m *model) removeTiered(t tier, name string) {
 	m.changes.tiers[fragKey{t: t, n: Name{Name: name}}] = true
 	delete(m.tierMap(t), name)
+}
+
+func (m *model) putNode(n *Node) {
+	m.noteNode(n.Name)
+	m.nodes[n.Name] = n
+}
+
+func (m *model) removeNode(name string) {
+	m.noteNode(name)
+	delete(m.nodes, name)
+}
+
+func (m *model) noteNode(name string) {
+	if _, seen := m.changes.nodes[name]; !seen {
+		m.changes.nodes[name] = m.nodes[name]
+	}
 }
 
 func (m *model) putPod(p *Pod) {
@@ -187,7 +205,7 @@ func (m *model) nsLabels(name string) map[string]string {
 func (m *model) invalidate() {
 	ch := m.changes
 	m.changes = newChanges()
-	if len(ch.pods)+len(ch.namespaces) > manyChanges {
+	if len(ch.pods)+len(ch.namespaces)+len(ch.nodes) > manyChanges {
 		m.frags = nil
 	}
 	if m.frags == nil {
@@ -222,7 +240,7 @@ func (m *model) invalidate() {
 	}
 	for k := range m.frags {
 		o := m.owner(k)
-		if m.podsAlter(o, k.d, ch.pods) || m.namespacesAlter(o, k.d, ch.namespaces) {
+		if m.podsAlter(o, k.d, ch.pods) || m.namespacesAlter(o, k.d, ch.namespaces) || m.nodesAlter(o, k.d, ch.nodes) {
 			delete(m.frags, k)
 		}
 	}
@@ -294,6 +312,9 @@ func (m *model) podAlters(o owner, d Direction, v *Pod, self int) bool {
 		}
 		for i := range r.Peers {
 			pe := &r.Peers[i]
+			if pe.nodes != nil {
+				continue // nodesAlter's
+			}
 			if pe.IPBlock != nil {
 				if named && d == Egress && slices.ContainsFunc(v.IPs, pe.IPBlock.CIDR.Contains) {
 					return true
@@ -320,6 +341,24 @@ func (m *model) peerMatches(ns string, pe *Peer, p *Pod) bool {
 		return false
 	}
 	return pe.Pods == nil || pe.Pods.Matches(p.Labels)
+}
+
+// nodesAlter reports whether a node that changed, in its old or its new
+// version, is one a nodes peer of the policy's rules in d selects.
+func (m *model) nodesAlter(o owner, d Direction, nodes map[string]*Node) bool {
+	for name, old := range nodes {
+		for _, r := range o.rules(d) {
+			for _, pe := range r.Peers {
+				if pe.nodes == nil {
+					continue
+				}
+				if (old != nil && pe.nodes.Matches(old.Labels)) || (m.nodes[name] != nil && pe.nodes.Matches(m.nodes[name].Labels)) {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }
 
 // namespacesAlter reports whether a namespace whose labels changed moved

@@ -21,6 +21,7 @@ type world struct {
 	policies   []Policy
 	admins     []AdminPolicy
 	baselines  []BaselinePolicy
+	nodes      []Node
 	// enforced says which pods' policies are in force: the local ones
 	// for one node's table, every pod when each node runs an enforcer.
 	enforced func(*Pod) bool
@@ -139,6 +140,10 @@ func (w *world) adminPeersMatch(peers []AdminPeer, a netip.Addr, pod *Pod) bool 
 		switch {
 		case pe.Networks != nil:
 			if slices.ContainsFunc(pe.Networks, func(n netip.Prefix) bool { return n.Contains(a) }) {
+				return true
+			}
+		case pe.Nodes != nil:
+			if slices.ContainsFunc(w.nodes, func(n Node) bool { return pe.Nodes.Matches(n.Labels) && slices.Contains(n.IPs, a) }) {
 				return true
 			}
 		case pod == nil:

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 
@@ -20,7 +21,7 @@ import (
 // that matches less); a rule left without peers by that is dropped, as
 // it matches nothing. A CIDR that does not parse or a peer with no field
 // set is an error matching ErrInvalid; the result is not validated
-// (Enforcer.UpdateAdminPolicy does that, and refuses nodes peers).
+// (Enforcer.UpdateAdminPolicy does that).
 func ConvertAdminPolicy(anp *anpv1alpha1.AdminNetworkPolicy) (policy.AdminPolicy, error) {
 	p := policy.AdminPolicy{Name: anp.Name, Priority: anp.Spec.Priority, Subject: subject(&anp.Spec.Subject)}
 	var err error
@@ -156,6 +157,25 @@ func adminPorts(ports *[]anpv1alpha1.AdminNetworkPolicyPort) ([]policy.Port, err
 		}
 	}
 	return out, nil
+}
+
+// ConvertNode returns the enforcer's model of node, which admin and
+// baseline policies' nodes peers select: its labels and its InternalIP
+// and ExternalIP addresses. An address that does not parse is an error
+// matching ErrInvalid.
+func ConvertNode(node *corev1.Node) (policy.Node, error) {
+	n := policy.Node{Name: node.Name, Labels: node.Labels}
+	for _, a := range node.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			return policy.Node{}, podnet.Invalid("node %q: address %q: %v", node.Name, a.Address, err)
+		}
+		n.IPs = append(n.IPs, ip)
+	}
+	return n, nil
 }
 
 func protocol(p string) policy.Protocol {

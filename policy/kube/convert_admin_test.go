@@ -59,12 +59,8 @@ func TestConvertAdminPolicy(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("got  %+v, %v\nwant %+v", got, err, want)
 	}
-	if err := got.Validate(); !errors.Is(err, policy.ErrNotSupported) {
-		t.Errorf("Validate = %v, want ErrNotSupported for the nodes peer", err)
-	}
-	got.Egress = got.Egress[:1]
 	if err := got.Validate(); err != nil {
-		t.Errorf("without the nodes peer: %v", err)
+		t.Error(err)
 	}
 
 	for name, mod := range map[string]func(*anpv1alpha1.AdminNetworkPolicy){
@@ -100,5 +96,24 @@ func TestConvertBaselinePolicy(t *testing.T) {
 	}
 	if err := got.Validate(); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestConvertNode: labels and the InternalIP and ExternalIP addresses,
+// not the host name; a bad address is ErrInvalid.
+func TestConvertNode(t *testing.T) {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node1", Labels: map[string]string{"zone": "a"}},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeHostName, Address: "node1"}, {Type: corev1.NodeInternalIP, Address: "10.240.0.11"},
+			{Type: corev1.NodeInternalIP, Address: "fd00:240::11"}, {Type: corev1.NodeExternalIP, Address: "192.0.2.11"}}}}
+	got, err := ConvertNode(n)
+	want := policy.Node{Name: "node1", Labels: map[string]string{"zone": "a"},
+		IPs: []netip.Addr{netip.MustParseAddr("10.240.0.11"), netip.MustParseAddr("fd00:240::11"), netip.MustParseAddr("192.0.2.11")}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, %v\nwant %+v", got, err, want)
+	}
+	n.Status.Addresses[1].Address = "10.240.0"
+	if _, err := ConvertNode(n); !errors.Is(err, policy.ErrInvalid) {
+		t.Errorf("bad address: %v, want ErrInvalid", err)
 	}
 }

@@ -34,8 +34,8 @@
 // protocol) matches the name in TCP, UDP and SCTP, a domainNames peer
 // matches nothing (it is for Allow rules only, so the policy allows
 // less, the API's own fail-closed reading of a peer an implementation
-// cannot handle), and a nodes peer makes the enforcer refuse the object
-// (ErrNotSupported).
+// cannot handle). ConvertNode gives nodes peers a Node's labels and its
+// InternalIP and ExternalIP addresses.
 //
 // # New pods
 //

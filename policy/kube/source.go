@@ -29,8 +29,9 @@ type Config struct {
 	Enforcer *policy.Enforcer     // required: receives every change
 	// AdminClient, if set, is followed for the AdminNetworkPolicies and
 	// BaselineAdminNetworkPolicies (policy.networking.k8s.io/v1alpha1)
-	// of sigs.k8s.io/network-policy-api. Set it only where their CRDs
-	// are installed: Start waits until it has listed them.
+	// of sigs.k8s.io/network-policy-api, and for the Nodes their nodes
+	// peers select. Set it only where their CRDs are installed: Start
+	// waits until it has listed them.
 	AdminClient anpclient.Interface
 	// NodeName is this node's name: its pods are local (enforced here);
 	// every other pod is a peer. Required.
@@ -98,6 +99,7 @@ func (s *Source) Start(ctx context.Context) error {
 	if s.admin != nil {
 		infs["adminnetworkpolicies"] = s.admin.Policy().V1alpha1().AdminNetworkPolicies().Informer()
 		infs["baselineadminnetworkpolicies"] = s.admin.Policy().V1alpha1().BaselineAdminNetworkPolicies().Informer()
+		infs["nodes"] = s.factory.Core().V1().Nodes().Informer()
 	}
 	var synced []cache.InformerSynced
 	for what, inf := range infs {
@@ -170,6 +172,15 @@ func (s *Source) changed(obj any, deleted bool) {
 		p, cerr := ConvertPolicy(o)
 		if err = cerr; err == nil {
 			err = e.UpdatePolicy(p)
+		}
+	case *corev1.Node:
+		if deleted {
+			e.DeleteNode(o.Name)
+			break
+		}
+		n, cerr := ConvertNode(o)
+		if err = cerr; err == nil {
+			err = e.UpdateNode(n)
 		}
 	case *anpv1alpha1.AdminNetworkPolicy:
 		if deleted {

@@ -69,9 +69,10 @@ func installAdminCRDs(t *testing.T, cfg *rest.Config) anpclient.Interface {
 // BaselineAdminNetworkPolicy made through a real API server (with their
 // CRDs' schema and validation) reach the table: the local subject pod's
 // address in the ingress map, the admin rules' chain with the remote
-// peer and the network in their sets, the baseline's chain; an admin
-// policy with a nodes peer is refused and counted, leaving the table as
-// it was; deleting the policies takes their chains and elements out.
+// peer and the network in their sets, the baseline's chain, a Node's
+// address in a nodes peer (and out again when relabelled); an admin
+// policy the enforcer refuses is counted; deleting the policies takes
+// their chains and elements out.
 func TestSourceFollowsAdminPolicies(t *testing.T) {
 	cp := kubetest.Shared(t)
 	cs, err := cp.Client()
@@ -112,13 +113,34 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 	must(t, err)
 	eventually(t, ns, "the baseline policy", func(s string) bool { return strings.Contains(s, "chain banp-in-ip-") })
 
-	_, rejected := src.Changes()
+	// A nodes peer: the Node's InternalIP in the rule's peers, gone
+	// when the Node is relabelled out of the selector.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node9", Labels: map[string]string{"zone": "far"}}}
+	node, err = cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	must(t, err)
+	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), "node9", metav1.DeleteOptions{}) })
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.240.0.99"}}
+	node, err = cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	must(t, err)
 	nodes := &anpv1alpha1.AdminNetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "to-nodes"}, Spec: anpv1alpha1.AdminNetworkPolicySpec{
 		Priority: 6, Subject: anpv1alpha1.AdminNetworkPolicySubject{Namespaces: &team},
 		Egress: []anpv1alpha1.AdminNetworkPolicyEgressRule{{Action: anpv1alpha1.AdminNetworkPolicyRuleActionDeny,
-			To: []anpv1alpha1.AdminNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{}}}}},
+			To: []anpv1alpha1.AdminNetworkPolicyEgressPeer{{Nodes: &metav1.LabelSelector{MatchLabels: map[string]string{"zone": "far"}}}}}},
 	}}
 	_, err = ac.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, nodes, metav1.CreateOptions{})
+	must(t, err)
+	eventually(t, ns, "the node in the nodes peer", func(s string) bool { return strings.Contains(s, "10.240.0.99") })
+	node.Labels["zone"] = "near"
+	_, err = cs.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+	must(t, err)
+	eventually(t, ns, "the node relabelled out", func(s string) bool { return !strings.Contains(s, "10.240.0.99") })
+
+	// What the CRD's schema takes and the enforcer refuses (an unknown
+	// selector operator) is counted, and changes nothing.
+	_, rejected := src.Changes()
+	odd := anp.DeepCopy()
+	odd.Name, odd.Spec.Subject.Namespaces = "odd", &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near"}}}
+	_, err = ac.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, odd, metav1.CreateOptions{})
 	must(t, err)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -126,7 +148,7 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the admin policy with a nodes peer was not refused")
+			t.Fatal("the admin policy with an unknown operator was not refused")
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
@@ -138,6 +160,7 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 		t.Errorf("priority 1001: %v, want the API server to refuse it", err)
 	}
 
+	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "to-nodes", metav1.DeleteOptions{}))
 	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "guard", metav1.DeleteOptions{}))
 	eventually(t, ns, "the admin policy deleted", func(s string) bool {
 		return !strings.Contains(s, "chain adm-") && !strings.Contains(s, "192.0.2.0/24") && strings.Contains(s, "chain banp-in-ip-")
