@@ -55,8 +55,20 @@ func newWorld(node int) *world {
 			w.pods = append(w.pods, pod)
 		}
 	}
+	for i := range 2 {
+		w.nodes = append(w.nodes, Node{Name: fmt.Sprintf("node%d", i), Labels: map[string]string{"kubernetes.io/hostname": fmt.Sprintf("node%d", i), "zone": fmt.Sprintf("z%d", i)},
+			IPs: []netip.Addr{nodeAddr(i, false), nodeAddr(i, true)}})
+	}
 	w.enforced = func(p *Pod) bool { return p.Local }
 	return w
+}
+
+// nodeAddr is node i's address on the link between the nodes.
+func nodeAddr(i int, v6 bool) netip.Addr {
+	if v6 {
+		return netip.MustParseAddr(fmt.Sprintf("fd00:240::1%d", i))
+	}
+	return netip.MustParseAddr(fmt.Sprintf("10.240.0.1%d", i))
 }
 
 func (w *world) pod(name string) *Pod {
@@ -157,4 +169,127 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// adminCase is a case of AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies, with the NetworkPolicies they meet.
+type adminCase struct {
+	name      string
+	admins    []AdminPolicy
+	baselines []BaselinePolicy
+	policies  []Policy
+	ports     []uint16
+}
+
+func (tc *adminCase) apply(w *world) {
+	w.admins, w.baselines, w.policies = tc.admins, tc.baselines, tc.policies
+}
+
+func nsSubject(kv ...string) AdminSubject { return AdminSubject{Namespaces: sel(kv...)} }
+
+func podsPeer(ns, pod string) AdminPeer {
+	return AdminPeer{Pods: &NamespacedPods{Namespaces: *sel("ns", ns), Pods: *sel("pod", pod)}}
+}
+
+func nsPeer(kv ...string) AdminPeer { return AdminPeer{Namespaces: sel(kv...)} }
+
+// adminCases cover the three stages and how they meet: an admin Deny
+// over a NetworkPolicy's allow, an admin Allow over a NetworkPolicy's
+// deny and default deny, Pass to the NetworkPolicies and, when none
+// isolates, to the baseline, priorities, a baseline under a
+// NetworkPolicy, a baseline alone, ports of each kind and egress to
+// networks.
+func adminCases() []adminCase {
+	x := func(name string) Name { return Name{"x", name} }
+	all := AdminPeer{Namespaces: &Selector{}}
+	return []adminCase{
+		{name: "AdminDenyOverNetworkAllow",
+			policies: []Policy{{Name: x("allow-all"), Types: Ingress, Ingress: []Rule{{}}}},
+			admins: []AdminPolicy{{Name: "deny-from-y", Priority: 10, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Name: "no-y", Action: Deny, Peers: []AdminPeer{nsPeer("ns", "y")}}}}}},
+		{name: "AdminAllowOverNetworkDeny",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}, {Name: Name{"y", "deny-out"}, Types: Egress}},
+			admins: []AdminPolicy{{Name: "allow-z-to-xa", Priority: 1,
+				Subject: AdminSubject{Pods: &NamespacedPods{Namespaces: *sel("ns", "x"), Pods: *sel("pod", "a")}},
+				Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}},
+				{Name: "y-may-reach-z", Priority: 2, Subject: nsSubject("ns", "y"),
+					Egress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}}}},
+		{name: "PassToNetworkPolicy",
+			policies: []Policy{{Name: x("from-y-b"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "y"), Pods: sel("pod", "b")}}}}}},
+			admins: []AdminPolicy{{Name: "pass-y-allow-rest", Priority: 100, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Pass, Peers: []AdminPeer{nsPeer("ns", "y")}}, {Action: Allow, Peers: []AdminPeer{all}}}}}},
+		{name: "PassToBaseline",
+			admins: []AdminPolicy{{Name: "pass-y", Priority: 100, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Pass, Peers: []AdminPeer{nsPeer("ns", "y")}}, {Action: Deny, Peers: []AdminPeer{all}, Ports: []Port{{Port: 81}, {Protocol: UDP, Port: 81}}}}}},
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{{Pods: &NamespacedPods{Pods: *sel("pod", "a")}}}}, {Action: Deny, Peers: []AdminPeer{nsPeer("ns", "y")}}}}}},
+		{name: "Priorities",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}},
+			admins: []AdminPolicy{
+				{Name: "low-allow-y", Priority: 20, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "y")}}}},
+				{Name: "high-deny-y-b", Priority: 5, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{podsPeer("y", "b")}}}},
+				// Equal priorities apply in the order of their names.
+				{Name: "tie-b-allow-z", Priority: 30, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}}}},
+				{Name: "tie-a-deny-z-81", Priority: 30, Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Port: 81}, {Protocol: UDP, Port: 81}}}}},
+			}},
+		{name: "BaselineUnderNetworkPolicy",
+			policies:  []Policy{{Name: x("a-from-z"), PodSelector: *sel("pod", "a"), Types: Ingress, Ingress: []Rule{{Peers: []Peer{{Namespaces: sel("ns", "z")}}}}}},
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "x"), Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}}}}},
+		{name: "BaselineDefaultDeny",
+			baselines: []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "y"),
+				Ingress: []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}},
+				Egress:  []AdminRule{{Action: Deny, Peers: []AdminPeer{all}}}}}},
+		{name: "AdminPorts",
+			policies: []Policy{{Name: x("deny"), Types: Ingress}},
+			admins: []AdminPolicy{{Name: "ports", Priority: 50, Subject: nsSubject("ns", "x"),
+				Ingress: []AdminRule{
+					{Name: "number", Action: Allow, Peers: []AdminPeer{nsPeer("ns", "y")}, Ports: []Port{{Protocol: TCP, Port: 80}}},
+					{Name: "named", Action: Allow, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Protocol: UDP, Name: "serve-81-udp"}}},
+					{Name: "range", Action: Allow, Peers: []AdminPeer{podsPeer("x", "b"), podsPeer("x", "c")}, Ports: []Port{{Protocol: UDP, Port: 60, EndPort: 80}, {Port: 81, EndPort: 90}}},
+				},
+				Egress: []AdminRule{
+					{Name: "named-out", Action: Deny, Peers: []AdminPeer{nsPeer("ns", "z")}, Ports: []Port{{Name: "serve-80-tcp"}}},
+				}}}},
+		{name: "EgressNetworks",
+			policies: []Policy{{Name: x("a-no-egress"), PodSelector: *sel("pod", "a"), Types: Egress}},
+			admins: []AdminPolicy{{Name: "networks", Priority: 0, Subject: nsSubject("ns", "x"),
+				Egress: []AdminRule{
+					{Action: Deny, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:244:1::/64")}}}},
+					{Action: Allow, Peers: []AdminPeer{{Networks: []netip.Prefix{pfx("10.244.0.16/28"), pfx("fd00:244::20/123")}}}, Ports: []Port{{Port: 80}, {Protocol: UDP, Port: 81}}},
+				}}}},
+	}
+}
+
+// nodesCase is admin and baseline policies with nodes peers: x's pods may
+// reach the other node on TCP 80 only, and y's none of zone z1's (node1)
+// unless no admin rule denies it; checked by probing, from every pod, the
+// node it does not run on.
+func nodesCase(w *world) {
+	w.policies = []Policy{{Name: Name{"x", "no-egress"}, Types: Egress}}
+	w.admins = []AdminPolicy{{Name: "nodes", Priority: 3, Subject: nsSubject("ns", "x"),
+		Egress: []AdminRule{
+			{Action: Deny, Peers: []AdminPeer{{Nodes: sel("zone", "z1")}}, Ports: []Port{{Protocol: UDP, Port: 80}}},
+			{Action: Allow, Peers: []AdminPeer{{Nodes: &Selector{}}}, Ports: []Port{{Port: 80}, {Protocol: UDP, Port: 80}}},
+		}}}
+	w.baselines = []BaselinePolicy{{Name: "default", Subject: nsSubject("ns", "y"),
+		Egress: []AdminRule{{Action: Deny, Peers: []AdminPeer{{Nodes: sel("zone", "z1")}}}}}}
+}
+
+// nodeExpected returns the reference's verdicts for every pod reaching
+// the node it does not run on (its own node is never filtered), at its
+// address on the link between them.
+func (w *world) nodeExpected(v6 bool) map[probeKey]bool {
+	out := map[probeKey]bool{}
+	for _, s := range w.pods {
+		other := 1
+		if s.Name.Name == "c" {
+			other = 0
+		}
+		for _, proto := range testProtos {
+			for _, port := range testPorts {
+				out[probeKey{s.Name.String(), fmt.Sprintf("node%d", other), proto, port}] = w.refAllowed(s.IPs[b2i(v6)], nodeAddr(other, v6), proto, port)
+			}
+		}
+	}
+	return out
 }

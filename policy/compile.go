@@ -74,24 +74,55 @@ func compile(m *model, fams []podnet.Family) *ruleset {
 	for i, d := range []Direction{Egress, Ingress} {
 		for _, n := range local {
 			p := m.local[n]
-			iso := m.isolation[n]
-			if iso == nil {
-				iso = &[2][]Name{c.policiesOf(p, Egress), c.policiesOf(p, Ingress)}
-				m.isolation[n] = iso
+			st := m.isolation[n]
+			if st == nil {
+				st = c.stagesOf(p)
+				m.isolation[n] = st
 			}
-			set := iso[i]
-			for _, pn := range set {
-				if k := (fragKey{pn, d}); !active[k] {
-					active[k] = true
-					c.add(c.fragment(k))
+			applies := false
+			for t := range st {
+				for _, pn := range st[t][i] {
+					if k := (fragKey{tier(t), pn, d}); !active[k] {
+						active[k] = true
+						c.add(k, c.fragment(k))
+					}
 				}
+				applies = applies || len(st[t][i]) > 0
 			}
-			if len(set) > 0 {
-				c.isolate(p, d, set)
+			if applies {
+				c.isolate(p, d, st)
 			}
 		}
 	}
 	return c.out
+}
+
+// stagesOf returns the policies that apply to local pod p.
+func (c *compiler) stagesOf(p *Pod) *stages {
+	st := &stages{}
+	for i, d := range []Direction{Egress, Ingress} {
+		st[tierNetwork][i] = c.policiesOf(p, d)
+		for _, t := range []tier{tierAdmin, tierBaseline} {
+			var ts []*tiered
+			for _, tp := range c.m.tierMap(t) {
+				if len(tp.rules(d)) > 0 && tp.subject.selects(p, c.m.nsLabels(p.Namespace)) {
+					ts = append(ts, tp)
+				}
+			}
+			// By priority (0 for baselines), then name: the API leaves
+			// the order of equal priorities undefined.
+			slices.SortFunc(ts, func(a, b *tiered) int {
+				if a.priority != b.priority {
+					return int(a.priority - b.priority)
+				}
+				return strings.Compare(a.name, b.name)
+			})
+			for _, tp := range ts {
+				st[t][i] = append(st[t][i], Name{Name: tp.name})
+			}
+		}
+	}
+	return st
 }
 
 // fragment returns the chain and sets of policy k.n in direction k.d,
@@ -101,15 +132,23 @@ func (c *compiler) fragment(k fragKey) *ruleset {
 		return f
 	}
 	f := newRuleset()
-	c.policy(f, c.m.policies[k.n], k.d)
+	if k.t == tierNetwork {
+		c.policy(f, c.m.policies[k.n], k.d)
+	} else {
+		c.tiered(f, c.m.tierMap(k.t)[k.n.Name], k.d)
+	}
 	c.m.frags[k] = f
 	return f
 }
 
-// add puts a fragment's sets and chains into the output.
-func (c *compiler) add(f *ruleset) {
+// add puts a fragment's sets and chains into the output: an admin
+// policy's sets only, since its rules go into the chains of the sets of
+// admin policies that hold it.
+func (c *compiler) add(k fragKey, f *ruleset) {
 	maps.Copy(c.out.sets, f.sets)
-	maps.Copy(c.out.chains, f.chains)
+	if k.t != tierAdmin {
+		maps.Copy(c.out.chains, f.chains)
+	}
 }
 
 // policiesOf returns the policies that isolate local pod p in d, by name.
@@ -174,19 +213,30 @@ func baseChain(d Direction) string {
 	return "egress"
 }
 
-// isolate leads local pod p's traffic in d to the chain of its set of
-// policies, and lets it reach itself.
-func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
-	names := make([]string, len(policies))
-	for i, n := range policies {
-		names[i] = n.String()
-	}
-	joined := strings.Join(names, ",")
+// setKey returns the hash naming the set of policies joined.
+func (c *compiler) setKey(joined string) string {
 	key, ok := c.m.setKeys[joined]
 	if !ok {
 		key = hashOf(joined)
 		c.m.setKeys[joined] = key
 	}
+	return key
+}
+
+// isolate leads local pod p's traffic in d to the chain of its set of
+// policies, and lets it reach itself. That chain jumps to the chain of
+// the pod's admin policies, whose Pass and end return; then, when
+// NetworkPolicies isolate the pod, to each one's chain, and counts and
+// drops what none accepted; else to each baseline policy's chain, and
+// what none decided goes on (accepted).
+func (c *compiler) isolate(p *Pod, d Direction, st *stages) {
+	i := dirIndex(d)
+	policies, admins, baselines := st[tierNetwork][i], st[tierAdmin][i], st[tierBaseline][i]
+	joined := joinNames(policies)
+	if len(admins)+len(baselines) > 0 {
+		joined = "admin:" + joinNames(admins) + "|" + joined + "|baseline:" + joinNames(baselines)
+	}
+	key := c.setKey(joined)
 	for _, f := range c.fams {
 		a, ok := p.addr(f)
 		if !ok {
@@ -195,14 +245,26 @@ func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
 		chain := fmt.Sprintf("set-%s-%s-%s", dirName(d), famName(f), key)
 		if c.out.chains[chain] == nil {
 			ch := &chainSpec{}
+			if len(admins) > 0 {
+				ac := c.adminChain(admins, d, f)
+				ch.rules = append(ch.rules, ruleSpec{text: "jump " + ac, exprs: []expr.Any{nft.Verdict(expr.VerdictJump, ac)}, comment: "admin"})
+			}
 			for _, n := range policies {
 				pc := policyChain(n, d, f)
 				if len(c.out.chains[pc].rules) > 0 {
 					ch.rules = append(ch.rules, ruleSpec{text: "jump " + pc, exprs: []expr.Any{nft.Verdict(expr.VerdictJump, pc)}, comment: n.String()})
 				}
 			}
-			cn := counterName(d)
-			ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("counter name %q drop", cn), exprs: countDrop(cn)})
+			if len(policies) > 0 {
+				cn := counterName(d)
+				ch.rules = append(ch.rules, ruleSpec{text: fmt.Sprintf("counter name %q drop", cn), exprs: countDrop(cn)})
+			} else {
+				for _, n := range baselines {
+					t := c.m.baselines[n.Name]
+					bc := tierChain(t, d, f)
+					ch.rules = append(ch.rules, ruleSpec{text: "jump " + bc, exprs: []expr.Any{nft.Verdict(expr.VerdictJump, bc)}, comment: t.id()})
+				}
+			}
 			c.out.chains[chain] = ch
 		}
 		c.out.set(vmapName(d, f), kindVmap, f).elems[string(a.AsSlice())] = chain
@@ -210,14 +272,43 @@ func (c *compiler) isolate(p *Pod, d Direction, policies []Name) {
 	}
 }
 
+func joinNames(ns []Name) string {
+	names := make([]string, len(ns))
+	for i, n := range ns {
+		names[i] = n.String()
+	}
+	return strings.Join(names, ",")
+}
+
+// verdict is what a rule does with the packets it matches.
+type verdict struct {
+	text  string
+	exprs []expr.Any
+}
+
+var acceptVerdict = verdict{"accept", []expr.Any{accept()}}
+
+// actionVerdict returns the verdict of an admin or baseline rule's action
+// in d: Pass returns from the chain of the pod's admin policies.
+func actionVerdict(a Action, d Direction) verdict {
+	switch a {
+	case Allow:
+		return acceptVerdict
+	case Deny:
+		return verdict{fmt.Sprintf("counter name %q drop", counterName(d)), countDrop(counterName(d))}
+	}
+	return verdict{"return", []expr.Any{nft.Verdict(expr.VerdictReturn, "")}}
+}
+
 // policy adds to out the chain of pol's rules in d, in every family,
 // with their sets.
 func (c *compiler) policy(out *ruleset, pol *Policy, d Direction) {
 	rules := pol.rules(d)
+	o := owner{id: pol.Name.String(), ns: pol.Namespace, pol: pol}
 	for _, f := range c.fams {
 		ch := &chainSpec{}
 		for i := range rules {
-			ch.rules = append(ch.rules, c.rule(out, pol, d, i, &rules[i], f)...)
+			ch.rules = append(ch.rules, c.rule(out, o, d, i, &rules[i], f, acceptVerdict)...)
 		}
 		for i := range ch.rules {
 			ch.rules[i].comment = pol.Name.String()
@@ -226,10 +317,47 @@ func (c *compiler) policy(out *ruleset, pol *Policy, d Direction) {
 	}
 }
 
-// rule returns the nft rules of rule r (number i of pol in d) in family
-// f: one for its numeric ports (or for every port), one for its named
-// ports, each with the peers when it has some.
-func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, f podnet.Family) []ruleSpec {
+// tiered adds to out the chain of admin or baseline policy t's rules in
+// d, in every family, with their sets. Rules keep their order (the
+// first that matches decides); an admin policy's chain only holds its
+// rules for the chains of the sets of admin policies.
+func (c *compiler) tiered(out *ruleset, t *tiered, d Direction) {
+	rules := t.rules(d)
+	o := owner{id: t.id(), t: t}
+	for _, f := range c.fams {
+		ch := &chainSpec{}
+		for i := range rules {
+			ch.rules = append(ch.rules, c.rule(out, o, d, i, &rules[i], f, actionVerdict(t.actions[dirIndex(d)][i], d))...)
+		}
+		for i := range ch.rules {
+			ch.rules[i].comment = t.id()
+		}
+		out.chains[tierChain(t, d, f)] = ch
+	}
+}
+
+// adminChain adds, unless present, the chain of the rules of the admin
+// policies names (in order) in d and f, and returns its name. Its rules
+// are theirs in order: Allow accepts, Deny counts and drops, Pass
+// returns, and so does the end of the chain.
+func (c *compiler) adminChain(names []Name, d Direction, f podnet.Family) string {
+	name := fmt.Sprintf("adm-%s-%s-%s", dirName(d), famName(f), c.setKey("admin:"+joinNames(names)))
+	if c.out.chains[name] != nil {
+		return name
+	}
+	ch := &chainSpec{}
+	for _, n := range names {
+		t := c.m.admins[n.Name]
+		ch.rules = append(ch.rules, c.m.frags[fragKey{tierAdmin, n, d}].chains[tierChain(t, d, f)].rules...)
+	}
+	c.out.chains[name] = ch
+	return name
+}
+
+// rule returns the nft rules of rule r (number i of o in d) in family
+// f, ending in v: one for its numeric ports (or for every port), one for
+// its named ports, each with the peers when it has some.
+func (c *compiler) rule(out *ruleset, o owner, d Direction, i int, r *Rule, f podnet.Family, v verdict) []ruleSpec {
 	fn := famName(f)
 	peerDir, peerSrc := "saddr", true
 	if d == Egress {
@@ -237,9 +365,9 @@ func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, 
 	}
 	var peers ruleSpec
 	if len(r.Peers) > 0 {
-		name := ruleSet(pol.Name, d, i, "peers-"+fn)
+		name := ruleSet(o.id, d, i, "peers-"+fn)
 		s := out.set(name, kindAddrs, f)
-		for _, ar := range c.peerRanges(pol, r, f) {
+		for _, ar := range c.peerRanges(o.ns, r, f) {
 			s.elems[string(ar.first.AsSlice())] = intervalEnd(ar.last)
 		}
 		peers = ruleSpec{text: fmt.Sprintf("%s %s @%s ", fn, peerDir, name), exprs: []expr.Any{addrLoad(f, peerSrc, 1), lookup(name, 1)}}
@@ -256,7 +384,7 @@ func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, 
 	if len(r.Ports) == 0 || len(numeric) > 0 {
 		rs := ruleSpec{text: peers.text, exprs: slices.Clone(peers.exprs)}
 		if len(numeric) > 0 {
-			name := ruleSet(pol.Name, d, i, "ports")
+			name := ruleSet(o.id, d, i, "ports")
 			s := out.set(name, kindPorts, 0)
 			for _, r := range portRanges(numeric) {
 				s.elems[protoPort(r.proto, r.first)] = protoPort(r.proto, r.last)
@@ -264,18 +392,18 @@ func (c *compiler) rule(out *ruleset, pol *Policy, d Direction, i int, r *Rule, 
 			rs.text += fmt.Sprintf("meta l4proto . th dport @%s ", name)
 			rs.exprs = append(rs.exprs, append(protoPortLoad(reg0), lookup(name, reg0))...)
 		}
-		rs.text += "accept"
-		specs = append(specs, ruleSpec{text: rs.text, exprs: append(rs.exprs, accept())})
+		rs.text += v.text
+		specs = append(specs, ruleSpec{text: rs.text, exprs: slices.Concat(rs.exprs, v.exprs)})
 	}
 	if len(named) > 0 {
-		name := ruleSet(pol.Name, d, i, "named-"+fn)
-		c.namedPorts(out.set(name, kindNamed, f), pol, d, r, named, f)
-		exprs := slices.Concat(peers.exprs, []expr.Any{nft.DAddr(f, reg0)}, protoPortLoad(reg0+addrLen(f)/4), []expr.Any{lookup(name, reg0), accept()})
+		name := ruleSet(o.id, d, i, "named-"+fn)
+		c.namedPorts(out.set(name, kindNamed, f), o, d, r, named, f)
+		exprs := slices.Concat(peers.exprs, []expr.Any{nft.DAddr(f, reg0)}, protoPortLoad(reg0+addrLen(f)/4), []expr.Any{lookup(name, reg0)}, v.exprs)
 		if d == Egress {
 			exprs = exprs[len(peers.exprs):] // the set holds peers only
 			peers.text = ""
 		}
-		specs = append(specs, ruleSpec{text: fmt.Sprintf("%s%s daddr . meta l4proto . th dport @%s accept", peers.text, fn, name), exprs: exprs})
+		specs = append(specs, ruleSpec{text: fmt.Sprintf("%s%s daddr . meta l4proto . th dport @%s %s", peers.text, fn, name, v.text), exprs: exprs})
 	}
 	return specs
 }
@@ -290,7 +418,7 @@ func intervalEnd(last netip.Addr) string {
 }
 
 // peerRanges returns the addresses of family f that r's peers match.
-func (c *compiler) peerRanges(pol *Policy, r *Rule, f podnet.Family) []addrRange {
+func (c *compiler) peerRanges(ns string, r *Rule, f podnet.Family) []addrRange {
 	var out []addrRange
 	for i := range r.Peers {
 		pe := &r.Peers[i]
@@ -300,7 +428,19 @@ func (c *compiler) peerRanges(pol *Policy, r *Rule, f podnet.Family) []addrRange
 			}
 			continue
 		}
-		c.peerPods(pol, pe, func(p *Pod) {
+		if pe.nodes != nil {
+			for _, n := range c.m.nodes {
+				if pe.nodes.Matches(n.Labels) {
+					for _, a := range n.IPs {
+						if podnet.FamilyOf(a) == f {
+							out = append(out, addrRange{a, a})
+						}
+					}
+				}
+			}
+			continue
+		}
+		c.peerPods(ns, pe, func(p *Pod) {
 			if a, ok := p.addr(f); ok {
 				out = append(out, addrRange{a, a})
 			}
@@ -309,15 +449,16 @@ func (c *compiler) peerRanges(pol *Policy, r *Rule, f podnet.Family) []addrRange
 	return normalize(out)
 }
 
-// peerPods calls fn with every pod the selectors of pe match.
-func (c *compiler) peerPods(pol *Policy, pe *Peer, fn func(*Pod)) {
+// peerPods calls fn with every pod the selectors of pe match (in
+// namespace ns when pe has no namespace selector).
+func (c *compiler) peerPods(ns string, pe *Peer, fn func(*Pod)) {
 	match := func(p *Pod) {
 		if pe.Pods == nil || pe.Pods.Matches(p.Labels) {
 			fn(p)
 		}
 	}
 	if pe.Namespaces == nil {
-		for _, p := range c.m.byNS[pol.Namespace] {
+		for _, p := range c.m.byNS[ns] {
 			match(p)
 		}
 		return
@@ -332,10 +473,10 @@ func (c *compiler) peerPods(pol *Policy, pe *Peer, fn func(*Pod)) {
 }
 
 // namedPorts fills s with address . protocol . port of the pods named
-// ports resolve on: for ingress the local pods pol selects, for egress
+// ports resolve on: for ingress the local pods o selects, for egress
 // the peers (every pod when r has none) — pods an ipBlock of r holds
 // included.
-func (c *compiler) namedPorts(s *setSpec, pol *Policy, d Direction, r *Rule, named []Port, f podnet.Family) {
+func (c *compiler) namedPorts(s *setSpec, o owner, d Direction, r *Rule, named []Port, f podnet.Family) {
 	add := func(p *Pod) {
 		a, ok := p.addr(f)
 		if !ok {
@@ -348,8 +489,12 @@ func (c *compiler) namedPorts(s *setSpec, pol *Policy, d Direction, r *Rule, nam
 		}
 	}
 	if d == Ingress {
-		for _, p := range c.m.byNS[pol.Namespace] {
-			if p.Local && pol.PodSelector.Matches(p.Labels) {
+		pods := c.m.local
+		if o.pol != nil {
+			pods = c.m.byNS[o.ns]
+		}
+		for _, p := range pods {
+			if p.Local && o.selects(c.m, p) {
 				add(p)
 			}
 		}
@@ -357,7 +502,7 @@ func (c *compiler) namedPorts(s *setSpec, pol *Policy, d Direction, r *Rule, nam
 	}
 	var ranges []addrRange
 	if len(r.Peers) > 0 {
-		ranges = c.peerRanges(pol, r, f)
+		ranges = c.peerRanges(o.ns, r, f)
 	}
 	for _, pods := range c.m.byNS {
 		for _, p := range pods {

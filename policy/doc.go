@@ -27,6 +27,25 @@
 // with errors matching ErrInvalid that name the object and field; the
 // Update methods validate before changing anything.
 //
+// # Admin and baseline policies
+//
+// AdminPolicy and BaselinePolicy model AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1 of
+// sigs.k8s.io/network-policy-api): cluster-wide, selecting pods by
+// namespace and pod labels, with ordered rules whose Action is Allow,
+// Deny or Pass (baseline: Allow or Deny) and whose peers are namespaces,
+// pods or, for egress, networks and nodes (by their labels: the
+// addresses of the Nodes given to UpdateNode; a pod's own node is never
+// filtered). For a pod in a direction, the admin policies that
+// select it apply first, by Priority (lowest first) then name, rules in
+// order, the first match deciding: Allow accepts, Deny drops, Pass goes
+// on. Then, when a Policy isolates the pod, the Policies decide;
+// otherwise the baseline rules in order, and what none matches is
+// allowed. The rules of a pod's admin policies are one chain per
+// distinct ordered set of them (Pass and the chain's end return), its
+// baseline policies one chain each, all reached from the pod's set
+// chain; a node without them has the NetworkPolicy table unchanged.
+//
 // # Semantics
 //
 // A pod no policy isolates in a direction allows everything in it. An

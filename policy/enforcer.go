@@ -138,6 +138,76 @@ func (e *Enforcer) DeletePolicy(n Name) {
 	}
 }
 
+// UpdateAdminPolicy adds or replaces an AdminPolicy. It validates p and
+// copies it; the change reaches the table at the next Sync.
+func (e *Enforcer) UpdateAdminPolicy(p AdminPolicy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m.putTiered(newTiered(tierAdmin, p.Name, p.Priority, p.Subject, p.Ingress, p.Egress))
+	e.markChanged()
+	return nil
+}
+
+// DeleteAdminPolicy removes an AdminPolicy; deleting an unknown one does
+// nothing.
+func (e *Enforcer) DeleteAdminPolicy(name string) {
+	e.deleteTiered(tierAdmin, name)
+}
+
+// UpdateBaselinePolicy adds or replaces a BaselinePolicy. It validates p
+// and copies it; the change reaches the table at the next Sync.
+func (e *Enforcer) UpdateBaselinePolicy(p BaselinePolicy) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m.putTiered(newTiered(tierBaseline, p.Name, 0, p.Subject, p.Ingress, p.Egress))
+	e.markChanged()
+	return nil
+}
+
+// DeleteBaselinePolicy removes a BaselinePolicy; deleting an unknown one
+// does nothing.
+func (e *Enforcer) DeleteBaselinePolicy(name string) {
+	e.deleteTiered(tierBaseline, name)
+}
+
+func (e *Enforcer) deleteTiered(t tier, name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.m.tierMap(t)[name]; ok {
+		e.m.removeTiered(t, name)
+		e.markChanged()
+	}
+}
+
+// UpdateNode adds or replaces a node: its labels and addresses, which
+// admin and baseline policies' nodes peers read.
+func (e *Enforcer) UpdateNode(n Node) error {
+	if err := n.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m.putNode(n.clone())
+	e.markChanged()
+	return nil
+}
+
+// DeleteNode removes a node; deleting an unknown one does nothing.
+func (e *Enforcer) DeleteNode(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.m.nodes[name]; ok {
+		e.m.removeNode(name)
+		e.markChanged()
+	}
+}
+
 // UpdatePod adds or replaces a pod. It validates p and copies it.
 func (e *Enforcer) UpdatePod(p Pod) error {
 	if err := p.Validate(); err != nil {

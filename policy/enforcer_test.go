@@ -39,11 +39,20 @@ func load(t testing.TB, e *Enforcer, w *world) SyncResult {
 	for _, ns := range w.namespaces {
 		must(t, e.UpdateNamespace(ns))
 	}
+	for _, n := range w.nodes {
+		must(t, e.UpdateNode(n))
+	}
 	for _, p := range w.pods {
 		must(t, e.UpdatePod(p))
 	}
 	for _, p := range w.policies {
 		must(t, e.UpdatePolicy(p))
+	}
+	for _, a := range w.admins {
+		must(t, e.UpdateAdminPolicy(a))
+	}
+	for _, b := range w.baselines {
+		must(t, e.UpdateBaselinePolicy(b))
 	}
 	res, err := e.Sync(context.Background())
 	must(t, err)
@@ -103,11 +112,11 @@ func TestEstablishedPass(t *testing.T) {
 }
 
 // randomWorld changes w at random: a pod relabelled, moved to another
-// address, added or deleted; a namespace relabelled; a policy added,
-// changed or deleted. The policies come from the upstream cases and
-// from random rules.
+// address, added or deleted; a namespace relabelled; a policy, an admin
+// or a baseline policy added, changed or deleted. The policies come from
+// the upstream and admin cases and from random rules.
 func randomChange(r *rand.Rand, w *world) {
-	switch r.IntN(7) {
+	switch r.IntN(10) {
 	case 0: // relabel a pod
 		p := &w.pods[r.IntN(len(w.pods))]
 		p.Labels = map[string]string{"pod": testPods[r.IntN(3)]}
@@ -144,6 +153,31 @@ func randomChange(r *rand.Rand, w *world) {
 	case 6: // a pod moves to the other node
 		p := &w.pods[r.IntN(len(w.pods))]
 		p.Local = !p.Local
+	case 7: // add or replace an admin or a baseline policy
+		if r.IntN(3) == 0 {
+			b := randomBaseline(r)
+			w.baselines = slices.DeleteFunc(slices.Clone(w.baselines), func(o BaselinePolicy) bool { return o.Name == b.Name })
+			w.baselines = append(w.baselines, b)
+			break
+		}
+		a := randomAdmin(r)
+		w.admins = slices.DeleteFunc(slices.Clone(w.admins), func(o AdminPolicy) bool { return o.Name == a.Name })
+		w.admins = append(w.admins, a)
+	case 9: // relabel, readdress, delete or add a node
+		i := r.IntN(3)
+		n := Node{Name: fmt.Sprintf("node%d", i), Labels: map[string]string{"zone": fmt.Sprintf("z%d", r.IntN(2))},
+			IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 240, 0, byte(10 + r.IntN(4))})}}
+		w.nodes = slices.DeleteFunc(slices.Clone(w.nodes), func(o Node) bool { return o.Name == n.Name })
+		if r.IntN(4) > 0 {
+			w.nodes = append(w.nodes, n)
+		}
+	case 8: // delete an admin or a baseline policy
+		if i := r.IntN(3); i < len(w.admins) {
+			w.admins = slices.Delete(slices.Clone(w.admins), i, i+1)
+		}
+		if r.IntN(2) == 0 && len(w.baselines) > 0 {
+			w.baselines = w.baselines[1:]
+		}
 	}
 }
 
@@ -211,7 +245,24 @@ func replaceModel(t testing.TB, e *Enforcer, w *world) SyncResult {
 	t.Helper()
 	e.mu.Lock()
 	pols, pods, nss := slices.Collect(maps.Keys(e.m.policies)), slices.Collect(maps.Keys(e.m.pods)), slices.Collect(maps.Keys(e.m.namespaces))
+	admins, baselines := slices.Collect(maps.Keys(e.m.admins)), slices.Collect(maps.Keys(e.m.baselines))
+	nodes := slices.Collect(maps.Keys(e.m.nodes))
 	e.mu.Unlock()
+	for _, n := range nodes {
+		if !slices.ContainsFunc(w.nodes, func(o Node) bool { return o.Name == n }) {
+			e.DeleteNode(n)
+		}
+	}
+	for _, n := range admins {
+		if !slices.ContainsFunc(w.admins, func(a AdminPolicy) bool { return a.Name == n }) {
+			e.DeleteAdminPolicy(n)
+		}
+	}
+	for _, n := range baselines {
+		if !slices.ContainsFunc(w.baselines, func(b BaselinePolicy) bool { return b.Name == n }) {
+			e.DeleteBaselinePolicy(n)
+		}
+	}
 	for _, n := range pols {
 		if !slices.ContainsFunc(w.policies, func(p Policy) bool { return p.Name == n }) {
 			e.DeletePolicy(n)

@@ -41,7 +41,8 @@ func TestIncrementalCompile(t *testing.T) {
 }
 
 func snapshot(w *world) *world {
-	return &world{pods: slices.Clone(w.pods), namespaces: maps.Clone(w.namespaces), policies: slices.Clone(w.policies)}
+	return &world{pods: slices.Clone(w.pods), namespaces: maps.Clone(w.namespaces), policies: slices.Clone(w.policies),
+		admins: slices.Clone(w.admins), baselines: slices.Clone(w.baselines), nodes: slices.Clone(w.nodes)}
 }
 
 // applyChanges updates or deletes in e exactly the objects that differ
@@ -83,5 +84,44 @@ func applyChanges(t *testing.T, e *Enforcer, prev, w *world) {
 	}
 	for n := range pols {
 		e.DeletePolicy(n)
+	}
+	nodes := map[string]Node{}
+	for _, n := range prev.nodes {
+		nodes[n.Name] = n
+	}
+	for _, n := range w.nodes {
+		if old, ok := nodes[n.Name]; !ok || !reflect.DeepEqual(old, n) {
+			must(t, e.UpdateNode(n))
+		}
+		delete(nodes, n.Name)
+	}
+	for n := range nodes {
+		e.DeleteNode(n)
+	}
+	admins := map[string]AdminPolicy{}
+	for _, a := range prev.admins {
+		admins[a.Name] = a
+	}
+	for _, a := range w.admins {
+		if old, ok := admins[a.Name]; !ok || !reflect.DeepEqual(old, a) {
+			must(t, e.UpdateAdminPolicy(a))
+		}
+		delete(admins, a.Name)
+	}
+	for n := range admins {
+		e.DeleteAdminPolicy(n)
+	}
+	baselines := map[string]BaselinePolicy{}
+	for _, b := range prev.baselines {
+		baselines[b.Name] = b
+	}
+	for _, b := range w.baselines {
+		if old, ok := baselines[b.Name]; !ok || !reflect.DeepEqual(old, b) {
+			must(t, e.UpdateBaselinePolicy(b))
+		}
+		delete(baselines, b.Name)
+	}
+	for n := range baselines {
+		e.DeleteBaselinePolicy(n)
 	}
 }

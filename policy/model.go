@@ -193,6 +193,10 @@ type Peer struct {
 	Namespaces *Selector
 	// IPBlock matches addresses, pods' or not.
 	IPBlock *IPBlock
+
+	// nodes, in an admin or baseline policy's rule, selects nodes: their
+	// addresses.
+	nodes *Selector
 }
 
 // Port is one entry of a rule's ports: a protocol with a port number, a

@@ -27,6 +27,16 @@ import (
 //	chain pol-eg-ip-P   { ip daddr @P-eg-r0-peers-ip meta l4proto . th dport @P-eg-r0-ports accept  (one rule per rule and port kind)
 //	                      ip daddr . meta l4proto . th dport @P-eg-r1-named-ip accept }
 //
+// With admin and baseline policies (admin.go), a pod's set chain first
+// jumps to the chain of its admin policies' rules in order (one per
+// distinct ordered set of them: Allow accepts, Deny counts and drops,
+// Pass and the end return), then to its NetworkPolicies' chains and
+// drops as above, or, when none isolates it, to each baseline policy's
+// chain (Allow accepts, Deny counts and drops) and ends:
+//
+//	chain set-in-ip-H  { jump adm-in-ip-A; jump banp-in-ip-B }
+//	chain adm-in-ip-A  { ip saddr @A-in-r0-peers-ip accept; ip saddr @A-in-r1-peers-ip return; … }
+//
 // A pod isolated in a direction has its address in that direction's
 // verdict map, leading to the chain of its set of policies (pods with
 // the same policies share it); a policy's chain accepts what one of its
@@ -101,10 +111,21 @@ func policyChain(n Name, d Direction, f podnet.Family) string {
 	return fmt.Sprintf("pol-%s-%s-%s", dirName(d), famName(f), hashOf(n.String()))
 }
 
-// ruleSet names a set of rule i of policy n in direction d: "peers-ip",
-// "ports", "named-ip6" ….
-func ruleSet(n Name, d Direction, i int, what string) string {
-	return fmt.Sprintf("%s-%s-r%d-%s", hashOf(n.String()), dirName(d), i, what)
+// tierChain names the chain of admin or baseline policy t's rules in
+// direction d, family f.
+func tierChain(t *tiered, d Direction, f podnet.Family) string {
+	prefix := "banp"
+	if t.tier == tierAdmin {
+		prefix = "anp"
+	}
+	return fmt.Sprintf("%s-%s-%s-%s", prefix, dirName(d), famName(f), hashOf(t.id()))
+}
+
+// ruleSet names a set of rule i of the policy id names (a
+// NetworkPolicy's "namespace/name", a tiered policy's id) in direction
+// d: "peers-ip", "ports", "named-ip6" ….
+func ruleSet(id string, d Direction, i int, what string) string {
+	return fmt.Sprintf("%s-%s-r%d-%s", hashOf(id), dirName(d), i, what)
 }
 
 func vmapName(d Direction, f podnet.Family) string {

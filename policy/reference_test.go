@@ -4,18 +4,24 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // This file is the tests' reference: the NetworkPolicy semantics written
-// from the networking.k8s.io/v1 API documentation, over the model's
-// types, independent of the compiler. Expected truth tables come from
-// here, never from what the enforcer did.
+// from the networking.k8s.io/v1 API documentation, and those of
+// AdminNetworkPolicy and BaselineAdminNetworkPolicy from the
+// policy.networking.k8s.io/v1alpha1 API's, over the model's types,
+// independent of the compiler. Expected truth tables come from here,
+// never from what the enforcer did.
 
 // world is a cluster's pods, namespaces and policies.
 type world struct {
 	pods       []Pod
 	namespaces map[string]Namespace
 	policies   []Policy
+	admins     []AdminPolicy
+	baselines  []BaselinePolicy
+	nodes      []Node
 	// enforced says which pods' policies are in force: the local ones
 	// for one node's table, every pod when each node runs an enforcer.
 	enforced func(*Pod) bool
@@ -53,12 +59,110 @@ func (w *world) refAllowed(src, dst netip.Addr, proto Protocol, port uint16) boo
 // with the peer at address peer (pod peerPod, or nil) through, on proto
 // and port. The destination, whose named ports count, is p for ingress
 // and the peer for egress.
+//
+// AdminNetworkPolicies that select p come first, lowest priority first
+// (equal priorities by name, the order the enforcer documents), their
+// rules in order: the first that matches decides — Allow allows, Deny
+// denies, Pass goes on to the NetworkPolicies. When a NetworkPolicy
+// isolates p in d, the NetworkPolicies decide; otherwise the
+// BaselineAdminNetworkPolicies' rules in order (Allow, Deny), and none
+// matching allows.
 func (w *world) allows(p *Pod, d Direction, peer netip.Addr, peerPod *Pod, proto Protocol, port uint16) bool {
-	isolated := false
 	dstPod := p
 	if d == Egress {
 		dstPod = peerPod
 	}
+	admins := slices.Clone(w.admins)
+	slices.SortStableFunc(admins, func(a, b AdminPolicy) int {
+		if a.Priority != b.Priority {
+			return int(a.Priority - b.Priority)
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+admin:
+	for _, a := range admins {
+		if !w.subjectSelects(&a.Subject, p) {
+			continue
+		}
+		for _, r := range adminRules(d, a.Ingress, a.Egress) {
+			if !w.adminPeersMatch(r.Peers, peer, peerPod) || !portsMatch(r.Ports, dstPod, proto, port) {
+				continue
+			}
+			switch r.Action {
+			case Allow:
+				return true
+			case Deny:
+				return false
+			case Pass:
+				break admin
+			}
+		}
+	}
+	if allowed, isolated := w.networkAllows(p, d, peer, peerPod, dstPod, proto, port); isolated {
+		return allowed
+	}
+	baselines := slices.Clone(w.baselines)
+	slices.SortFunc(baselines, func(a, b BaselinePolicy) int { return strings.Compare(a.Name, b.Name) })
+	for _, b := range baselines {
+		if !w.subjectSelects(&b.Subject, p) {
+			continue
+		}
+		for _, r := range adminRules(d, b.Ingress, b.Egress) {
+			if w.adminPeersMatch(r.Peers, peer, peerPod) && portsMatch(r.Ports, dstPod, proto, port) {
+				return r.Action == Allow
+			}
+		}
+	}
+	return true
+}
+
+func adminRules(d Direction, ingress, egress []AdminRule) []AdminRule {
+	if d == Egress {
+		return egress
+	}
+	return ingress
+}
+
+// subjectSelects reports whether an admin or baseline policy's subject
+// holds pod p: by its namespace's labels, and its own with a pods subject.
+func (w *world) subjectSelects(s *AdminSubject, p *Pod) bool {
+	nsl := w.namespaces[p.Namespace].Labels
+	if s.Namespaces != nil {
+		return s.Namespaces.Matches(nsl)
+	}
+	return s.Pods.Namespaces.Matches(nsl) && s.Pods.Pods.Matches(p.Labels)
+}
+
+// adminPeersMatch reports whether one of an admin rule's peers holds the
+// peer at address a (pod, or nil).
+func (w *world) adminPeersMatch(peers []AdminPeer, a netip.Addr, pod *Pod) bool {
+	for _, pe := range peers {
+		switch {
+		case pe.Networks != nil:
+			if slices.ContainsFunc(pe.Networks, func(n netip.Prefix) bool { return n.Contains(a) }) {
+				return true
+			}
+		case pe.Nodes != nil:
+			if slices.ContainsFunc(w.nodes, func(n Node) bool { return pe.Nodes.Matches(n.Labels) && slices.Contains(n.IPs, a) }) {
+				return true
+			}
+		case pod == nil:
+		case pe.Namespaces != nil:
+			if pe.Namespaces.Matches(w.namespaces[pod.Namespace].Labels) {
+				return true
+			}
+		case pe.Pods != nil:
+			if pe.Pods.Namespaces.Matches(w.namespaces[pod.Namespace].Labels) && pe.Pods.Pods.Matches(pod.Labels) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// networkAllows reports whether the NetworkPolicies of p isolate it in d
+// and, if so, whether one allows the traffic.
+func (w *world) networkAllows(p *Pod, d Direction, peer netip.Addr, peerPod, dstPod *Pod, proto Protocol, port uint16) (allowed, isolated bool) {
 	for i := range w.policies {
 		pol := &w.policies[i]
 		if pol.Namespace != p.Namespace || pol.Types&d == 0 || !pol.PodSelector.Matches(p.Labels) {
@@ -71,11 +175,11 @@ func (w *world) allows(p *Pod, d Direction, peer netip.Addr, peerPod *Pod, proto
 		}
 		for _, r := range rules {
 			if w.peersMatch(pol, r.Peers, peer, peerPod) && portsMatch(r.Ports, dstPod, proto, port) {
-				return true
+				return true, true
 			}
 		}
 	}
-	return !isolated
+	return false, isolated
 }
 
 func (w *world) peersMatch(pol *Policy, peers []Peer, a netip.Addr, pod *Pod) bool {

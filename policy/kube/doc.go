@@ -1,7 +1,10 @@
 // Package kube feeds a policy.Enforcer from a Kubernetes API server: the
 // v1 Pods (this node's, enforced here, and every other node's, which are
 // peers), the v1 Namespaces (their labels) and the networking.k8s.io/v1
-// NetworkPolicies, read through client-go shared informers.
+// NetworkPolicies, read through client-go shared informers; with
+// Config.AdminClient also the AdminNetworkPolicies and
+// BaselineAdminNetworkPolicies (policy.networking.k8s.io/v1alpha1) of
+// sigs.k8s.io/network-policy-api.
 //
 // # Use
 //
@@ -25,6 +28,14 @@
 // that have ended, and takes the named ports of the pod's containers.
 // An object the enforcer refuses is logged and counted (Changes); the
 // rules in force for it stay.
+//
+// ConvertAdminPolicy and ConvertBaselinePolicy map the v1alpha1 objects:
+// a port's protocol defaults to TCP, a namedPort (which names no
+// protocol) matches the name in TCP, UDP and SCTP, a domainNames peer
+// matches nothing (it is for Allow rules only, so the policy allows
+// less, the API's own fail-closed reading of a peer an implementation
+// cannot handle). ConvertNode gives nodes peers a Node's labels and its
+// InternalIP and ExternalIP addresses.
 //
 // # New pods
 //

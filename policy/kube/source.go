@@ -14,6 +14,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
+	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+	anpinformers "sigs.k8s.io/network-policy-api/pkg/client/informers/externalversions"
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/policy"
@@ -24,6 +27,12 @@ import (
 type Config struct {
 	Client   kubernetes.Interface // required
 	Enforcer *policy.Enforcer     // required: receives every change
+	// AdminClient, if set, is followed for the AdminNetworkPolicies and
+	// BaselineAdminNetworkPolicies (policy.networking.k8s.io/v1alpha1)
+	// of sigs.k8s.io/network-policy-api, and for the Nodes their nodes
+	// peers select. Set it only where their CRDs are installed: Start
+	// waits until it has listed them.
+	AdminClient anpclient.Interface
 	// NodeName is this node's name: its pods are local (enforced here);
 	// every other pod is a peer. Required.
 	NodeName string
@@ -43,6 +52,7 @@ type Source struct {
 	cfg     Config
 	log     *slog.Logger
 	factory informers.SharedInformerFactory
+	admin   anpinformers.SharedInformerFactory // nil without Config.AdminClient
 	pods    corelisters.PodLister
 	// counters of the events handled and the objects refused, for metrics
 	changes, rejected atomic.Uint64
@@ -64,11 +74,17 @@ func New(cfg Config) (*Source, error) {
 		cfg.PodWait = DefaultPodWait
 	}
 	f := informers.NewSharedInformerFactory(cfg.Client, cfg.ResyncPeriod)
-	return &Source{cfg: cfg, log: log, factory: f, pods: f.Core().V1().Pods().Lister(), sandboxes: map[policy.Name]*sandbox{}}, nil
+	s := &Source{cfg: cfg, log: log, factory: f, pods: f.Core().V1().Pods().Lister(), sandboxes: map[policy.Name]*sandbox{}}
+	if cfg.AdminClient != nil {
+		s.admin = anpinformers.NewSharedInformerFactory(cfg.AdminClient, cfg.ResyncPeriod)
+	}
+	return s, nil
 }
 
 // Start starts the informers and returns once the enforcer holds every
-// Pod, Namespace and NetworkPolicy the API server has; from then on the
+// Pod, Namespace and NetworkPolicy the API server has (and, with
+// Config.AdminClient, every AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy); from then on the
 // informers' goroutines hand each change to it until ctx is done. While
 // the API server cannot be reached Start keeps retrying and logs why; it
 // fails only when ctx ends first.
@@ -79,6 +95,11 @@ func (s *Source) Start(ctx context.Context) error {
 		"pods":            s.factory.Core().V1().Pods().Informer(),
 		"namespaces":      s.factory.Core().V1().Namespaces().Informer(),
 		"networkpolicies": s.factory.Networking().V1().NetworkPolicies().Informer(),
+	}
+	if s.admin != nil {
+		infs["adminnetworkpolicies"] = s.admin.Policy().V1alpha1().AdminNetworkPolicies().Informer()
+		infs["baselineadminnetworkpolicies"] = s.admin.Policy().V1alpha1().BaselineAdminNetworkPolicies().Informer()
+		infs["nodes"] = s.factory.Core().V1().Nodes().Informer()
 	}
 	var synced []cache.InformerSynced
 	for what, inf := range infs {
@@ -102,6 +123,9 @@ func (s *Source) Start(ctx context.Context) error {
 		synced = append(synced, reg.HasSynced)
 	}
 	s.factory.Start(ctx.Done())
+	if s.admin != nil {
+		s.admin.Start(ctx.Done())
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("network policy source: informers did not sync: %w", context.Cause(ctx))
 	}
@@ -148,6 +172,33 @@ func (s *Source) changed(obj any, deleted bool) {
 		p, cerr := ConvertPolicy(o)
 		if err = cerr; err == nil {
 			err = e.UpdatePolicy(p)
+		}
+	case *corev1.Node:
+		if deleted {
+			e.DeleteNode(o.Name)
+			break
+		}
+		n, cerr := ConvertNode(o)
+		if err = cerr; err == nil {
+			err = e.UpdateNode(n)
+		}
+	case *anpv1alpha1.AdminNetworkPolicy:
+		if deleted {
+			e.DeleteAdminPolicy(o.Name)
+			break
+		}
+		p, cerr := ConvertAdminPolicy(o)
+		if err = cerr; err == nil {
+			err = e.UpdateAdminPolicy(p)
+		}
+	case *anpv1alpha1.BaselineAdminNetworkPolicy:
+		if deleted {
+			e.DeleteBaselinePolicy(o.Name)
+			break
+		}
+		p, cerr := ConvertBaselinePolicy(o)
+		if err = cerr; err == nil {
+			err = e.UpdateBaselinePolicy(p)
 		}
 	}
 	if err != nil {

@@ -33,8 +33,17 @@ func must(t testing.TB, err error) {
 // the shared control plane as node "node0", and runs it.
 func follow(t *testing.T, cs kubernetes.Interface) (*policy.Enforcer, *netns.NS) {
 	t.Helper()
+	_, e, ns := followConfig(t, Config{Client: cs})
+	return e, ns
+}
+
+// followConfig is follow with cfg (Enforcer and NodeName filled in),
+// returning the Source too.
+func followConfig(t *testing.T, cfg Config) (*Source, *policy.Enforcer, *netns.NS) {
+	t.Helper()
 	e, ns := newEnforcer(t)
-	src, err := New(Config{Client: cs, Enforcer: e, NodeName: "node0"})
+	cfg.Enforcer, cfg.NodeName = e, "node0"
+	src, err := New(cfg)
 	must(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -49,7 +58,7 @@ func follow(t *testing.T, cs kubernetes.Interface) (*policy.Enforcer, *netns.NS)
 			}
 		}})
 	}()
-	return e, ns
+	return src, e, ns
 }
 
 func newEnforcer(t *testing.T) (*policy.Enforcer, *netns.NS) {
