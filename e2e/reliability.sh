@@ -36,8 +36,12 @@ result() { # result OK|FAIL WHAT
 
 setup() {
 	kubectl create namespace $NS >/dev/null
+	# --delay-shutdown: a deleted pod serves 5 s more after SIGTERM, as
+	# a workload that drains does; the proxies drop it from the Service
+	# meanwhile. Without it a pod refuses before every node has heard of
+	# its deletion, whatever the proxy (kube-proxy too).
 	kubectl -n $NS create deployment web --replicas 9 \
-		--image registry.k8s.io/e2e-test-images/agnhost:2.56 -- /agnhost netexec --http-port 8080 >/dev/null
+		--image registry.k8s.io/e2e-test-images/agnhost:2.56 -- /agnhost netexec --http-port 8080 --delay-shutdown 5 >/dev/null
 	kubectl -n $NS expose deployment web --type NodePort --port 80 --target-port 8080 >/dev/null
 	kubectl -n $NS rollout status deployment web --timeout 120s >/dev/null
 	NODEPORT=$(kubectl -n $NS get service web -o jsonpath='{.spec.ports[0].nodePort}')
