@@ -46,6 +46,9 @@ die() { log "error: $*"; exit 1; }
 
 node_ip() { echo "$NET.$((10 + $1))"; }
 node_name() { echo "pe2e-n$1"; }
+# node_zone: each node is a zone of its own, so that the topology and
+# traffic distribution tests (three zones at least) run.
+node_zone() { echo "zone-$1"; }
 
 # cgroups lists the cgroup v1 hierarchies (and the unified one) podnet-e2e
 # lives in.
@@ -339,7 +342,8 @@ start_kubelet() {
 	cgroup_make "$CG/n$n" # the kubelet's cgroupRoot must exist
 	spawn "kubelet-n$n" "$CG/n$n-system" "n$n" "$STATE/n$n/mntns" "$BIN/kubelet" \
 		--config /var/lib/kubelet/config.yaml --kubeconfig /var/lib/kubelet/kubeconfig \
-		--hostname-override "$(node_name "$n")" --node-ip "$(node_ip "$n")" --v=1
+		--hostname-override "$(node_name "$n")" --node-ip "$(node_ip "$n")" \
+		--node-labels "topology.kubernetes.io/zone=$(node_zone "$n")" --v=1
 }
 
 # restart N kills node N's kubelet and containerd with SIGKILL (their
