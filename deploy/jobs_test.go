@@ -32,7 +32,8 @@ const conflistName = "10-podnet.conflist"
 // agentJob: the agent follows Nodes — its own Node's podCIDR gives the
 // conflist (naming its policy socket) and the NetworkUnavailable=False
 // condition, a Node added later gives a route to its podCIDR via its
-// InternalIP —, enforces a NetworkPolicy on a pod of its node, answers
+// InternalIP —, enforces a NetworkPolicy and an AdminNetworkPolicy on a
+// pod of its node (the CRDs are served when it starts), answers
 // an ADD on its policy socket, and answers its probes.
 var agentJob = &job{
 	prepare: func(r *run) {
@@ -79,6 +80,9 @@ var agentJob = &job{
 			return err
 		}
 		if err := policyStep(r); err != nil {
+			return err
+		}
+		if err := adminStep(r); err != nil {
 			return err
 		}
 		if err := socketStep(r); err != nil {

@@ -31,6 +31,7 @@ func policyPod(r *run) netip.AddrPort {
 // to it; the Pod object comes in policyStep.
 func preparePolicyPod(r *run) {
 	pod := nstest.New(r.t)
+	r.pod = pod
 	dst := policyPod(r)
 	gw := netip.AddrFrom4([4]byte{10, 244, byte(2 * r.id), 1})
 	_, err := veth.Create(r.ns, veth.Spec{Name: "vpod", PeerName: "eth0", PeerNS: pod})

@@ -145,6 +145,7 @@ func newHarness(t *testing.T, m *manifests) *harness {
 	cs, err := cp.Client()
 	must(t, err)
 	h := &harness{t: t, m: m, cp: cp, cs: cs}
+	installAdminCRDs(t, cp)
 	ctx := context.Background()
 	var svc *corev1.Service
 	poll(t, time.Minute, "namespace kube-system and the kubernetes Service", func() (bool, string) {
@@ -169,6 +170,7 @@ type run struct {
 	node string
 	ns   *netns.NS // the node's network namespace (10.99.0.1 on eth0)
 	peer *netns.NS // its neighbour on eth0 (10.99.0.2)
+	pod  *netns.NS // the agent job's pod (policyPod)
 	dir  string    // the test's stand-in for host paths
 	rec  *apiRecorder
 	c    corev1.Container

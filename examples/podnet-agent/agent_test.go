@@ -582,6 +582,7 @@ func TestAgentBadFlags(t *testing.T) {
 		{[]string{"--cluster-cidr", "0.0.0.0/0"}, "every destination"},
 		{[]string{"--cluster-cidr", clusterCIDR, "--iptables-mode", "xt"}, "--iptables-mode"},
 		{[]string{"--cluster-cidr", clusterCIDR, "--route-protocol", "2"}, "--route-protocol"},
+		{[]string{"--cluster-cidr", clusterCIDR, "--admin-network-policy", "yes"}, "--admin-network-policy"},
 		{[]string{"--cluster-cidr", clusterCIDR, "--kubeconfig", "/nonexistent"}, "kubeconfig"},
 	} {
 		dir := t.TempDir()

@@ -71,6 +71,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/iptables"
@@ -97,6 +98,7 @@ type options struct {
 	resync      time.Duration
 	cleanup     bool
 	netpol      bool
+	adminPolicy string
 	policySock  string
 	installBin  string
 	args        []string
@@ -120,6 +122,7 @@ func main() {
 	flag.DurationVar(&o.resync, "resync-period", 10*time.Second, "how often routes, rules and the CNI configuration are re-checked")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the agent's routes, masquerade rules, CNI configuration and network policy table, and exit")
 	flag.BoolVar(&o.netpol, "network-policy", true, "enforce NetworkPolicies on this node's pods (nftables table inet podnet-policy); false removes a table left by an earlier run")
+	flag.StringVar(&o.adminPolicy, "admin-network-policy", "auto", "with --network-policy, enforce AdminNetworkPolicies and BaselineAdminNetworkPolicies (policy.networking.k8s.io/v1alpha1) too: auto (when the API server serves them at start), true (wait until it does) or false")
 	flag.StringVar(&o.policySock, "policy-socket", "", "with --network-policy, serve podnet-bridge on this unix socket (named in the conflist as policySocket; the DaemonSet's is "+cnisock.DefaultPath+"): its ADD returns once the new pod's policies are in force. Without it a new pod is isolated only once the API server has its address")
 	flag.StringVar(&o.installBin, "install-cni-bin", "", "copy the files named as arguments into this directory (each renamed over the old one) and exit")
 	flag.Parse()
@@ -171,7 +174,13 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		defer srv.Close()
 	}
-	err = runAll(ctx, o.netpol, newAgent(cfg, ns, masq, client, log, m))
+	var admin anpclient.Interface
+	if o.netpol {
+		if admin, err = adminClient(rc, client, o.adminPolicy, log); err != nil {
+			return err
+		}
+	}
+	err = runAll(ctx, o.netpol, admin, newAgent(cfg, ns, masq, client, log, m))
 	log.Info("stopping; routes, rules, the CNI configuration and network policies stay in place")
 	return err
 }
@@ -180,7 +189,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 // beside it, until ctx is done or one of them fails; without netpol it
 // removes a policy table an earlier run left, whose rules would no longer
 // follow the API server.
-func runAll(ctx context.Context, netpol bool, a *agent) error {
+func runAll(ctx context.Context, netpol bool, admin anpclient.Interface, a *agent) error {
 	if !netpol {
 		if err := cleanupNetworkPolicy(ctx, a.ns); err != nil {
 			return fmt.Errorf("remove the network policy table of an earlier run: %w", err)
@@ -188,7 +197,7 @@ func runAll(ctx context.Context, netpol bool, a *agent) error {
 		return a.run(ctx)
 	}
 	a.m.enablePolicy()
-	np, err := newNetworkPolicy(a.ns, a.client, a.cfg.node, a.cfg.policySocket, a.m, a.log)
+	np, err := newNetworkPolicy(a.ns, a.client, admin, a.cfg.node, a.cfg.policySocket, a.m, a.log)
 	if err != nil {
 		return err
 	}
@@ -222,6 +231,8 @@ func (o options) config() (config, error) {
 		return c, errors.New("--cni-conf-dir is empty")
 	case o.resync <= 0:
 		return c, errors.New("--resync-period must be positive")
+	case o.adminPolicy != "auto" && o.adminPolicy != "true" && o.adminPolicy != "false":
+		return c, fmt.Errorf("--admin-network-policy %q: want auto, true or false", o.adminPolicy)
 	case c.policySocket != "" && !filepath.IsAbs(c.policySocket):
 		return c, fmt.Errorf("--policy-socket %q: want an absolute path", c.policySocket)
 	case o.protocol == 0 || o.protocol > 255 || route.Protocol(o.protocol) == route.ProtocolKernel:

@@ -8,7 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podnet/podnet/netns"
 	"github.com/podnet/podnet/policy"
@@ -26,12 +30,12 @@ type networkPolicy struct {
 	socket string // where podnet-bridge tells new pods' addresses; "" nowhere
 }
 
-func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, node, socket string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
+func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, admin anpclient.Interface, node, socket string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
 	e, err := policy.New(policy.Config{NetNS: ns, Logger: log.With("component", "network-policy")})
 	if err != nil {
 		return nil, err
 	}
-	src, err := policykube.New(policykube.Config{Client: client, Enforcer: e, NodeName: node, Logger: log.With("component", "network-policy")})
+	src, err := policykube.New(policykube.Config{Client: client, AdminClient: admin, Enforcer: e, NodeName: node, Logger: log.With("component", "network-policy")})
 	if err != nil {
 		return nil, err
 	}
@@ -105,4 +109,48 @@ func (d deniedCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(deniedDesc, prometheus.CounterValue, float64(in), "ingress")
 	ch <- prometheus.MustNewConstMetric(deniedDesc, prometheus.CounterValue, float64(eg), "egress")
+}
+
+// adminGroupVersion serves AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy once their CRDs are installed.
+const adminGroupVersion = "policy.networking.k8s.io/v1alpha1"
+
+// adminClient returns the client the enforcer follows AdminNetworkPolicies
+// and BaselineAdminNetworkPolicies with, or nil: with mode "false" never;
+// with "auto" when the API server serves both kinds now (installing the
+// CRDs later takes a restart of the agent); with "true" always (the
+// enforcer then waits until they are served).
+func adminClient(rc *rest.Config, client kubernetes.Interface, mode string, log *slog.Logger) (anpclient.Interface, error) {
+	if mode == "false" {
+		return nil, nil
+	}
+	if mode == "auto" {
+		served, err := servesAdminPolicies(client.Discovery())
+		if err != nil {
+			return nil, fmt.Errorf("--admin-network-policy=auto: ask the API server for %s: %w", adminGroupVersion, err)
+		}
+		if !served {
+			log.Info("network policy: the API server serves no AdminNetworkPolicy or BaselineAdminNetworkPolicy; not following them (restart after installing their CRDs)", "groupVersion", adminGroupVersion)
+			return nil, nil
+		}
+	}
+	log.Info("network policy: following AdminNetworkPolicies and BaselineAdminNetworkPolicies", "groupVersion", adminGroupVersion)
+	return anpclient.NewForConfig(rc)
+}
+
+// servesAdminPolicies reports whether the API server serves both admin
+// policy kinds.
+func servesAdminPolicies(d discovery.DiscoveryInterface) (bool, error) {
+	list, err := d.ServerResourcesForGroupVersion(adminGroupVersion)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	have := map[string]bool{}
+	for _, r := range list.APIResources {
+		have[r.Name] = true
+	}
+	return have["adminnetworkpolicies"] && have["baselineadminnetworkpolicies"], nil
 }
