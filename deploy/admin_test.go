@@ -4,18 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/netns/nstest/probe"
@@ -28,33 +23,13 @@ import (
 // for them; the test's end deletes them.
 func installAdminCRDs(t *testing.T, cp *kubetest.ControlPlane) {
 	t.Helper()
-	ctx := context.Background()
-	dc, err := dynamic.NewForConfig(cp.Config)
-	must(t, err)
-	crds := dc.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
 	files, err := filepath.Glob("../policy/kube/testdata/policy.networking.k8s.io_*.yaml")
 	must(t, err)
-	if len(files) != 2 {
-		t.Fatalf("CRDs: %v", files)
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		must(t, err)
-		js, err := yaml.YAMLToJSON(data)
-		must(t, err)
-		var crd unstructured.Unstructured
-		must(t, crd.UnmarshalJSON(js))
-		_, err = crds.Create(ctx, &crd, metav1.CreateOptions{})
-		must(t, err)
-		t.Cleanup(func() { crds.Delete(context.Background(), crd.GetName(), metav1.DeleteOptions{}) })
-	}
-	ac, err := anpclient.NewForConfig(cp.Config)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	remove, err := cp.InstallCRDs(ctx, files...)
 	must(t, err)
-	poll(t, 30*time.Second, "the admin policy CRDs served", func() (bool, string) {
-		_, err1 := ac.PolicyV1alpha1().AdminNetworkPolicies().List(ctx, metav1.ListOptions{})
-		_, err2 := ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().List(ctx, metav1.ListOptions{})
-		return err1 == nil && err2 == nil, fmt.Sprint(err1, err2)
-	})
+	t.Cleanup(remove)
 }
 
 // adminStep: the agent enforces an AdminNetworkPolicy — the pod of

@@ -244,21 +244,7 @@ func testUDPEndpointRemoval(t *testing.T, c *cluster) {
 		return err
 	}))
 	defer conn.Close()
-	query := func() string {
-		t.Helper()
-		buf := make([]byte, 200)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			conn.Write([]byte("who\n"))
-			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			if n, err := conn.Read(buf); err == nil {
-				f := strings.Fields(string(buf[:n]))
-				return f[len(f)-1]
-			}
-		}
-		t.Fatal("no UDP answer")
-		return ""
-	}
+	query := func() string { return askUDP(t, conn) }
 	first := query()
 	if again := query(); again != first {
 		t.Fatalf("same socket changed endpoint: %s then %s", first, again)
@@ -280,6 +266,24 @@ func testUDPEndpointRemoval(t *testing.T, c *cluster) {
 	if len(flows) != 0 {
 		t.Errorf("flows to the removed endpoint remain: %v", flows)
 	}
+}
+
+// askUDP sends on conn until a datagram answers (5 s at most) and
+// returns the name the server put last in it.
+func askUDP(t *testing.T, conn *net.UDPConn) string {
+	t.Helper()
+	buf := make([]byte, 200)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		conn.Write([]byte("who\n"))
+		conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if n, err := conn.Read(buf); err == nil {
+			f := strings.Fields(string(buf[:n]))
+			return f[len(f)-1]
+		}
+	}
+	t.Fatal("no UDP answer")
+	return ""
 }
 
 // testUDPTargetPortChange: when a UDP Service's target port changes on
@@ -304,21 +308,7 @@ func testUDPTargetPortChange(t *testing.T, c *cluster) {
 		return err
 	}))
 	defer conn.Close()
-	query := func() string {
-		t.Helper()
-		buf := make([]byte, 200)
-		deadline := time.Now().Add(5 * time.Second)
-		for time.Now().Before(deadline) {
-			conn.Write([]byte("who\n"))
-			conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			if n, err := conn.Read(buf); err == nil {
-				f := strings.Fields(string(buf[:n]))
-				return f[len(f)-1]
-			}
-		}
-		t.Fatal("no UDP answer")
-		return ""
-	}
+	query := func() string { return askUDP(t, conn) }
 	if got := query(); got != "pod1a" {
 		t.Fatalf("target port 8080 answered by %s, want pod1a", got)
 	}

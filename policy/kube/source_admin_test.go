@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -11,13 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podnet/podnet/kubetest"
 )
@@ -27,42 +21,21 @@ import (
 // sigs.k8s.io/network-policy-api v0.3.0's apis/v1alpha1, which ships no
 // v1alpha1 CRDs; see testdata/README) and returns a client once the API
 // server serves them; the test's end deletes them.
-func installAdminCRDs(t *testing.T, cfg *rest.Config) anpclient.Interface {
+func installAdminCRDs(t *testing.T, cp *kubetest.ControlPlane) anpclient.Interface {
 	t.Helper()
-	ctx := context.Background()
-	dc, err := dynamic.NewForConfig(cfg)
-	must(t, err)
-	crds := dc.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
 	files, err := filepath.Glob("testdata/policy.networking.k8s.io_*.yaml")
 	must(t, err)
 	if len(files) != 2 {
 		t.Fatalf("CRDs in testdata: %v", files)
 	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		must(t, err)
-		js, err := yaml.YAMLToJSON(data)
-		must(t, err)
-		var crd unstructured.Unstructured
-		must(t, crd.UnmarshalJSON(js))
-		_, err = crds.Create(ctx, &crd, metav1.CreateOptions{})
-		must(t, err)
-		t.Cleanup(func() { crds.Delete(context.Background(), crd.GetName(), metav1.DeleteOptions{}) })
-	}
-	ac, err := anpclient.NewForConfig(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	remove, err := cp.InstallCRDs(ctx, files...)
 	must(t, err)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err1 := ac.PolicyV1alpha1().AdminNetworkPolicies().List(ctx, metav1.ListOptions{})
-		_, err2 := ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().List(ctx, metav1.ListOptions{})
-		if err1 == nil && err2 == nil {
-			return ac
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the CRDs are not served: %v, %v", err1, err2)
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	t.Cleanup(remove)
+	ac, err := anpclient.NewForConfig(cp.Config)
+	must(t, err)
+	return ac
 }
 
 // TestSourceFollowsAdminPolicies: an AdminNetworkPolicy and a
@@ -77,7 +50,7 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 	cp := kubetest.Shared(t)
 	cs, err := cp.Client()
 	must(t, err)
-	ac := installAdminCRDs(t, cp.Config)
+	ac := installAdminCRDs(t, cp)
 	ctx := context.Background()
 	_, err = cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bank", Labels: map[string]string{"team": "b"}}}, metav1.CreateOptions{})
 	must(t, err)
