@@ -174,11 +174,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		defer srv.Close()
 	}
-	var admin anpclient.Interface
-	if o.netpol {
-		if admin, err = adminClient(rc, client, o.adminPolicy, log); err != nil {
-			return err
-		}
+	admin := func(ctx context.Context) (anpclient.Interface, error) {
+		return adminClient(ctx, rc, client, o.adminPolicy, log)
 	}
 	err = runAll(ctx, o.netpol, admin, newAgent(cfg, ns, masq, client, log, m))
 	log.Info("stopping; routes, rules, the CNI configuration and network policies stay in place")
@@ -189,7 +186,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 // beside it, until ctx is done or one of them fails; without netpol it
 // removes a policy table an earlier run left, whose rules would no longer
 // follow the API server.
-func runAll(ctx context.Context, netpol bool, admin anpclient.Interface, a *agent) error {
+func runAll(ctx context.Context, netpol bool, admin func(context.Context) (anpclient.Interface, error), a *agent) error {
 	if !netpol {
 		if err := cleanupNetworkPolicy(ctx, a.ns); err != nil {
 			return fmt.Errorf("remove the network policy table of an earlier run: %w", err)

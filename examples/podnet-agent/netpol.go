@@ -23,23 +23,26 @@ import (
 // networkPolicy runs the NetworkPolicy enforcer of this node: policy/kube's
 // informers feed a policy.Enforcer whose table is in the node's namespace.
 type networkPolicy struct {
-	e      *policy.Enforcer
-	src    *policykube.Source
+	e   *policy.Enforcer
+	cfg policykube.Config // run sets AdminClient from admin
+	// admin tells whether to follow the admin policies (a client) or not
+	// (nil); it may wait for the API server.
+	admin  func(context.Context) (anpclient.Interface, error)
 	m      *metrics
 	log    *slog.Logger
 	socket string // where podnet-bridge tells new pods' addresses; "" nowhere
 }
 
-func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, admin anpclient.Interface, node, socket string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
+func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, admin func(context.Context) (anpclient.Interface, error), node, socket string, m *metrics, log *slog.Logger) (*networkPolicy, error) {
 	e, err := policy.New(policy.Config{NetNS: ns, Logger: log.With("component", "network-policy")})
 	if err != nil {
 		return nil, err
 	}
-	src, err := policykube.New(policykube.Config{Client: client, AdminClient: admin, Enforcer: e, NodeName: node, Logger: log.With("component", "network-policy")})
-	if err != nil {
+	cfg := policykube.Config{Client: client, Enforcer: e, NodeName: node, Logger: log.With("component", "network-policy")}
+	if _, err := policykube.New(cfg); err != nil { // checks cfg before anything runs
 		return nil, err
 	}
-	np := &networkPolicy{e: e, src: src, m: m, log: log, socket: socket}
+	np := &networkPolicy{e: e, cfg: cfg, admin: admin, m: m, log: log, socket: socket}
 	m.reg.MustRegister(deniedCollector{e})
 	return np, nil
 }
@@ -50,8 +53,20 @@ func newNetworkPolicy(ns *netns.NS, client kubernetes.Interface, admin anpclient
 // serve podnet-bridge on the socket: until the model is whole an ADD
 // finds no socket and fails at once, and kubelet retries.
 func (np *networkPolicy) run(ctx context.Context) error {
+	cfg := np.cfg
+	var err error
+	if cfg.AdminClient, err = np.admin(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	src, err := policykube.New(cfg)
+	if err != nil {
+		return err
+	}
 	np.log.Info("network policy: listing Pods, Namespaces and NetworkPolicies")
-	if err := np.src.Start(ctx); err != nil {
+	if err := src.Start(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -70,7 +85,7 @@ func (np *networkPolicy) run(ctx context.Context) error {
 	defer cancel()
 	served := make(chan error, 1)
 	go func() {
-		served <- (&cnisock.Server{Handler: np.src, Logger: np.log.With("component", "network-policy")}).Serve(ctx, ln)
+		served <- (&cnisock.Server{Handler: src, Logger: np.log.With("component", "network-policy")}).Serve(ctx, ln)
 		cancel() // a socket that fails stops the agent: pods could no longer start
 	}()
 	err = np.e.Run(ctx, policy.RunConfig{OnSync: np.m.policySynced})
@@ -117,17 +132,27 @@ const adminGroupVersion = "policy.networking.k8s.io/v1alpha1"
 
 // adminClient returns the client the enforcer follows AdminNetworkPolicies
 // and BaselineAdminNetworkPolicies with, or nil: with mode "false" never;
-// with "auto" when the API server serves both kinds now (installing the
-// CRDs later takes a restart of the agent); with "true" always (the
-// enforcer then waits until they are served).
-func adminClient(rc *rest.Config, client kubernetes.Interface, mode string, log *slog.Logger) (anpclient.Interface, error) {
+// with "auto" when the API server serves both kinds at the start (it asks
+// until the API server answers; installing the CRDs later takes a restart
+// of the agent); with "true" always (the enforcer then waits until they
+// are served).
+func adminClient(ctx context.Context, rc *rest.Config, client kubernetes.Interface, mode string, log *slog.Logger) (anpclient.Interface, error) {
 	if mode == "false" {
 		return nil, nil
 	}
 	if mode == "auto" {
-		served, err := servesAdminPolicies(client.Discovery())
-		if err != nil {
-			return nil, fmt.Errorf("--admin-network-policy=auto: ask the API server for %s: %w", adminGroupVersion, err)
+		var served bool
+		for {
+			var err error
+			if served, err = servesAdminPolicies(client.Discovery()); err == nil {
+				break
+			}
+			log.Debug("network policy: cannot ask the API server for the admin policies; retrying", "groupVersion", adminGroupVersion, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Second):
+			}
 		}
 		if !served {
 			log.Info("network policy: the API server serves no AdminNetworkPolicy or BaselineAdminNetworkPolicy; not following them (restart after installing their CRDs)", "groupVersion", adminGroupVersion)

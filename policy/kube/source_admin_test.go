@@ -10,10 +10,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/podnet/podnet/kubetest"
+	"github.com/podnet/podnet/netns"
 )
 
 // installAdminCRDs installs the AdminNetworkPolicy and
@@ -86,10 +88,25 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 	must(t, err)
 	eventually(t, ns, "the baseline policy", func(s string) bool { return strings.Contains(s, "chain banp-in-ip-") })
 
-	// A nodes peer: the Node's InternalIP in the rule's peers, gone
-	// when the Node is relabelled out of the selector.
+	nodesPeerStep(t, cs, ac, ns, team)
+	refusedStep(t, src, ac, anp)
+
+	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "to-nodes", metav1.DeleteOptions{}))
+	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "guard", metav1.DeleteOptions{}))
+	eventually(t, ns, "the admin policy deleted", func(s string) bool {
+		return !strings.Contains(s, "chain adm-") && !strings.Contains(s, "192.0.2.0/24") && strings.Contains(s, "chain banp-in-ip-")
+	})
+	must(t, ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().Delete(ctx, "default", metav1.DeleteOptions{}))
+	eventually(t, ns, "the baseline policy deleted", func(s string) bool { return !strings.Contains(s, "10.244.0.7") })
+}
+
+// nodesPeerStep: a nodes peer of an admin policy holds the Node's
+// InternalIP, gone when the Node is relabelled out of the selector.
+func nodesPeerStep(t *testing.T, cs kubernetes.Interface, ac anpclient.Interface, ns *netns.NS, team metav1.LabelSelector) {
+	t.Helper()
+	ctx := context.Background()
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node9", Labels: map[string]string{"zone": "far"}}}
-	node, err = cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	node, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	must(t, err)
 	t.Cleanup(func() { cs.CoreV1().Nodes().Delete(context.Background(), "node9", metav1.DeleteOptions{}) })
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.240.0.99"}}
@@ -108,12 +125,18 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 	must(t, err)
 	eventually(t, ns, "the node relabelled out", func(s string) bool { return !strings.Contains(s, "10.240.0.99") })
 
-	// What the CRD's schema takes and the enforcer refuses (an unknown
-	// selector operator) is counted, and changes nothing.
+}
+
+// refusedStep: what the CRD's schema takes and the enforcer refuses (an
+// unknown selector operator) is counted and changes nothing; what the API
+// server's validation refuses (a priority above 1000) never arrives.
+func refusedStep(t *testing.T, src *Source, ac anpclient.Interface, anp *anpv1alpha1.AdminNetworkPolicy) {
+	t.Helper()
+	ctx := context.Background()
 	_, rejected := src.Changes()
 	odd := anp.DeepCopy()
 	odd.Name, odd.Spec.Subject.Namespaces = "odd", &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "team", Operator: "Near"}}}
-	_, err = ac.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, odd, metav1.CreateOptions{})
+	_, err := ac.PolicyV1alpha1().AdminNetworkPolicies().Create(ctx, odd, metav1.CreateOptions{})
 	must(t, err)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -133,11 +156,4 @@ func TestSourceFollowsAdminPolicies(t *testing.T) {
 		t.Errorf("priority 1001: %v, want the API server to refuse it", err)
 	}
 
-	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "to-nodes", metav1.DeleteOptions{}))
-	must(t, ac.PolicyV1alpha1().AdminNetworkPolicies().Delete(ctx, "guard", metav1.DeleteOptions{}))
-	eventually(t, ns, "the admin policy deleted", func(s string) bool {
-		return !strings.Contains(s, "chain adm-") && !strings.Contains(s, "192.0.2.0/24") && strings.Contains(s, "chain banp-in-ip-")
-	})
-	must(t, ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().Delete(ctx, "default", metav1.DeleteOptions{}))
-	eventually(t, ns, "the baseline policy deleted", func(s string) bool { return !strings.Contains(s, "10.244.0.7") })
 }
