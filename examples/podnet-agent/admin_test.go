@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,8 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	anpv1alpha1 "sigs.k8s.io/network-policy-api/apis/v1alpha1"
 	anpclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
-
-	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 // installAdminCRDs installs the AdminNetworkPolicy and
@@ -53,19 +49,7 @@ func TestAgentAdminNetworkPolicy(t *testing.T) {
 	})
 	ns := l.prefix + "-anp"
 	l.createNamespace(ns)
-	n0.createPod(ns, "server", map[string]string{"app": "server"})
-	n1.createPod(ns, "client", map[string]string{"app": "client"})
-	srv, err := probe.Serve(n0.pod, netip.AddrPortFrom(n0.podIP, 8080), "server")
-	must(t, err)
-	defer srv.Close()
-	dst := netip.AddrPortFrom(n0.podIP, 8080)
-	reach := func(want bool, what string) {
-		t.Helper()
-		eventually(t, 20*time.Second, what, func() (bool, string) {
-			_, err := probe.Ask(n1.pod, "tcp", dst, 300*time.Millisecond)
-			return (err == nil) == want, fmt.Sprintf("reached: %v\n%s\n%s", err == nil, nftTable(n0), n0.agent.log.String())
-		})
-	}
+	reach := clientAndServer(t, ns, n1, n0)
 	reach(true, "the client reaching the server before any policy")
 
 	ctx := context.Background()
@@ -77,7 +61,7 @@ func TestAgentAdminNetworkPolicy(t *testing.T) {
 		Subject: server,
 		Ingress: []anpv1alpha1.BaselineAdminNetworkPolicyIngressRule{{Name: "deny-ns", Action: anpv1alpha1.BaselineAdminNetworkPolicyRuleActionDeny, From: fromNS}},
 	}}
-	_, err = ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().Create(ctx, banp, metav1.CreateOptions{})
+	_, err := ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().Create(ctx, banp, metav1.CreateOptions{})
 	must(t, err)
 	t.Cleanup(func() {
 		ac.PolicyV1alpha1().BaselineAdminNetworkPolicies().Delete(context.Background(), "default", metav1.DeleteOptions{})

@@ -35,6 +35,27 @@ func (n *node) createPod(ns, name string, labels map[string]string) {
 	must(n.l.t, err)
 }
 
+// clientAndServer makes Pod objects client (on from, app=client) and
+// server (on to, app=server, serving TCP 8080 in to's pod) in ns, and
+// returns reach: it polls until the client's connections to the server
+// succeed (want) or are refused, failing the test after 20 s.
+func clientAndServer(t *testing.T, ns string, from, to *node) (reach func(want bool, what string)) {
+	t.Helper()
+	to.createPod(ns, "server", map[string]string{"app": "server"})
+	from.createPod(ns, "client", map[string]string{"app": "client"})
+	dst := netip.AddrPortFrom(to.podIP, 8080)
+	srv, err := probe.Serve(to.pod, dst, "server")
+	must(t, err)
+	t.Cleanup(func() { srv.Close() })
+	return func(want bool, what string) {
+		t.Helper()
+		eventually(t, 20*time.Second, what, func() (bool, string) {
+			_, err := probe.Ask(from.pod, "tcp", dst, 300*time.Millisecond)
+			return (err == nil) == want, fmt.Sprintf("reached: %v\n%s\n%s", err == nil, nftTable(to), to.agent.log.String())
+		})
+	}
+}
+
 // createNamespace creates namespace ns with the ServiceAccount Pod
 // admission needs, deleted (with what it holds) when the test ends.
 func (l *lab) createNamespace(ns string) {
@@ -89,26 +110,14 @@ func TestAgentNetworkPolicy(t *testing.T) {
 	n1.ready()
 	ns := l.prefix + "-np"
 	l.createNamespace(ns)
-	n0.createPod(ns, "server", map[string]string{"app": "server"})
-	n1.createPod(ns, "client", map[string]string{"app": "client"})
-	srv, err := probe.Serve(n0.pod, netip.AddrPortFrom(n0.podIP, 8080), "server")
-	must(t, err)
-	defer srv.Close()
-	dst := netip.AddrPortFrom(n0.podIP, 8080)
-	reach := func(want bool, what string) {
-		t.Helper()
-		eventually(t, 20*time.Second, what, func() (bool, string) {
-			_, err := probe.Ask(n1.pod, "tcp", dst, 300*time.Millisecond)
-			return (err == nil) == want, fmt.Sprintf("reached: %v\n%s\n%s", err == nil, nftTable(n0), n0.agent.log.String())
-		})
-	}
+	reach := clientAndServer(t, ns, n1, n0)
 	reach(true, "the client reaching the server before any policy")
 	ctx := context.Background()
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "from-frontend"}, Spec: networkingv1.NetworkPolicySpec{
 		PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
 		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "frontend"}}}}}},
 	}}
-	_, err = l.cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{})
+	_, err := l.cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, np, metav1.CreateOptions{})
 	must(t, err)
 	reach(false, "the policy refusing the client")
 	if v := metric(t, n0, `podnet_network_policy_denied_packets_total{direction="ingress"}`); v < 1 {
