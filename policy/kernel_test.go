@@ -144,7 +144,7 @@ func TestEstablishedConnections(t *testing.T) {
 	c := newCluster(t, w)
 	c.apply(w)
 	server := netip.AddrPortFrom(podAddr("x", "a", false), 7000)
-	echo(t, c.pods["x/a"], server)
+	echoServer(t, c.pods["x/a"], server)
 	var conn net.Conn
 	must(t, c.pods["y/c"].Do(func() (err error) {
 		conn, err = net.DialTimeout("tcp", server.String(), 5*time.Second)
@@ -163,34 +163,6 @@ func TestEstablishedConnections(t *testing.T) {
 	c.apply(w)
 	c.converge(w, []uint16{80}, false)
 	roundTrip(t, conn, "after")
-}
-
-func echo(t *testing.T, ns *netns.NS, ap netip.AddrPort) {
-	var l net.Listener
-	must(t, ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", ap.String())
-		return err
-	}))
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				r := bufio.NewReader(conn)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					conn.Write([]byte(line))
-				}
-			}()
-		}
-	}()
 }
 
 func roundTrip(t *testing.T, conn net.Conn, msg string) {
@@ -320,4 +292,13 @@ func TestKernelDeniedCounters(t *testing.T) {
 	if after, _, err := e.Denied(ctx); err != nil || after < in {
 		t.Errorf("after a full sync Denied = %d, %v; want at least %d", after, err, in)
 	}
+}
+
+// echoServer serves, in ns on ap, TCP connections that echo every line
+// back and stay open until the client ends them.
+func echoServer(t *testing.T, ns *netns.NS, ap netip.AddrPort) {
+	t.Helper()
+	srv, err := probe.ServeEcho(ns, ap, "")
+	must(t, err)
+	t.Cleanup(func() { srv.Close() })
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -230,37 +229,9 @@ func eventually(t *testing.T, from *netns.NS, network, dst string, want func(pro
 // keeping the connection open.
 func echoServer(t *testing.T, ns *netns.NS, ap netip.AddrPort, name string) {
 	t.Helper()
-	var l net.Listener
-	must(t, ns.Do(func() error {
-		var err error
-		l, err = net.Listen("tcp", ap.String())
-		return err
-	}))
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer conn.Close()
-				r := bufio.NewReader(conn)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(conn, "%s %s", name, line)
-				}
-			}()
-		}
-	}()
+	srv, err := probe.ServeEcho(ns, ap, name+" ")
+	must(t, err)
+	t.Cleanup(func() { srv.Close() })
 }
 
 // roundTrip writes a line on conn and reads the answer.

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podnet/podnet/netns"
+	"github.com/podnet/podnet/netns/nstest/probe"
 )
 
 // truthStep is one state of the world: the policies then in force, and
@@ -124,7 +125,7 @@ func TestTruthTablesThroughAPI(t *testing.T) {
 func TestEstablishedConnectionsThroughAPI(t *testing.T) {
 	l := newLab(t, "est")
 	server := netip.AddrPortFrom(podAddr("x", "a"), 7000)
-	echo(t, l.pods["x/a"], server)
+	echoServer(t, l.pods["x/a"], server)
 	l.converge(t, []int32{80})
 	var conns []net.Conn
 	for _, client := range []string{"y/c", "x/b"} {
@@ -176,36 +177,6 @@ func dial(ns *netns.NS, ap netip.AddrPort, timeout time.Duration) (conn net.Conn
 	return conn, err
 }
 
-// echo serves, in ns on ap, TCP connections that echo every line back
-// and stay open until the client ends them.
-func echo(t *testing.T, ns *netns.NS, ap netip.AddrPort) {
-	var l net.Listener
-	must(t, ns.Do(func() (err error) {
-		l, err = net.Listen("tcp", ap.String())
-		return err
-	}))
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				r := bufio.NewReader(conn)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					conn.Write([]byte(line))
-				}
-			}()
-		}
-	}()
-}
-
 func roundTrip(t *testing.T, conn net.Conn, msg string) {
 	t.Helper()
 	conn.SetDeadline(time.Now().Add(3 * time.Second))
@@ -216,4 +187,13 @@ func roundTrip(t *testing.T, conn net.Conn, msg string) {
 	if err != nil || line != msg+"\n" {
 		t.Fatalf("established connection from %s, %s: got %q, %v", conn.LocalAddr(), msg, line, err)
 	}
+}
+
+// echoServer serves, in ns on ap, TCP connections that echo every line
+// back and stay open until the client ends them.
+func echoServer(t *testing.T, ns *netns.NS, ap netip.AddrPort) {
+	t.Helper()
+	srv, err := probe.ServeEcho(ns, ap, "")
+	must(t, err)
+	t.Cleanup(func() { srv.Close() })
 }
