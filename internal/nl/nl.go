@@ -20,11 +20,21 @@ import (
 )
 
 // Handle returns a netlink handle whose sockets live in ns. The caller must
-// Close it.
+// Close it. For the namespace the process is in the socket is opened where
+// the thread is, without setns (which needs CAP_SYS_ADMIN), so a program
+// acting on its own namespace needs no more than CAP_NET_ADMIN.
 func Handle(ns *netns.NS) (*netlink.Handle, error) {
 	// Only NETLINK_ROUTE: podnet needs no XFRM or netfilter socket here,
 	// and each socket costs two setns calls to create.
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()), unix.NETLINK_ROUTE)
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if ns.DialFd() == 0 {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandleAt(vnetns.NsHandle(ns.Fd()), unix.NETLINK_ROUTE)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("netlink socket in netns %q: %w", ns, err)
 	}
