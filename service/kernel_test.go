@@ -48,6 +48,7 @@ func TestBehaviour(t *testing.T) {
 		{"UnallocatedServiceIP", testUnallocatedServiceIP},
 		{"TopologyHints", testTopologyHints},
 		{"LoadBalancer", testLoadBalancer},
+		{"LoadBalancerFromNode", testLoadBalancerFromNode},
 		{"NodePortAddresses", testNodePortAddresses},
 	}
 	for _, m := range []Mode{ModeIptables, ModeNftables} {

@@ -244,6 +244,40 @@ func testLoadBalancer(t *testing.T, c *cluster) {
 	}
 }
 
+// testLoadBalancerFromNode: load-balancer IPs held by the node as local
+// addresses (a VIP-style load balancer). When a Service's source ranges
+// contain the node's IP, the node reaches its IP, which it sends from
+// (kube-proxy's allowFromNode); when they do not, the node is dropped as
+// any other source. Nested and repeated ranges are one interval each.
+func testLoadBalancerFromNode(t *testing.T, c *cluster) {
+	c.addPod("pod1a", 1, "10.200.1.2")
+	client := c.addPod("client", 0, "10.200.0.9")
+	for _, vip := range []string{"203.0.113.22", "203.0.113.23"} {
+		must(t, addr.Ensure(c.node0, "lo", pfx(vip+"/32")))
+	}
+	must(t, route.Ensure(c.outside, route.Route{Dst: pfx("203.0.113.22/32"), Gateway: netip.MustParseAddr(node0Ext), Dev: "eth0"}))
+	p := c.proxy(func(cfg *Config) { cfg.NodeIPs = []netip.Addr{netip.MustParseAddr(node0IP)} })
+	withNode := svc("lb-node", "10.96.0.94", TCP, 80, c.endpoints("pod1a"))
+	withNode.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.22")}
+	withNode.LoadBalancerSourceRanges = []netip.Prefix{pfx("10.240.0.0/24"), pfx(node0IP + "/32"), pfx(outsideIP + "/32"), pfx("192.168.50.0/24"), pfx("10.240.0.0/24")}
+	without := svc("lb-other", "10.96.0.95", TCP, 80, c.endpoints("pod1a"))
+	without.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.23")}
+	without.LoadBalancerSourceRanges = []netip.Prefix{pfx(outsideIP + "/32")}
+	apply(t, p, withNode, without)
+	if r := ask(t, c.node0, "tcp", "203.0.113.22:80"); r.Name != "pod1a" {
+		t.Errorf("node → its VIP, ranges with the node IP: %+v, want pod1a", r)
+	}
+	if r := ask(t, c.outside, "tcp", "203.0.113.22:80"); r.Name != "pod1a" {
+		t.Errorf("outside, in nested ranges → VIP: %+v, want pod1a", r)
+	}
+	if !dropped(client.ns, "203.0.113.22:80") {
+		t.Error("pod outside the ranges → VIP: answered or refused; want dropped")
+	}
+	if !dropped(c.node0, "203.0.113.23:80") {
+		t.Error("node → its VIP, ranges without the node IP: answered or refused; want dropped")
+	}
+}
+
 // testNodePortAddresses: with Config.NodePortAddresses (kube-proxy's
 // --nodeport-addresses) node ports answer on those addresses only; the
 // node's other addresses refuse them.

@@ -45,6 +45,13 @@ type Config struct {
 	// (kube-proxy's --nodeport-addresses, resolved to addresses); nil
 	// means every local address but loopback.
 	NodePortAddresses []netip.Addr
+	// NodeIPs are the node's primary addresses, at most one per family
+	// (the first InternalIP of the Node object, as kube-proxy reads it).
+	// When a Service's loadBalancerSourceRanges contain the node's
+	// address, its load-balancer IPs are allowed sources too: a node
+	// reaching a VIP-style load-balancer IP it holds as a local address
+	// sends from that address (kube-proxy's allowFromNode). Optional.
+	NodeIPs []netip.Addr
 	// Families the proxy programs; nil means IPv4 only.
 	Families []podnet.Family
 	// MasqueradeBit is the packet-mark bit that asks for masquerade;
@@ -170,7 +177,19 @@ func newRenderer(cfg Config, ch Chains) (renderer, error) {
 			return renderer{}, podnet.Invalid("service proxy: node port address %s: not a unicast address of a family the proxy programs", a)
 		}
 	}
-	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, nodePortAddrs: slices.Clone(cfg.NodePortAddresses), node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
+	nodeIPs := map[podnet.Family]netip.Addr{}
+	for _, a := range cfg.NodeIPs {
+		f := podnet.FamilyOf(a)
+		if !a.IsValid() || a.IsLoopback() || a.IsUnspecified() || !slices.Contains(fams, f) {
+			return renderer{}, podnet.Invalid("service proxy: node IP %s: not a unicast address of a family the proxy programs", a)
+		}
+		if _, dup := nodeIPs[f]; dup {
+			return renderer{}, podnet.Invalid("service proxy: two %v node IPs", f)
+		}
+		nodeIPs[f] = a.Unmap()
+	}
+	return renderer{chains: ch, families: slices.Clone(fams), cidr: cidr, serviceCIDRs: svcCIDRs, nodePortAddrs: slices.Clone(cfg.NodePortAddresses),
+		nodeIPs: nodeIPs, node: cfg.NodeName, zone: cfg.Zone, mark: 1 << bit}, nil
 }
 
 // SetZone changes the node's zone (its topology.kubernetes.io/zone label;

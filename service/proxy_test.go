@@ -557,3 +557,29 @@ func TestDualStack(t *testing.T) {
 		t.Errorf("IPv6 Service on an IPv4-only proxy: %v", err)
 	}
 }
+
+// TestNewRejectsBadConfig: a Config New cannot honour is an ErrInvalid
+// naming the field, and no Proxy is made.
+func TestNewRejectsBadConfig(t *testing.T) {
+	cases := map[string]Config{
+		"masquerade bit":               {MasqueradeBit: 32},
+		"two IPv4 cluster CIDRs":       {ClusterCIDRs: []netip.Prefix{podCIDR, pfx("10.201.0.0/16")}},
+		"loopback node port address":   {NodePortAddresses: []netip.Addr{ip("127.0.0.1")}},
+		"IPv6 node port address, IPv4": {NodePortAddresses: []netip.Addr{ip("fd00::1")}},
+		"two IPv4 node IPs":            {NodeIPs: []netip.Addr{ip("10.240.0.10"), ip("10.240.0.11")}},
+		"loopback node IP":             {NodeIPs: []netip.Addr{ip("127.0.0.1")}},
+		"IPv6 node IP, IPv4 only":      {NodeIPs: []netip.Addr{ip("fd00::1")}},
+		"unspecified node IP":          {NodeIPs: []netip.Addr{ip("0.0.0.0")}},
+	}
+	for name, cfg := range cases {
+		cfg.Backend = IPTables(iptables.NewFake())
+		if p, err := New(cfg); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: New = %v, %v; want ErrInvalid", name, p, err)
+		}
+	}
+	cfg := Config{Backend: IPTables(iptables.NewFake()), Families: []podnet.Family{podnet.IPv4, podnet.IPv6},
+		NodeIPs: []netip.Addr{ip("10.240.0.10"), ip("fd00::10")}}
+	if _, err := New(cfg); err != nil {
+		t.Errorf("one node IP per family: %v", err)
+	}
+}

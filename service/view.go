@@ -18,6 +18,7 @@ type renderer struct {
 	// nodePortAddrs serve node ports; nil: every local address but
 	// loopback.
 	nodePortAddrs []netip.Addr
+	nodeIPs       map[podnet.Family]netip.Addr // Config.NodeIPs
 	node          string
 	zone          string // the node's topology.kubernetes.io/zone; see Proxy.SetZone
 	mark          uint32
@@ -149,11 +150,21 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 				fs.fwIPs = append(fs.fwIPs, ip.Unmap())
 			}
 		}
-		for _, r := range s.LoadBalancerSourceRanges {
-			if podnet.FamilyOf(r.Addr()) == f {
-				fs.ranges = append(fs.ranges, r.Masked())
+		fromNode := false
+		for _, pr := range s.LoadBalancerSourceRanges {
+			if podnet.FamilyOf(pr.Addr()) == f {
+				fs.ranges = append(fs.ranges, pr.Masked())
+				fromNode = fromNode || pr.Contains(r.nodeIPs[f])
 			}
 		}
+		// kube-proxy's allowFromNode: a node that holds a load-balancer
+		// IP as a local address reaches it from that address.
+		if fromNode {
+			for _, ip := range fs.fwIPs {
+				fs.ranges = append(fs.ranges, netip.PrefixFrom(ip, ip.BitLen()))
+			}
+		}
+		fs.ranges = outermost(fs.ranges)
 	}
 	var eps []Endpoint
 	for _, e := range s.Endpoints {
@@ -174,6 +185,23 @@ func (r *renderer) family(s *Service, f podnet.Family, aff uint32) *familyServic
 	fs.extLocal = s.ExternalTrafficPolicy == PolicyLocal
 	fs.cidr, fs.hasCIDR = r.cidr[f]
 	return fs
+}
+
+// outermost returns the prefixes of ps that no other prefix of ps
+// contains, sorted, each once: they cover the same addresses without
+// overlapping (two prefixes either nest or are disjoint), as an nftables
+// interval set requires of its elements.
+func outermost(ps []netip.Prefix) []netip.Prefix {
+	sorted := slices.Clone(ps)
+	slices.SortFunc(sorted, func(a, b netip.Prefix) int { return a.Bits() - b.Bits() })
+	var out []netip.Prefix
+	for _, p := range sorted {
+		if !slices.ContainsFunc(out, func(o netip.Prefix) bool { return o.Contains(p.Addr()) }) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
 }
 
 // servicePort is one port of a familyService, with its chains and the
