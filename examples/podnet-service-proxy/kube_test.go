@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -48,8 +49,19 @@ type kubeNode struct {
 	done chan error
 }
 
+// kubeNodeIP is node0's InternalIP in its Node object (see newAPI), an
+// address of every kubeNode's loopback; kubeNodeOtherIP is a second local
+// address the Node object does not name.
+const (
+	kubeNodeIP      = "10.240.0.10"
+	kubeNodeOtherIP = "198.51.100.10"
+)
+
 func newKubeNode(t *testing.T, pods ...string) *kubeNode {
 	n := &kubeNode{t: t, ns: nstest.NewNamed(t), pods: map[string]netip.Addr{}}
+	for _, a := range []string{kubeNodeIP, kubeNodeOtherIP} {
+		must(t, addr.Ensure(n.ns, "lo", netip.MustParsePrefix(a+"/32")))
+	}
 	for i, name := range pods {
 		a := netip.AddrFrom4([4]byte{10, 200, 0, byte(2 + i)})
 		pns := nstest.New(t)
@@ -188,6 +200,12 @@ func newAPI(t *testing.T, cp *kubetest.ControlPlane) *api {
 	_, err = cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	must(t, err)
 	t.Cleanup(func() { cs.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	// node0 as its kubelet registers it; the proxy reads its addresses.
+	_, err = cs.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node0"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: kubeNodeIP}}}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	return &api{t: t, cs: cs, ns: name}
 }
 
@@ -201,6 +219,19 @@ func (a *api) service(name string, port int32) netip.Addr {
 	}, metav1.CreateOptions{})
 	must(a.t, err)
 	return netip.MustParseAddr(svc.Spec.ClusterIP)
+}
+
+// nodePort creates a NodePort Service named name with port -> 8080 and
+// returns its node port.
+func (a *api) nodePort(name string, port int32) uint16 {
+	a.t.Helper()
+	svc, err := a.cs.CoreV1().Services(a.ns).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: port, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	must(a.t, err)
+	return uint16(svc.Spec.Ports[0].NodePort)
 }
 
 type ep struct {
@@ -346,6 +377,68 @@ func TestKubeUnreachableAtStart(t *testing.T) {
 	must(t, cp.StartAPIServer(ctx))
 	restarted = true
 	node.answers(vip, "a")
+}
+
+// TestKubeNodePortAddresses: with an API server the nftables backend
+// serves node ports on the Node object's InternalIP only (kube-proxy's
+// nftables default, --nodeport-addresses primary), the iptables backend
+// on every local address (kube-proxy's iptables default); the node's
+// other address refuses at once.
+func TestKubeNodePortAddresses(t *testing.T) {
+	cp := kubetest.Shared(t)
+	a := newAPI(t, cp)
+	for _, c := range []struct {
+		backend string
+		other   bool // the address the Node object does not name serves
+	}{{"nftables", false}, {"iptables", true}} {
+		t.Run(c.backend, func(t *testing.T) {
+			node := newKubeNode(t, "a")
+			np := a.nodePort("web-"+c.backend, 80)
+			a.slice("web-"+c.backend, "web-"+c.backend+"-1", discoveryv1.AddressTypeIPv4, readyEP(node.pods["a"]))
+			node.start(cp.Kubeconfig, "--backend", c.backend)
+			node.answers(netip.AddrPortFrom(netip.MustParseAddr(kubeNodeIP), np), "a")
+			other := netip.AddrPortFrom(netip.MustParseAddr(kubeNodeOtherIP), np)
+			if c.other {
+				node.answers(other, "a")
+			} else {
+				node.refused(other)
+			}
+			node.alive()
+		})
+	}
+	ns := nstest.NewNamed(t)
+	out, err := proxyCmd(ns, "--manifests", t.TempDir(), "--once", "--nodeport-addresses", "primary").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "primary") || !strings.Contains(string(out), "API server") {
+		t.Errorf("--nodeport-addresses primary without an API server: %v\n%s", err, out)
+	}
+}
+
+// TestKubePodCIDRsFromNode: without --cluster-cidr the proxy waits for
+// its Node object's podCIDRs, then serves.
+func TestKubePodCIDRsFromNode(t *testing.T) {
+	cp := kubetest.Shared(t)
+	a := newAPI(t, cp)
+	node := newKubeNode(t, "a")
+	vip := netip.AddrPortFrom(a.service("web", 80), 80)
+	a.slice("web", "web-1", discoveryv1.AddressTypeIPv4, readyEP(node.pods["a"]))
+	name := "node-" + a.ns
+	node.start(cp.Kubeconfig, "--node-name", name, "--cluster-cidr", "")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(node.log.String(), "waiting for this node's Node object") {
+		node.alive()
+		if time.Now().After(deadline) {
+			t.Fatalf("no word of the missing Node:\n%s", node.log.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	_, err := a.cs.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.NodeSpec{PodCIDR: "10.200.0.0/24", PodCIDRs: []string{"10.200.0.0/24"}}}, metav1.CreateOptions{})
+	must(t, err)
+	t.Cleanup(func() { a.cs.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	node.answers(vip, "a")
+	if !strings.Contains(node.log.String(), "podCIDRs=[10.200.0.0/24]") {
+		t.Errorf("podCIDRs not read from the Node:\n%s", node.log.String())
+	}
 }
 
 // TestKubeBadSource: two sources, or none, are refused with a clear error.

@@ -79,7 +79,7 @@ func main() {
 	flag.StringVar(&o.nodeName, "node-name", host, "this node's name, for traffic policy Local and its Node object")
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", "", "pod network(s), comma-separated; traffic to cluster IPs from outside is masqueraded (default with --kubeconfig: the Node's podCIDRs)")
 	flag.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR(s), comma-separated (kube-apiserver's --service-cluster-ip-range): connections to addresses in them that no Service has are dropped (default with an API server: its ServiceCIDR objects)")
-	flag.StringVar(&o.nodePortCIDRs, "nodeport-addresses", "", "serve node ports only on this node's addresses within these CIDRs, comma-separated (kube-proxy's --nodeport-addresses; default: every address but loopback)")
+	flag.StringVar(&o.nodePortCIDRs, "nodeport-addresses", "", "serve node ports only on this node's addresses within these CIDRs, comma-separated, or \"primary\": the Node object's InternalIPs (kube-proxy's --nodeport-addresses; default: primary with --backend nftables and an API server, else every address but loopback)")
 	flag.StringVar(&o.prefix, "chain-prefix", service.DefaultChainPrefix, "chain name prefix; KUBE gives kube-proxy's names")
 	flag.StringVar(&o.netnsPath, "netns", "", "program the network namespace at this path instead of the current one")
 	flag.BoolVar(&o.once, "once", false, "load the Services, sync once and exit; the rules stay")
@@ -103,6 +103,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--service-cidr: %w", err)
 	}
+	if strings.TrimSpace(o.nodePortCIDRs) == primaryNodePorts && o.manifests != "" {
+		return errors.New("--nodeport-addresses primary: the primary addresses come from the Node object in the API server; give --kubeconfig, not --manifests")
+	}
 	ns, err := openNetNS(o.netnsPath)
 	if err != nil {
 		return err
@@ -119,21 +122,28 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	node, err := src.waitNode(ctx, len(cidrs) == 0)
+	if err != nil {
+		return err
+	}
 	if len(cidrs) == 0 {
-		if cidrs, err = src.clusterCIDRs(ctx); err != nil {
-			return err
-		}
+		cidrs = node.podCIDRs
 	}
 	be, err := service.NewBackend(mode, ns)
 	if err != nil {
 		return err
 	}
-	npAddrs, err := nodePortAddresses(ns, o.nodePortCIDRs, families(cidrs))
+	npList := o.nodePortCIDRs
+	if npList == "" && mode == service.ModeNftables && o.manifests == "" {
+		npList = primaryNodePorts // kube-proxy's nftables default
+	}
+	npAddrs, err := nodePortAddresses(ns, npList, families(cidrs), node.ips, log)
 	if err != nil {
 		return fmt.Errorf("--nodeport-addresses: %w", err)
 	}
 	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
-		ServiceCIDRs: svcCIDRs, NodePortAddresses: npAddrs, Families: families(cidrs), ServeHealthChecks: true, Logger: log})
+		ServiceCIDRs: svcCIDRs, NodePortAddresses: npAddrs, NodeIPs: ofFamilies(node.ips, families(cidrs)),
+		Families: families(cidrs), ServeHealthChecks: true, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -281,14 +291,32 @@ func newSource(o options, log *slog.Logger) (source, error) {
 	return nil, errors.New("no source: give --kubeconfig or --manifests (or run in a pod for the in-cluster configuration)")
 }
 
+// primaryNodePorts is the --nodeport-addresses value that means the
+// Node object's primary addresses.
+const primaryNodePorts = "primary"
+
 // nodePortAddresses returns the addresses of ns's interfaces, of fams,
-// that lie in the comma-separated CIDRs of list; nil when list is empty
-// (every address serves node ports). CIDRs that match no address are an
-// error: node ports would be served nowhere.
-func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family) ([]netip.Addr, error) {
-	cidrs, err := parseCIDRs(list)
-	if err != nil || len(cidrs) == 0 {
-		return nil, err
+// that lie in the comma-separated CIDRs of list; for "primary", those
+// that are one of nodeIPs (the Node object's). nil means every address
+// serves node ports: list is empty, or it is "primary" and the Node has
+// no address (kube-proxy falls back the same way). CIDRs that match no
+// address are an error: node ports would be served nowhere.
+func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family, nodeIPs []netip.Addr, log *slog.Logger) ([]netip.Addr, error) {
+	var cidrs []netip.Prefix
+	if strings.TrimSpace(list) == primaryNodePorts {
+		for _, ip := range ofFamilies(nodeIPs, fams) {
+			cidrs = append(cidrs, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+		if len(cidrs) == 0 {
+			log.Warn("node ports on every address: no primary address known (the Node object has none, or there is no API server)")
+			return nil, nil
+		}
+		list = fmt.Sprint(cidrs)
+	} else {
+		var err error
+		if cidrs, err = parseCIDRs(list); err != nil || len(cidrs) == 0 {
+			return nil, err
+		}
 	}
 	links, err := link.List(ns)
 	if err != nil {
@@ -311,7 +339,19 @@ func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family) ([]netip
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no address of this node lies in %s", list)
 	}
+	log.Info("node ports on these addresses only", "addresses", out)
 	return out, nil
+}
+
+// ofFamilies returns the addresses of ips in fams.
+func ofFamilies(ips []netip.Addr, fams []podnet.Family) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		if slices.Contains(fams, podnet.FamilyOf(ip)) {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 // parseCIDRs parses a comma-separated list of prefixes; blank entries are

@@ -11,10 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podnet/podnet/service"
@@ -23,9 +20,10 @@ import (
 
 // source is where the Services come from.
 type source interface {
-	// clusterCIDRs returns the pod networks to use when --cluster-cidr is
-	// not given.
-	clusterCIDRs(ctx context.Context) ([]netip.Prefix, error)
+	// waitNode returns what this node's Node object says, waiting for its
+	// podCIDRs when needCIDRs (--cluster-cidr not given); the zero
+	// nodeInfo when the source has no Node objects.
+	waitNode(ctx context.Context, needCIDRs bool) (nodeInfo, error)
 	// load puts every Service into p once; an error means nothing was
 	// loaded.
 	load(ctx context.Context, p *service.Proxy) error
@@ -47,7 +45,7 @@ type manifestSource struct {
 	rejected atomic.Uint64
 }
 
-func (m *manifestSource) clusterCIDRs(context.Context) ([]netip.Prefix, error) { return nil, nil }
+func (m *manifestSource) waitNode(context.Context, bool) (nodeInfo, error) { return nodeInfo{}, nil }
 
 func (m *manifestSource) counts() (uint64, uint64, uint64) {
 	n := m.loads.Load()
@@ -131,43 +129,75 @@ func newKubeSource(kubeconfig, node string, log *slog.Logger) (*kubeSource, erro
 	return &kubeSource{client: cs, node: node, log: log}, nil
 }
 
-// clusterCIDRs waits for this node's Node object to have spec.podCIDRs,
-// watching it through an informer, and returns them.
-func (k *kubeSource) clusterCIDRs(ctx context.Context) ([]netip.Prefix, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	f := informers.NewSharedInformerFactoryWithOptions(k.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", k.node).String()
-	}))
-	inf := f.Core().V1().Nodes().Informer()
-	found := make(chan []netip.Prefix, 1)
-	check := func(obj any) {
-		n, ok := obj.(*corev1.Node)
-		if !ok {
-			return
+// nodeInfo is what the proxy takes from its Node object.
+type nodeInfo struct {
+	podCIDRs []netip.Prefix // spec.podCIDRs
+	// ips are the node's primary addresses: its first InternalIP (else
+	// ExternalIP) and the first of the other family, as kube-proxy
+	// reads them (k8s.io/component-helpers GetNodeHostIPs).
+	ips []netip.Addr
+}
+
+func readNode(n *corev1.Node) (nodeInfo, error) {
+	cidrs, err := parseCIDRs(strings.Join(n.Spec.PodCIDRs, ","))
+	if err != nil {
+		return nodeInfo{}, fmt.Errorf("podCIDRs of Node %s: %w", n.Name, err)
+	}
+	var all []netip.Addr
+	for _, typ := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			if ip, err := netip.ParseAddr(a.Address); a.Type == typ && err == nil {
+				all = append(all, ip.Unmap())
+			}
 		}
-		cidrs, err := parseCIDRs(strings.Join(n.Spec.PodCIDRs, ","))
-		if err != nil || len(cidrs) == 0 {
-			k.log.Warn("waiting for this node's podCIDRs (or give --cluster-cidr)", "node", k.node, "err", err)
-			return
+	}
+	var ips []netip.Addr
+	for _, ip := range all {
+		if len(ips) == 0 || len(ips) == 1 && ip.Is4() != ips[0].Is4() {
+			ips = append(ips, ip)
+		}
+	}
+	return nodeInfo{podCIDRs: cidrs, ips: ips}, nil
+}
+
+// nodeAddressWait bounds the wait for the Node's addresses when its
+// podCIDRs are not needed: kube-proxy waits as long, then goes on
+// without them.
+const nodeAddressWait = 30 * time.Second
+
+// waitNode lists this node's Node object, once a second, until it has
+// spec.podCIDRs (needCIDRs: no bound, the proxy cannot work without
+// them) or, otherwise, an address, for at most nodeAddressWait. An API
+// server that cannot be reached is reported by kube.LogUnreachable.
+func (k *kubeSource) waitNode(ctx context.Context, needCIDRs bool) (nodeInfo, error) {
+	k.log.Info("waiting for this node's Node object", "node", k.node)
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		// A list by name: the ClusterRole grants list and watch, not get.
+		nodes, err := k.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + k.node})
+		var info nodeInfo
+		if err == nil && len(nodes.Items) == 1 {
+			info, err = readNode(&nodes.Items[0])
+		} else if err == nil {
+			err = fmt.Errorf("no Node %q", k.node)
+		}
+		switch {
+		case needCIDRs && err == nil && len(info.podCIDRs) == 0:
+			k.log.Warn("waiting for this node's podCIDRs (or give --cluster-cidr)", "node", k.node)
+		case needCIDRs && err == nil, !needCIDRs && len(info.ips) > 0:
+			k.log.Info("read the Node object", "node", k.node, "podCIDRs", info.podCIDRs, "nodeIPs", info.ips)
+			return info, nil
+		case !needCIDRs && time.Since(start) >= nodeAddressWait:
+			k.log.Warn("no addresses on this node's Node object; going on without them", "node", k.node, "waited", nodeAddressWait, "err", err)
+			return nodeInfo{}, nil
 		}
 		select {
-		case found <- cidrs:
-		default:
+		case <-tick.C:
+		case <-ctx.Done():
+			return nodeInfo{}, fmt.Errorf("waiting for Node %q: %w", k.node, ctx.Err())
 		}
-	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: check, UpdateFunc: func(_, n any) { check(n) }}); err != nil {
-		return nil, err
-	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
-	k.log.Info("waiting for this node's Node object", "node", k.node)
-	select {
-	case cidrs := <-found:
-		k.log.Info("cluster CIDRs from the Node's podCIDRs", "node", k.node, "cidrs", cidrs)
-		return cidrs, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("no podCIDRs on Node %q: %w", k.node, ctx.Err())
 	}
 }
 
