@@ -69,6 +69,8 @@ type options struct {
 	minSyncPeriod time.Duration
 	poll          time.Duration
 	backend       string
+	conntrack     conntrackTimeouts
+	conntrackOnly bool
 }
 
 func main() {
@@ -89,6 +91,9 @@ func main() {
 	flag.DurationVar(&o.syncPeriod, "sync-period", service.DefaultSyncPeriod, "how often to check the canary chain and resync")
 	flag.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "least time between two syncs; changes arriving sooner are written together (0: at once)")
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
+	flag.DurationVar(&o.conntrack.established, "conntrack-tcp-timeout-established", 24*time.Hour, "conntrack timeout of established TCP flows, set in the namespace's sysctls at start (kube-proxy's flag and default; 0 leaves it)")
+	flag.DurationVar(&o.conntrack.closeWait, "conntrack-tcp-timeout-close-wait", time.Hour, "conntrack timeout of TCP flows in CLOSE_WAIT, set at start (kube-proxy's flag and default; 0 leaves it)")
+	flag.BoolVar(&o.conntrackOnly, "conntrack-only", false, "set the conntrack timeouts and exit: the privileged init step for a proxy that runs with a read-only /proc/sys")
 	flag.StringVar(&o.backend, "backend", "", "nftables or iptables (default: nftables where the kernel supports it, else iptables)")
 	flag.Parse()
 	daemon.Main("podnet-service-proxy", func(ctx context.Context, log *slog.Logger) error { return run(ctx, o, log) })
@@ -113,6 +118,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer ns.Close()
 	if o.cleanup {
 		return cleanup(ctx, ns, o, log)
+	}
+	if err := o.conntrack.validate(); err != nil {
+		return err
+	}
+	if err := setConntrack(ns, o.conntrack, o.conntrackOnly, log); err != nil || o.conntrackOnly {
+		return err
 	}
 	mode, err := chooseBackend(ns, o.backend, log)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/podnet/podnet/addr"
 	"github.com/podnet/podnet/internal/execns"
+	"github.com/podnet/podnet/internal/sysctl"
 	"github.com/podnet/podnet/internal/testenv/gobuild"
 	"github.com/podnet/podnet/kubetest"
 	"github.com/podnet/podnet/netns"
@@ -372,4 +373,51 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestConntrackTimeouts: the proxy sets kube-proxy's conntrack timeouts
+// for TCP (24 h established, 1 h CLOSE_WAIT) in its namespace at start;
+// 0 leaves one alone; --conntrack-only sets them and writes no rule; a
+// timeout under a second is refused before anything changes.
+func TestConntrackTimeouts(t *testing.T) {
+	const est, cw = "net.netfilter.nf_conntrack_tcp_timeout_established", "net.netfilter.nf_conntrack_tcp_timeout_close_wait"
+	get := func(ns *netns.NS, key string) string {
+		v, err := sysctl.Get(ns, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	dir := t.TempDir()
+	writeFile(t, dir, "web.yaml", webManifest)
+
+	ns := nstest.NewNamed(t)
+	if out, err := proxyCmd(ns, "--manifests", dir, "--conntrack-only").CombinedOutput(); err != nil {
+		t.Fatalf("--conntrack-only: %v\n%s", err, out)
+	}
+	if e, c := get(ns, est), get(ns, cw); e != "86400" || c != "3600" {
+		t.Errorf("after --conntrack-only: established %s, close-wait %s; want 86400 and 3600", e, c)
+	}
+	if rules := save(t, ns); strings.Contains(rules, "10.96.0.20") {
+		t.Errorf("--conntrack-only wrote rules:\n%s", rules)
+	}
+
+	ns = nstest.NewNamed(t)
+	before := get(ns, est)
+	if out, err := proxyCmd(ns, "--manifests", dir, "--once", "--conntrack-tcp-timeout-established", "0", "--conntrack-tcp-timeout-close-wait", "90s").CombinedOutput(); err != nil {
+		t.Fatalf("--once: %v\n%s", err, out)
+	}
+	if e, c := get(ns, est), get(ns, cw); e != before || c != "90" {
+		t.Errorf("established %s (was %s, flag 0), close-wait %s (flag 90s)", e, before, c)
+	}
+
+	ns = nstest.NewNamed(t)
+	before = get(ns, cw)
+	out, err := proxyCmd(ns, "--manifests", dir, "--once", "--conntrack-tcp-timeout-close-wait", "10ms").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "at least a second") || get(ns, cw) != before {
+		t.Errorf("timeout of 10ms: %v\n%s", err, out)
+	}
+	if rules := save(t, ns); strings.Contains(rules, "10.96.0.20") {
+		t.Errorf("rules written despite the bad flag:\n%s", rules)
+	}
 }
