@@ -485,3 +485,32 @@ func waitNamespace(t *testing.T, cs kubernetes.Interface) {
 		return err == nil, fmt.Sprint(err)
 	})
 }
+
+// TestProxyConntrackStep: the proxy runs unprivileged with a read-only
+// /proc/sys, so a privileged init step of the same program sets the
+// conntrack timeouts first, with the same conntrack flags as the proxy
+// (otherwise the proxy would find other values and could not fix them).
+func TestProxyConntrackStep(t *testing.T) {
+	m := mustLoad(t)
+	ds := m.daemonSets["podnet-service-proxy"]
+	if ds == nil {
+		t.Fatal("no podnet-service-proxy DaemonSet")
+	}
+	spec := ds.Spec.Template.Spec
+	if len(spec.InitContainers) != 1 {
+		t.Fatalf("%d init containers, want one setting the conntrack timeouts", len(spec.InitContainers))
+	}
+	ic, proxy := spec.InitContainers[0], spec.Containers[0]
+	args := slices.Concat(ic.Command, ic.Args)
+	if len(args) == 0 || args[0] != "/podnet-service-proxy" || !slices.Contains(args, "--conntrack-only") {
+		t.Errorf("init step %q, want /podnet-service-proxy --conntrack-only", args)
+	}
+	if sc := ic.SecurityContext; sc == nil || sc.Privileged == nil || !*sc.Privileged {
+		t.Error("the init step is not privileged: it could not write /proc/sys")
+	}
+	for _, f := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait"} {
+		if a, b := flagValue(args, f), flagValue(slices.Concat(proxy.Command, proxy.Args), f); a != b {
+			t.Errorf("--%s: init step %q, proxy %q", f, a, b)
+		}
+	}
+}
