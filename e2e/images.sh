@@ -15,6 +15,9 @@
 #   jessie-dnsutils.tar  registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7
 #                        busybox, dig, nslookup, host, getent
 #   nginx.tar            registry.k8s.io/e2e-test-images/nginx:1.14-4  (port 80)
+#   distroless-iptables.tar  registry.k8s.io/build-image/distroless-iptables:v0.7.11
+#                        conntrack and busybox (sh, grep, sleep): the KubeProxy
+#                        CLOSE_WAIT test reads the node's conntrack table with it
 #   coredns.tar          $COREDNS_TAG (default: registry.k8s.io/coredns/coredns:v<BINDIR/coredns -version>)
 #
 # and on request (`make image` asks for it):
@@ -45,7 +48,7 @@ OUT=$(cd "$1" && pwd)
 BIN=$(cd "$2" && pwd)
 shift 2
 IMAGES=("$@")
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(pause agnhost busybox jessie-dnsutils nginx coredns)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(pause agnhost busybox jessie-dnsutils nginx distroless-iptables coredns)
 CACHE=${IMAGES_CACHE:-$OUT/cache}
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
@@ -56,7 +59,7 @@ E2E=registry.k8s.io/e2e-test-images
 PATH_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Every Debian package an image takes files from; their dependencies are
 # fetched too, so the shared libraries can be found.
-DEB_PACKAGES=(busybox curl netcat-openbsd bind9-dnsutils bind9-host iproute2 libc-bin nginx-light nginx-common iptables wget)
+DEB_PACKAGES=(busybox curl netcat-openbsd bind9-dnsutils bind9-host iproute2 libc-bin nginx-light nginx-common iptables wget conntrack)
 SYS=$CACHE/sysroot
 FILES=$CACHE/files
 
@@ -283,6 +286,14 @@ image_nginx() {
 	ARGS+=(--add "$dir/nginx.conf:/etc/nginx/nginx.conf" --add "$SYS/etc/nginx/mime.types:/etc/nginx/mime.types"
 		--add "$dir/html:/usr/share/nginx/html" --dir /var/log/nginx --dir /var/lib/nginx --dir /run
 		--dir /tmp:1777 --env "$PATH_ENV" --expose 80 --cmd '["nginx","-g","daemon off;"]')
+}
+
+image_distroless_iptables() {
+	ARGS=(--tag registry.k8s.io/build-image/distroless-iptables:v0.7.11)
+	add_busybox
+	add_elf "$SYS/usr/sbin/conntrack" /usr/sbin/conntrack
+	add_etc distroless-iptables
+	ARGS+=(--dir /tmp:1777 --env "$PATH_ENV" --cmd '["sh"]')
 }
 
 image_coredns() {
