@@ -114,6 +114,20 @@ func (n *kubeNode) stop() {
 	exec.Command(filepath.Join(binDir, "podnet-service-proxy"), "--netns", n.ns.Path(), "--cleanup").Run()
 }
 
+// logged waits, up to wait, for the proxy's log to hold line, failing
+// the test if the proxy exits first.
+func (n *kubeNode) logged(line string, wait time.Duration) {
+	n.t.Helper()
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(n.log.String(), line) {
+		n.alive()
+		if time.Now().After(deadline) {
+			n.t.Fatalf("no %q in the proxy's log:\n%s", line, n.log.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
 // alive fails the test if the proxy has exited.
 func (n *kubeNode) alive() {
 	n.t.Helper()
@@ -364,14 +378,7 @@ func TestKubeUnreachableAtStart(t *testing.T) {
 		}
 	}()
 	node.start(cp.Kubeconfig)
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(node.log.String(), "cannot reach the API server") {
-		node.alive()
-		if time.Now().After(deadline) {
-			t.Fatalf("no clear error while the API server is down:\n%s", node.log.String())
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	node.logged("cannot reach the API server", 20*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	must(t, cp.StartAPIServer(ctx))
@@ -423,14 +430,7 @@ func TestKubePodCIDRsFromNode(t *testing.T) {
 	a.slice("web", "web-1", discoveryv1.AddressTypeIPv4, readyEP(node.pods["a"]))
 	name := "node-" + a.ns
 	node.start(cp.Kubeconfig, "--node-name", name, "--cluster-cidr", "")
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(node.log.String(), "waiting for this node's Node object") {
-		node.alive()
-		if time.Now().After(deadline) {
-			t.Fatalf("no word of the missing Node:\n%s", node.log.String())
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
-	}
+	node.logged("waiting for this node's Node object", 10*time.Second)
 	_, err := a.cs.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.NodeSpec{PodCIDR: "10.200.0.0/24", PodCIDRs: []string{"10.200.0.0/24"}}}, metav1.CreateOptions{})
 	must(t, err)
