@@ -5,6 +5,7 @@
 #
 #   kubelet kube-controller-manager kube-scheduler kubectl   Kubernetes v1.34.2
 #   agnhost                                                   the e2e test image's program
+#   regression-issue-74839                                    the Conntrack invalid-state test's server
 #   e2e-network.test                                          the sig-network e2e suite
 #   coredns                                                   CoreDNS with the kube-dns plugins
 #
@@ -85,6 +86,10 @@ done
 agnhost=k8s.io/kubernetes/test/images/agnhost
 agnhost_version=$(<"$(cd "$root/tools/kubernetes" && "$go" list -f '{{.Dir}}' "$agnhost")/VERSION")
 build agnhost tools/kubernetes - build "-s -w -X main.Version=$agnhost_version" "$agnhost"
+
+# The server of "proxy implementation should not be vulnerable to the
+# invalid conntrack state bug": it answers with an out-of-window packet.
+build regression-issue-74839 tools/kubernetes - build "-s -w" k8s.io/kubernetes/test/images/regression-issue-74839
 
 build e2e-network.test tools/kubernetes e2enetwork test "$KUBE_LDFLAGS" ./e2enetwork
 build coredns tools/coredns . build "$COREDNS_LDFLAGS" .

@@ -15,6 +15,8 @@
 #   jessie-dnsutils.tar  registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7
 #                        busybox, dig, nslookup, host, getent
 #   nginx.tar            registry.k8s.io/e2e-test-images/nginx:1.14-4  (port 80)
+#   regression-issue-74839.tar  registry.k8s.io/e2e-test-images/regression-issue-74839:1.2
+#                        BINDIR/regression-issue-74839 (the Conntrack test's boom server)
 #   distroless-iptables.tar  registry.k8s.io/build-image/distroless-iptables:v0.7.11
 #                        conntrack and busybox (sh, grep, sleep): the KubeProxy
 #                        CLOSE_WAIT test reads the node's conntrack table with it
@@ -48,7 +50,7 @@ OUT=$(cd "$1" && pwd)
 BIN=$(cd "$2" && pwd)
 shift 2
 IMAGES=("$@")
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(pause agnhost busybox jessie-dnsutils nginx distroless-iptables coredns)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(pause agnhost busybox jessie-dnsutils nginx distroless-iptables regression-issue-74839 coredns)
 CACHE=${IMAGES_CACHE:-$OUT/cache}
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
@@ -294,6 +296,12 @@ image_distroless_iptables() {
 	add_elf "$SYS/usr/sbin/conntrack" /usr/sbin/conntrack
 	add_etc distroless-iptables
 	ARGS+=(--dir /tmp:1777 --env "$PATH_ENV" --cmd '["sh"]')
+}
+
+image_regression_issue_74839() {
+	need regression-issue-74839
+	ARGS=(--tag "$E2E/regression-issue-74839:1.2" --add "$BIN/regression-issue-74839:/regression-issue-74839"
+		--entrypoint '["/regression-issue-74839"]')
 }
 
 image_coredns() {
