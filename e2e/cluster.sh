@@ -79,13 +79,14 @@ cgroup_make() {
 
 # spawn NAME CGROUP NETNS MNTNS CMD... starts CMD in the background, in
 # cgroup CGROUP of every hierarchy and the given namespaces (MNTNS may be
-# "-"), logging to $STATE/logs/NAME.log. nsenter, not ip netns exec: the
+# "-"; a node's MNTNS brings the node's UTS namespace, its hostname, with
+# it), logging to $STATE/logs/NAME.log. nsenter, not ip netns exec: the
 # latter remounts /sys, hiding the cgroup v1 hierarchies from kubelet.
 spawn() {
 	local name=$1 cg=$2 netns=$3 mntns=$4
 	shift 4
 	local args=(--net="$STATE/netns/$netns")
-	[ "$mntns" = - ] || args+=(--mount="$mntns")
+	[ "$mntns" = - ] || args+=(--mount="$mntns" --uts="${mntns%/*}/utsns")
 	cgroup_make "$cg"
 	(
 		for h in $(cgroup_dirs); do echo "$BASHPID" >"$h/$cg/cgroup.procs"; done
@@ -123,7 +124,7 @@ in_cp() { in_ns cp "$@"; }
 in_node() {
 	local n=$1
 	shift
-	nsenter --net="$STATE/netns/n$n" --mount="$STATE/n$n/mntns" "$@"
+	nsenter --net="$STATE/netns/n$n" --mount="$STATE/n$n/mntns" --uts="$STATE/n$n/utsns" "$@"
 }
 kubectl() { in_cp "$BIN/kubectl" --kubeconfig "$STATE/admin.kubeconfig" "$@"; }
 
@@ -247,10 +248,14 @@ control_plane() {
 }
 
 # node_fs N gives node N its mount namespace, a file system of its own
-# where a node keeps state, and its configuration.
+# where a node keeps state, its configuration, and a UTS namespace whose
+# hostname is the node's name: hostNetwork pods share it, and tests ask
+# them for the node's name.
 node_fs() {
 	local n=$1 d=$STATE/n$1
 	mkdir -p "$d"/{var-lib,var-log,opt,etc-cni}/ "$d/var-lib/kubelet" "$d/var-lib/containerd"
+	touch "$d/utsns"
+	unshare --uts="$d/utsns" hostname "$(node_name "$n")"
 	touch "$d/mntns"
 	unshare --mount="$d/mntns" --propagation private true
 	# /var/lib last: it hides $STATE inside the node.
@@ -446,7 +451,7 @@ down() {
 		[ -d "$h/$CG" ] && find "$h/$CG" -depth -type d -exec rmdir {} +
 	done
 	local d
-	for d in "$STATE"/n*/mntns; do
+	for d in "$STATE"/n*/mntns "$STATE"/n*/utsns; do
 		[ -e "$d" ] && { umount "$d" 2>/dev/null || true; }
 	done
 	for d in "$STATE"/netns/*; do
