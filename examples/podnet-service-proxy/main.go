@@ -45,6 +45,7 @@ import (
 
 	"github.com/podnet/podnet"
 	"github.com/podnet/podnet/addr"
+	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/daemon"
 	"github.com/podnet/podnet/iptables"
 	"github.com/podnet/podnet/link"
@@ -69,7 +70,7 @@ type options struct {
 	minSyncPeriod time.Duration
 	poll          time.Duration
 	backend       string
-	conntrack     conntrackTimeouts
+	conntrack     conntrack.TCPTimeouts
 	conntrackOnly bool
 }
 
@@ -91,8 +92,8 @@ func main() {
 	flag.DurationVar(&o.syncPeriod, "sync-period", service.DefaultSyncPeriod, "how often to check the canary chain and resync")
 	flag.DurationVar(&o.minSyncPeriod, "min-sync-period", time.Second, "least time between two syncs; changes arriving sooner are written together (0: at once)")
 	flag.DurationVar(&o.poll, "poll", time.Second, "how often to look for manifest changes")
-	flag.DurationVar(&o.conntrack.established, "conntrack-tcp-timeout-established", 24*time.Hour, "conntrack timeout of established TCP flows, set in the namespace's sysctls at start (kube-proxy's flag and default; 0 leaves it)")
-	flag.DurationVar(&o.conntrack.closeWait, "conntrack-tcp-timeout-close-wait", time.Hour, "conntrack timeout of TCP flows in CLOSE_WAIT, set at start (kube-proxy's flag and default; 0 leaves it)")
+	flag.DurationVar(&o.conntrack.Established, "conntrack-tcp-timeout-established", 24*time.Hour, "conntrack timeout of established TCP flows, set in the namespace's sysctls at start (kube-proxy's flag and default; 0 leaves it)")
+	flag.DurationVar(&o.conntrack.CloseWait, "conntrack-tcp-timeout-close-wait", time.Hour, "conntrack timeout of TCP flows in CLOSE_WAIT, set at start (kube-proxy's flag and default; 0 leaves it)")
 	flag.BoolVar(&o.conntrackOnly, "conntrack-only", false, "set the conntrack timeouts and exit: the privileged init step for a proxy that runs with a read-only /proc/sys")
 	flag.StringVar(&o.backend, "backend", "", "nftables or iptables (default: nftables where the kernel supports it, else iptables)")
 	flag.Parse()
@@ -111,6 +112,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if strings.TrimSpace(o.nodePortCIDRs) == primaryNodePorts && o.manifests != "" {
 		return errors.New("--nodeport-addresses primary: the primary addresses come from the Node object in the API server; give --kubeconfig, not --manifests")
 	}
+	if err := o.conntrack.Validate(); err != nil {
+		return err
+	}
 	ns, err := openNetNS(o.netnsPath)
 	if err != nil {
 		return err
@@ -118,9 +122,6 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	defer ns.Close()
 	if o.cleanup {
 		return cleanup(ctx, ns, o, log)
-	}
-	if err := o.conntrack.validate(); err != nil {
-		return err
 	}
 	if err := setConntrack(ns, o.conntrack, o.conntrackOnly, log); err != nil || o.conntrackOnly {
 		return err
@@ -133,28 +134,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	node, err := src.waitNode(ctx, len(cidrs) == 0)
-	if err != nil {
-		return err
-	}
-	if len(cidrs) == 0 {
-		cidrs = node.podCIDRs
-	}
-	be, err := service.NewBackend(mode, ns)
-	if err != nil {
-		return err
-	}
-	npList := o.nodePortCIDRs
-	if npList == "" && mode == service.ModeNftables && o.manifests == "" {
-		npList = primaryNodePorts // kube-proxy's nftables default
-	}
-	npAddrs, err := nodePortAddresses(ns, npList, families(cidrs), node.ips, log)
-	if err != nil {
-		return fmt.Errorf("--nodeport-addresses: %w", err)
-	}
-	p, err := service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
-		ServiceCIDRs: svcCIDRs, NodePortAddresses: npAddrs, NodeIPs: ofFamilies(node.ips, families(cidrs)),
-		Families: families(cidrs), ServeHealthChecks: true, Logger: log})
+	p, err := newProxy(ctx, ns, o, mode, src, cidrs, svcCIDRs, log)
 	if err != nil {
 		return err
 	}
@@ -184,6 +164,33 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	p.Run(ctx, service.RunConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, OnSync: m.observe})
 	log.Info("stopping; the rules stay in place")
 	return nil
+}
+
+// newProxy reads this node's Node object (its podCIDRs when cidrs is
+// empty, its primary addresses) and makes the proxy the flags describe.
+func newProxy(ctx context.Context, ns *netns.NS, o options, mode service.Mode, src source, cidrs, svcCIDRs []netip.Prefix, log *slog.Logger) (*service.Proxy, error) {
+	node, err := src.waitNode(ctx, len(cidrs) == 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(cidrs) == 0 {
+		cidrs = node.podCIDRs
+	}
+	be, err := service.NewBackend(mode, ns)
+	if err != nil {
+		return nil, err
+	}
+	npList := o.nodePortCIDRs
+	if npList == "" && mode == service.ModeNftables && o.manifests == "" {
+		npList = primaryNodePorts // kube-proxy's nftables default
+	}
+	npAddrs, err := nodePortAddresses(ns, npList, families(cidrs), node.ips, log)
+	if err != nil {
+		return nil, fmt.Errorf("--nodeport-addresses: %w", err)
+	}
+	return service.New(service.Config{Backend: be, ChainPrefix: o.prefix, NodeName: o.nodeName, ClusterCIDRs: cidrs,
+		ServiceCIDRs: svcCIDRs, NodePortAddresses: npAddrs, NodeIPs: ofFamilies(node.ips, families(cidrs)),
+		Families: families(cidrs), ServeHealthChecks: true, Logger: log})
 }
 
 // serveEndpoints starts the metrics server (with kube-proxy's /proxyMode)
