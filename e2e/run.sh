@@ -27,8 +27,10 @@ BACKENDS=${PODNET_E2E_BACKENDS:-nftables iptables}
 #                     balancer, Ingress controllers, ... (NetworkPolicy runs
 #                     in the netpol suite)
 #   SCTP              the kernel has no SCTP sockets for the test pods
-#   [Disruptive]      they restart the API server or kube-proxy over SSH,
-#                     which the skeleton provider has no way to do
+#   [Disruptive]      one edits the nodes' iptables over SSH, which the
+#                     skeleton provider has no way to do; two delete the
+#                     kube-proxy or API server pods, which this cluster does
+#                     not have (e2e/reliability.sh kills the proxy instead)
 #   [Provider:GCE]    GCE's metadata server
 #   Forward PTR lookup  the reverse name of 8.8.8.8 from the Internet
 NOT_HERE='\[Feature:|SCTP|\[Disruptive\]|\[Provider:GCE\]|Forward PTR lookup'
