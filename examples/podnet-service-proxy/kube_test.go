@@ -413,6 +413,16 @@ func TestKubeNodePortAddresses(t *testing.T) {
 			node.alive()
 		})
 	}
+	// The Node's address not on the node: the proxy still starts.
+	t.Run("not-local", func(t *testing.T) {
+		node := newKubeNode(t, "a")
+		must(t, addr.Delete(node.ns, "lo", netip.MustParsePrefix(kubeNodeIP+"/32")))
+		np := a.nodePort("web-not-local", 80)
+		node.start(cp.Kubeconfig)
+		node.logged("not on this node's interfaces", 10*time.Second)
+		node.refused(netip.AddrPortFrom(netip.MustParseAddr(kubeNodeOtherIP), np))
+		node.alive()
+	})
 	ns := nstest.NewNamed(t)
 	out, err := proxyCmd(ns, "--manifests", t.TempDir(), "--once", "--nodeport-addresses", "primary").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "primary") || !strings.Contains(string(out), "API server") {

@@ -318,10 +318,12 @@ const primaryNodePorts = "primary"
 // that are one of nodeIPs (the Node object's). nil means every address
 // serves node ports: list is empty, or it is "primary" and the Node has
 // no address (kube-proxy falls back the same way). CIDRs that match no
-// address are an error: node ports would be served nowhere.
+// address are an error: node ports would be served nowhere. Primary
+// addresses that are not local are returned as they are, with a warning.
 func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family, nodeIPs []netip.Addr, log *slog.Logger) ([]netip.Addr, error) {
 	var cidrs []netip.Prefix
-	if strings.TrimSpace(list) == primaryNodePorts {
+	primary := strings.TrimSpace(list) == primaryNodePorts
+	if primary {
 		for _, ip := range ofFamilies(nodeIPs, fams) {
 			cidrs = append(cidrs, netip.PrefixFrom(ip, ip.BitLen()))
 		}
@@ -353,6 +355,13 @@ func nodePortAddresses(ns *netns.NS, list string, fams []podnet.Family, nodeIPs 
 				out = append(out, a)
 			}
 		}
+	}
+	if len(out) == 0 && primary {
+		// kube-proxy serves node ports nowhere then; these addresses at
+		// least name what the Node object says.
+		out = ofFamilies(nodeIPs, fams)
+		log.Warn("the Node object's addresses are not on this node's interfaces; node ports answer on them only", "addresses", out)
+		return out, nil
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("no address of this node lies in %s", list)
