@@ -58,9 +58,17 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 		fullPeriod = DefaultFullSyncPeriod
 	}
 	s := scheduler{minGap: cfg.MinSyncPeriod, period: period}
+	// The tables are read back on a goroutine of their own: at 10k
+	// Services a Verify takes a few hundred milliseconds, which changes
+	// arriving meanwhile must not wait for.
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		p.checkLoop(ctx, period, fullPeriod)
+	}()
+	defer func() { <-checked }()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	var lastVerify time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -71,10 +79,6 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 			}
 		case <-timer.C:
 			start := time.Now()
-			if start.Sub(lastVerify) >= period {
-				lastVerify = start
-				p.checkTables(ctx, fullPeriod)
-			}
 			res, err := p.Sync(ctx)
 			if ctx.Err() != nil {
 				return nil
@@ -83,6 +87,20 @@ func (p *Proxy) Run(ctx context.Context, cfg RunConfig) error {
 				cfg.OnSync(res, err)
 			}
 			resetTimer(timer, s.afterSync(start, time.Now(), err == nil))
+		}
+	}
+}
+
+// checkLoop runs checkTables every period until ctx is done.
+func (p *Proxy) checkLoop(ctx context.Context, period, fullPeriod time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			p.checkTables(ctx, fullPeriod)
 		}
 	}
 }

@@ -182,3 +182,59 @@ func TestRunRetriesAFailedSyncAsFull(t *testing.T) {
 		t.Fatalf("status after the retry: %+v, want healthy", st)
 	}
 }
+
+// blockingPlane is a plane whose read-back check waits for release.
+type blockingPlane struct {
+	plane
+	entered, release chan struct{}
+}
+
+func (b *blockingPlane) verifier() func() (bool, error) {
+	check := b.plane.verifier()
+	return func() (bool, error) {
+		select {
+		case b.entered <- struct{}{}:
+		default:
+		}
+		<-b.release
+		return check()
+	}
+}
+
+// TestRunSyncsWhileVerifying: a change that arrives while the periodic
+// read-back (Verify) runs is synced without waiting for it.
+func TestRunSyncsWhileVerifying(t *testing.T) {
+	p, err := New(Config{Backend: IPTables(iptables.NewFake()), NodeName: "node0", ClusterCIDRs: []netip.Prefix{podCIDR}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bp := &blockingPlane{plane: p.pl, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	p.pl = bp
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(bp.release)
+		}
+	}
+	defer release() // Run waits for its check to end
+	results := runProxy(t, p, RunConfig{SyncPeriod: 50 * time.Millisecond})
+	if r := next(t, results); !r.Full {
+		t.Fatalf("first sync %+v, want the full start sync", r)
+	}
+	select {
+	case <-bp.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no read-back within 10 s")
+	}
+	if err := p.Update(web()); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		r := next(t, results) // periodic syncs may come first
+		if r.Services == 1 {
+			break
+		}
+	}
+	release()
+}
