@@ -343,16 +343,7 @@ var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
 // conflist into the directory mounted from the node's /etc/cni/net.d,
 // and serves podnet-bridge in the node's /run/podnet.
 func TestInitContainer(t *testing.T) {
-	m := mustLoad(t)
-	ds := m.daemonSets["podnet-agent"]
-	if ds == nil {
-		t.Fatal("no podnet-agent DaemonSet")
-	}
-	spec := ds.Spec.Template.Spec
-	if len(spec.InitContainers) != 1 {
-		t.Fatalf("%d init containers, want one installing the CNI plugins", len(spec.InitContainers))
-	}
-	ic := spec.InitContainers[0]
+	spec, ic := soleInitContainer(t, "podnet-agent", "installing the CNI plugins")
 	if len(ic.Command) < 2 || ic.Command[0] != "/podnet-agent" {
 		t.Fatalf("init command %q, want /podnet-agent --install-cni-bin=DIR BINARY...", ic.Command)
 	}
@@ -399,6 +390,22 @@ func TestInitContainer(t *testing.T) {
 			t.Errorf("%s: the node's /run/xtables.lock is not mounted at /run/xtables.lock", c.Name)
 		}
 	}
+}
+
+// soleInitContainer returns the pod spec of DaemonSet name and its one
+// init container, failing the test unless there is exactly one (whose
+// job is what).
+func soleInitContainer(t *testing.T, name, what string) (corev1.PodSpec, corev1.Container) {
+	t.Helper()
+	ds := mustLoad(t).daemonSets[name]
+	if ds == nil {
+		t.Fatalf("no %s DaemonSet", name)
+	}
+	spec := ds.Spec.Template.Spec
+	if len(spec.InitContainers) != 1 {
+		t.Fatalf("%s: %d init containers, want one %s", name, len(spec.InitContainers), what)
+	}
+	return spec, spec.InitContainers[0]
 }
 
 // hostPathAt returns the host path of the hostPath volume c mounts at
@@ -491,16 +498,8 @@ func waitNamespace(t *testing.T, cs kubernetes.Interface) {
 // conntrack timeouts first, with the same conntrack flags as the proxy
 // (otherwise the proxy would find other values and could not fix them).
 func TestProxyConntrackStep(t *testing.T) {
-	m := mustLoad(t)
-	ds := m.daemonSets["podnet-service-proxy"]
-	if ds == nil {
-		t.Fatal("no podnet-service-proxy DaemonSet")
-	}
-	spec := ds.Spec.Template.Spec
-	if len(spec.InitContainers) != 1 {
-		t.Fatalf("%d init containers, want one setting the conntrack timeouts", len(spec.InitContainers))
-	}
-	ic, proxy := spec.InitContainers[0], spec.Containers[0]
+	spec, ic := soleInitContainer(t, "podnet-service-proxy", "setting the conntrack timeouts")
+	proxy := spec.Containers[0]
 	args := slices.Concat(ic.Command, ic.Args)
 	if len(args) == 0 || args[0] != "/podnet-service-proxy" || !slices.Contains(args, "--conntrack-only") {
 		t.Errorf("init step %q, want /podnet-service-proxy --conntrack-only", args)
